@@ -1,0 +1,177 @@
+"""
+### fashion_recs: a retailer's raw exports to published recommendation tables
+
+Daily. Each task calls one step of `fashion_recs.pipeline` and passes on only paths and counts:
+
+* **download_files** – fetch/fingerprint `product_data.csv`, `events*.csv`, `user_answers.csv`
+* **clean_products** – ObjectId → hex, price periods → current/original price, attributes
+* **filter_events** – chunked regex id extraction, explode, events/buttons of interest
+* **preprocess_demographics** – birth dates → ages and groups, imputation, city/region fill
+* **map_interactions** – (event, button) → category and weight, user × product aggregate
+* **popular_items** – time-decayed popularity overall and per age group × region
+* **evaluate_baselines** – temporal hold-out metrics of the popularity baselines
+* **check_*** – Great Expectations suites between stages; **build_data_docs** renders them
+* **publish_tables** – atomic switch of the results database's stable views to this run
+
+Bad rows are quarantined under `<data_root>/runs/<retailer>/<run>/09_quarantine/`; a stage
+whose reject rate passes `quality.max_reject_rate` fails without retries, naming the file,
+column and reason. Params: `config_path` (YAML) and `overrides` (nested keys of the config).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+DEFAULT_CONFIG = os.environ.get("FASHION_RECS_CONFIG", "")
+RESULTS = Asset("fashion_recs://results/recommendation_tables")
+
+
+def _context() -> Any:
+    """The run's `fashion_recs.pipeline.RunContext`, from the Airflow run and its params."""
+    from fashion_recs.pipeline import make_context
+
+    ctx = get_current_context()
+    params = ctx["params"]
+    dag_run = ctx["dag_run"]
+    when = ctx.get("logical_date") or dag_run.run_after
+    return make_context(
+        run_id=dag_run.run_id,
+        logical_date=when.date(),
+        config_path=params.get("config_path") or None,
+        overrides=params.get("overrides") or None,
+    )
+
+
+def _step(name: str, *args: Any) -> dict[str, Any]:
+    """Run a pipeline step; bad data fails the task at once (retrying cannot fix data)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from fashion_recs import pipeline
+    from fashion_recs.errors import FashionRecsError
+
+    try:
+        return getattr(pipeline, name)(_context(), *args)
+    except FashionRecsError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+def _results_url() -> str:
+    """The results database from the Airflow Connection, else the config's default URL."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from fashion_recs.publish import connection_url, default_results_url
+
+    config = _context().config
+    try:
+        conn = Connection.get(config.publish.conn_id)
+    except AirflowNotFoundException:
+        return default_results_url(config.publish.default_url, config.base_dir)
+    return connection_url(
+        conn.conn_type, conn.host, conn.login, conn.password, conn.port, conn.schema
+    )
+
+
+@dag(
+    dag_id="fashion_recs",
+    schedule="@daily",
+    start_date=datetime(2026, 11, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["fashion-recs", "recommendations"],
+    doc_md=__doc__,
+    default_args={
+        "owner": "data-engineering",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+    },
+    params={
+        "config_path": Param(DEFAULT_CONFIG, type="string", description="Retailer config YAML"),
+        "overrides": Param({}, type="object", description="Nested config keys for this run"),
+    },
+)
+def fashion_recs() -> None:
+    @task
+    def download_files() -> dict:
+        return _step("download")
+
+    @task
+    def clean_products(download: dict) -> dict:
+        return _step("products", download)
+
+    @task
+    def check_products(products: dict) -> dict:
+        return _step("check", "products", {"products": products["counts"]["rows_in"]})
+
+    @task
+    def filter_events(download: dict, products: dict) -> dict:
+        return _step("events", download, products)
+
+    @task
+    def check_events(events: dict) -> dict:
+        return _step("check", "events")
+
+    @task
+    def preprocess_demographics(download: dict) -> dict:
+        return _step("demographics", download)
+
+    @task
+    def check_users(demographics: dict) -> dict:
+        return _step("check", "users")
+
+    @task
+    def map_interactions(events: dict) -> dict:
+        return _step("interactions", events)
+
+    @task
+    def check_interactions(events: dict, interactions: dict) -> dict:
+        rows = events["events_out"]
+        return _step("check", "interactions", {"interactions": rows, "user_items": rows})
+
+    @task
+    def popular_items(interactions: dict, demographics: dict) -> dict:
+        return _step("popular", interactions, demographics)
+
+    @task
+    def check_popular(popular: dict) -> dict:
+        return _step("check", "popular")
+
+    @task
+    def evaluate_baselines(interactions: dict, demographics: dict, products: dict) -> dict:
+        return _step("evaluate", interactions, demographics, products)
+
+    @task(trigger_rule="all_done")
+    def build_data_docs() -> dict:
+        return _step("quality_report")
+
+    @task(outlets=[RESULTS])
+    def publish_tables() -> dict:
+        return _step("publish", _results_url())
+
+    download = download_files()
+    products = clean_products(download)
+    products_ok = check_products(products)
+    events = filter_events(download, products)
+    products_ok >> events
+    events_ok = check_events(events)
+    demographics = preprocess_demographics(download)
+    users_ok = check_users(demographics)
+    interactions = map_interactions(events)
+    events_ok >> interactions
+    interactions_ok = check_interactions(events, interactions)
+    popular = popular_items(interactions, demographics)
+    [users_ok, interactions_ok] >> popular
+    popular_ok = check_popular(popular)
+    metrics = evaluate_baselines(interactions, demographics, products)
+    interactions_ok >> metrics
+    checks = [products_ok, events_ok, users_ok, interactions_ok, popular_ok]
+    docs = build_data_docs()
+    checks >> docs
+    [docs, metrics, *checks] >> publish_tables()
+
+
+fashion_recs()

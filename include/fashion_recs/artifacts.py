@@ -1,0 +1,126 @@
+"""Reading and writing run-scoped artifacts, atomically and reproducibly.
+
+Every artifact of a run lives under `<data_root>/runs/<retailer>/<run_key>/<layer>/<name>.parquet`.
+Writes go to a temporary name in the same directory and are renamed into place, so a reader (or
+a crashed task's retry) never sees a half-written file; the same input gives byte-identical
+output, so rerunning a task for the same run is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fashion_recs.contract import Artifact
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def run_key(run_id: str) -> str:
+    """A filesystem-safe key for an Airflow run id (`manual__2026-11-01T00:00:00+00:00`)."""
+    key = _UNSAFE.sub("-", run_id).strip("-.")
+    if not key:
+        raise ValueError(f"run id {run_id!r} has no usable characters")
+    return key
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run of one retailer keeps its artifacts."""
+
+    data_root: Path
+    retailer: str
+    run_id: str
+
+    @property
+    def key(self) -> str:
+        return run_key(self.run_id)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.data_root) / "runs" / self.retailer / self.key
+
+    def path(self, artifact: Artifact) -> Path:
+        return self.run_dir / artifact.relpath
+
+    def file(self, *parts: str) -> Path:
+        """Any other file of the run (summaries, quality results, Data Docs)."""
+        return self.run_dir.joinpath(*parts)
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temp path beside `target`; rename it over `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        # mkstemp creates 0600 files; artifacts are read by other users (workers, readers).
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def to_table(data: pd.DataFrame | pa.Table, schema: pa.Schema | None) -> pa.Table:
+    """Convert to an Arrow table with exactly `schema` (column order and types), if given."""
+    if isinstance(data, pd.DataFrame):
+        if schema is not None:
+            missing = [n for n in schema.names if n not in data.columns]
+            if missing:
+                raise ValueError(f"frame lacks columns {missing} required by the schema")
+            data = data[schema.names]
+        table = pa.Table.from_pandas(data, schema=schema, preserve_index=False)
+    else:
+        table = data.select(schema.names).cast(schema) if schema is not None else data
+    # Pandas metadata makes files differ by index details; artifacts are plain Arrow tables.
+    return table.replace_schema_metadata(None)
+
+
+def write_table(data: pd.DataFrame | pa.Table, path: Path, schema: pa.Schema | None = None) -> Path:
+    """Write one Parquet file atomically and return its path."""
+    table = to_table(data, schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return Path(path)
+
+
+def write_artifact(
+    paths: RunPaths,
+    artifact: Artifact,
+    data: pd.DataFrame | pa.Table,
+    schema: pa.Schema | None = None,
+) -> Path:
+    """Write `data` as `artifact` of the run, with the artifact's schema (or `schema` if given)."""
+    return write_table(data, paths.path(artifact), schema or artifact.schema)
+
+
+def read_frame(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a Parquet artifact into pandas."""
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    """Write JSON atomically with sorted keys, so reruns give identical bytes."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return Path(path)
+
+
+def read_json(path: Path | str) -> Any:
+    return json.loads(Path(path).read_text())

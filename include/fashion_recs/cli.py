@@ -1,0 +1,114 @@
+"""`fashion-recs`: generate a synthetic retailer, run the pipeline without Airflow, show results.
+
+The Airflow DAG is the way to run the pipeline in production; `run` executes the same steps in
+one process for a laptop or a debugger, and `show` prints what the results database serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from fashion_recs.errors import FashionRecsError
+
+
+def _show(url: str) -> int:
+    from fashion_recs.publish import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            run = conn.exec_driver_sql(
+                "SELECT seq, run_id, retailer, published_at, tables, summary, metrics "
+                "FROM current_run"
+            ).first()
+            if run is None:
+                print(f"no published run in {url}", file=sys.stderr)
+                return 1
+            tables = json.loads(run.tables)
+            counts = {
+                name: conn.exec_driver_sql(f'SELECT COUNT(*) FROM "{name}"').scalar_one()
+                for name in tables
+            }
+            history = conn.exec_driver_sql(
+                "SELECT seq, run_id, status FROM runs ORDER BY seq DESC LIMIT 5"
+            ).all()
+    except sa.exc.OperationalError as exc:
+        print(f"cannot read the results database {url}: {exc.orig}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    summary: dict[str, Any] = json.loads(run.summary)
+    print(f"published run   {run.run_id}  (retailer {run.retailer}, seq {run.seq})")
+    print(f"published at    {run.published_at}")
+    print(f"as of           {summary.get('as_of')}")
+    print("tables (stable views readers query):")
+    for name, n in counts.items():
+        print(f"  {name:<20} {n:>10,} rows")
+    print("stages (rows in -> out, filtered, quarantined):")
+    for stage, c in summary.get("stages", {}).items():
+        reasons = ", ".join(f"{k}={v:,}" for k, v in c.get("reasons", {}).items()) or "-"
+        print(
+            f"  {stage:<14} {c['rows_in']:>10,} -> {c['rows_out']:>10,}  "
+            f"filtered {c.get('rows_filtered', 0):>9,}  quarantined {c['rows_quarantined']:>7,}"
+            f"  ({reasons})"
+        )
+    print("metrics:")
+    for m in json.loads(run.metrics):
+        print(f"  {m['model']:<20} {m['metric']:<20} @{m['k']:<3} {m['value']:.4f}")
+    artifacts = Path(summary["artifacts"])
+    print(f"artifacts       {artifacts}")
+    print(f"quarantine      {artifacts / '09_quarantine'}")
+    print(f"quality report  {summary.get('data_docs')}")
+    print("recent publishes: " + ", ".join(f"{s}:{r} ({st})" for s, r, st in history))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fashion_recs.pipeline import make_context, run_all
+    from fashion_recs.publish import default_results_url
+
+    ctx = make_context(args.run_id, args.logical_date, args.config)
+    url = args.db or default_results_url(ctx.config.publish.default_url, ctx.config.base_dir)
+    record = run_all(ctx, url)
+    print(json.dumps(record["publish"], indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fashion-recs", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("generate", help="write a synthetic retailer (see --help of this command)")
+    run = sub.add_parser("run", help="run every pipeline step in this process, no Airflow")
+    run.add_argument("--config", default=None, help="retailer YAML (default config/retailer.yaml)")
+    run.add_argument("--run-id", default="cli")
+    run.add_argument("--logical-date", type=date.fromisoformat, default=date.today())
+    run.add_argument("--db", default=None, help="SQLAlchemy URL (default: the config's)")
+    show = sub.add_parser("show", help="print the run the results database currently serves")
+    show.add_argument("--db", required=True, help="SQLAlchemy URL of the results database")
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "generate":
+        from fashion_recs.synthetic import main as generate
+
+        return generate(argv[1:])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        if args.command == "show":
+            return _show(args.db)
+        return _run(args)
+    except FashionRecsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,241 @@
+"""One validated configuration for a retailer's pipeline run.
+
+Everything a retailer's export can differ in (where files live, what columns are called, which
+events matter and how much they weigh, quality thresholds, model parameters) lives here rather
+than in code, so the same DAG serves any retailer. The model is loaded from YAML and can be
+overridden per run (DAG Params) with a nested dict of the same shape.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "retailer.yaml"
+
+
+class _Strict(BaseModel):
+    """Base for every section: unknown keys are errors, so a typo in YAML never goes unnoticed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    """Where one raw export comes from.
+
+    `uri` is a local path (relative paths resolve against the config file's directory), an
+    http(s) URL, or `gdrive://<file id>` for a Google Drive file fetched with gdown.
+    """
+
+    uri: str
+    filename: str | None = None
+
+
+class SourcesConfig(_Strict):
+    product_data: SourceConfig
+    events: list[SourceConfig] = Field(min_length=1)
+    user_answers: SourceConfig
+
+
+class ProductColumns(_Strict):
+    id: str = "id"
+    title: str = "title"
+    target_audience: str = "target_audience"
+    department: str = "department"
+    price: str = "price"
+    other_attributes: str = "other_attributes"
+
+
+class EventColumns(_Strict):
+    user_id: str = "user_id"
+    event_name: str = "event_name"
+    button_name: str = "button_name"
+    timestamp: str = "event_timestamp"
+    product_columns: list[str] = Field(
+        default_factory=lambda: ["product_id", "related_product_ids"], min_length=1, max_length=2
+    )
+
+    @property
+    def raw_columns(self) -> list[str]:
+        """Every column the events stage reads, in the order it keeps them."""
+        return [
+            self.user_id,
+            self.event_name,
+            self.button_name,
+            self.timestamp,
+            *self.product_columns,
+        ]
+
+
+class AnswerColumns(_Strict):
+    user_id: str = "User_ID"
+    question: str = "Question"
+    answer: str = "Answer"
+    city: str = "city"
+    region: str = "region"
+    extra: list[str] = Field(default_factory=lambda: ["gender", "signup_channel"])
+    birth_date_question: str = "What is your date of birth?"
+
+
+class ColumnsConfig(_Strict):
+    products: ProductColumns = ProductColumns()
+    events: EventColumns = EventColumns()
+    answers: AnswerColumns = AnswerColumns()
+
+
+class InteractionRule(_Strict):
+    """Maps an (event, button) pair to a category and a weight; `button_name: null` = any."""
+
+    event_name: str
+    button_name: str | None = None
+    category: str
+    weight: float = Field(gt=0)
+
+
+class EventsConfig(_Strict):
+    chunk_size: int = Field(default=100_000, ge=1_000)
+    id_pattern: str = "[a-zA-Z0-9]{3,}"
+    events_of_interest: list[str] = Field(
+        default_factory=lambda: ["product_details_page_view", "product_similar_items_clicking"]
+    )
+    buttons_of_interest: list[str] = Field(default_factory=lambda: ["heart_button", "bag_button"])
+    timestamp_formats: list[str] = Field(
+        default_factory=lambda: ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%.fZ"]
+    )
+
+
+class InteractionsConfig(_Strict):
+    rules: list[InteractionRule] = Field(min_length=1)
+    half_life_days: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> InteractionsConfig:
+        keys = [(r.event_name, r.button_name) for r in self.rules]
+        dupes = {k for k in keys if keys.count(k) > 1}
+        if dupes:
+            raise ValueError(f"interaction rules repeat (event, button) pairs: {sorted(dupes)}")
+        return self
+
+
+class DemographicsConfig(_Strict):
+    birth_date_formats: list[str] = Field(
+        default_factory=lambda: ["%Y-%m-%d", "%d/%m/%Y", "%d.%m.%Y", "%B %d, %Y", "%Y/%m/%d"]
+    )
+    min_age: int = 13
+    max_age: int = 100
+    age_bins: list[int] = Field(default_factory=lambda: [0, 18, 25, 35, 45, 55, 65, 120])
+    age_labels: list[str] = Field(
+        default_factory=lambda: ["<18", "18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
+    )
+    unknown_label: str = "unknown"
+
+    @model_validator(mode="after")
+    def _bins_match_labels(self) -> DemographicsConfig:
+        if len(self.age_bins) != len(self.age_labels) + 1:
+            raise ValueError("age_bins must have exactly one more edge than age_labels")
+        if sorted(self.age_bins) != self.age_bins:
+            raise ValueError("age_bins must be increasing")
+        return self
+
+
+class QualityConfig(_Strict):
+    """Reject-rate thresholds (fraction of input rows) above which a stage fails."""
+
+    max_reject_rate: dict[str, float] = Field(
+        default_factory=lambda: {
+            "products": 0.05,
+            "events": 0.05,
+            "demographics": 0.10,
+            "interactions": 0.01,
+        }
+    )
+
+    @field_validator("max_reject_rate")
+    @classmethod
+    def _rates_are_fractions(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise ValueError(f"reject rates must be within [0, 1]: {bad}")
+        return value
+
+    def threshold(self, stage: str) -> float:
+        return self.max_reject_rate.get(stage, 0.05)
+
+
+class PopularityConfig(_Strict):
+    top_k: int = Field(default=50, ge=1)
+    half_life_days: float = Field(default=14.0, gt=0)
+    min_segment_users: int = Field(default=20, ge=1)
+
+
+class EvaluationConfig(_Strict):
+    holdout_days: int = Field(default=7, ge=1)
+    k: int = Field(default=12, ge=1)
+
+
+class PublishConfig(_Strict):
+    """The results database and how many published runs it keeps."""
+
+    conn_id: str = "fashion_recs_results"
+    default_url: str = "sqlite:///data/results.db"
+    keep_runs: int = Field(default=3, ge=1)
+
+
+class RetailerConfig(_Strict):
+    retailer: str = Field(default="demo", pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    data_root: str = "data"
+    as_of: date | None = None
+    seed: int = 42
+    sources: SourcesConfig
+    columns: ColumnsConfig = ColumnsConfig()
+    events: EventsConfig = EventsConfig()
+    interactions: InteractionsConfig
+    demographics: DemographicsConfig = DemographicsConfig()
+    quality: QualityConfig = QualityConfig()
+    popularity: PopularityConfig = PopularityConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    publish: PublishConfig = PublishConfig()
+    base_dir: str = Field(default=".", description="Directory relative paths resolve against.")
+
+    def resolve(self, path: str) -> Path:
+        """Resolve a config-relative path (data_root, local source uris) to an absolute path."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+
+    @property
+    def data_root_path(self) -> Path:
+        return self.resolve(self.data_root)
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return `base` with `overrides` merged in; nested dicts merge, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> RetailerConfig:
+    """Load and validate a retailer config, applying per-run overrides.
+
+    Relative paths inside the file resolve against the file's parent's parent when the file sits
+    in a `config/` directory (the project layout), else against the file's own directory.
+    """
+    config_path = Path(path) if path else DEFAULT_CONFIG_PATH
+    raw = yaml.safe_load(config_path.read_text()) or {}
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    if "base_dir" not in raw:
+        parent = config_path.resolve().parent
+        raw["base_dir"] = str(parent.parent if parent.name == "config" else parent)
+    return RetailerConfig.model_validate(raw)

@@ -1,0 +1,181 @@
+"""The catalog: every artifact the pipeline writes, named once, with its layer and schema.
+
+Stages write through these schemas (explicit pyarrow types, never inferred), so a column that
+changes type is a loud error at write time, not a surprise three tasks later. The layer
+prefixes follow kedro's convention: 02_intermediate for parsed raw data, 03_primary for
+clean domain tables, 06_models for model outputs, 08_reporting for metrics and checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A named Parquet artifact inside a run directory."""
+
+    name: str
+    layer: str
+    schema: pa.Schema | None
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.layer}/{self.name}.parquet"
+
+
+TS = pa.timestamp("us", tz="UTC")
+
+PRODUCTS_SCHEMA = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("title", pa.string(), nullable=False),
+        pa.field("target_audience", pa.string()),
+        pa.field("department", pa.string()),
+        pa.field("price", pa.float64()),
+        pa.field("currency", pa.string()),
+        pa.field("original_price", pa.float64()),
+        pa.field("is_discounted", pa.bool_()),
+        pa.field("discount_pct", pa.float64()),
+        pa.field("retailer_product_id", pa.string()),
+        pa.field("sku", pa.string()),
+        pa.field("product_url", pa.string()),
+        pa.field("review_rating", pa.float64()),
+        pa.field("review_count", pa.int64()),
+        pa.field("color", pa.string()),
+        pa.field("images", pa.list_(pa.string())),
+        pa.field("measurements", pa.string()),
+        pa.field("availability", pa.string()),
+        pa.field("care_instructions", pa.string()),
+        pa.field("original_description", pa.string()),
+    ]
+)
+
+PRICE_HISTORY_SCHEMA = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("period", pa.int32(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("currency", pa.string()),
+        pa.field("original", pa.bool_()),
+        pa.field("valid_from", pa.date32()),
+        pa.field("valid_to", pa.date32()),
+        pa.field("is_current", pa.bool_()),
+    ]
+)
+
+EVENTS_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("event_name", pa.string(), nullable=False),
+        pa.field("button_name", pa.string()),
+        pa.field("event_ts", TS, nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),
+        # Which raw product column the id came from: the seed's product_id_cleaned / ..2.
+        pa.field("product_slot", pa.string(), nullable=False),
+    ]
+)
+
+EVENT_PRODUCT_IDS_SCHEMA = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("n_events", pa.int64(), nullable=False),
+        pa.field("in_catalogue", pa.bool_(), nullable=False),
+    ]
+)
+
+USERS_BASE_FIELDS = [
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("birth_date", pa.date32()),
+    pa.field("age", pa.float64()),
+    # answer | user_fill | regression: how the age was obtained (seed's Model 3 preprocessing).
+    pa.field("age_source", pa.string(), nullable=False),
+    pa.field("age_group", pa.string(), nullable=False),
+    pa.field("city", pa.string(), nullable=False),
+    pa.field("region", pa.string(), nullable=False),
+    # reported | user_fill | city_region_map | unknown
+    pa.field("location_source", pa.string(), nullable=False),
+]
+
+
+def users_schema(extra_columns: list[str]) -> pa.Schema:
+    """Users carry the configured extra demographic answers as strings after the base fields."""
+    return pa.schema(USERS_BASE_FIELDS + [pa.field(c, pa.string()) for c in extra_columns])
+
+
+INTERACTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("event_ts", TS, nullable=False),
+        pa.field("event_name", pa.string(), nullable=False),
+        pa.field("button_name", pa.string()),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("weight", pa.float64(), nullable=False),
+    ]
+)
+
+USER_ITEMS_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("n_events", pa.int64(), nullable=False),
+        pa.field("weight_sum", pa.float64(), nullable=False),
+        pa.field("decayed_weight", pa.float64(), nullable=False),
+        pa.field("strongest_category", pa.string(), nullable=False),
+        pa.field("first_ts", TS, nullable=False),
+        pa.field("last_ts", TS, nullable=False),
+    ]
+)
+
+POPULAR_SCHEMA = pa.schema(
+    [
+        # overall | age_group | region | age_group_region
+        pa.field("segment_type", pa.string(), nullable=False),
+        pa.field("age_group", pa.string()),
+        pa.field("region", pa.string()),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("n_users", pa.int64(), nullable=False),
+    ]
+)
+
+METRICS_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("k", pa.int32()),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("n_users", pa.int64(), nullable=False),
+    ]
+)
+
+SOURCES_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("local_path", pa.string(), nullable=False),
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("fetched", pa.bool_(), nullable=False),
+    ]
+)
+
+SOURCES = Artifact("sources", "01_raw", SOURCES_SCHEMA)
+PRODUCTS = Artifact("products", "03_primary", PRODUCTS_SCHEMA)
+PRICE_HISTORY = Artifact("price_history", "03_primary", PRICE_HISTORY_SCHEMA)
+EVENTS = Artifact("events", "02_intermediate", EVENTS_SCHEMA)
+EVENT_PRODUCT_IDS = Artifact("event_product_ids", "02_intermediate", EVENT_PRODUCT_IDS_SCHEMA)
+USERS = Artifact("users", "03_primary", None)  # schema depends on configured extra columns
+INTERACTIONS = Artifact("interactions", "03_primary", INTERACTIONS_SCHEMA)
+USER_ITEMS = Artifact("user_items", "03_primary", USER_ITEMS_SCHEMA)
+POPULAR = Artifact("popular_products", "06_models", POPULAR_SCHEMA)
+METRICS = Artifact("metrics", "08_reporting", METRICS_SCHEMA)
+
+
+def quarantine(stage: str) -> Artifact:
+    """The quarantine file of a stage: the offending raw values as strings plus reason/column."""
+    return Artifact(f"{stage}_quarantine", "09_quarantine", None)

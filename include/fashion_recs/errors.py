@@ -1,0 +1,26 @@
+"""Errors a user can meet. Each message says what happened, where, and what to do about it.
+
+Tasks translate these into non-retried task failures: retrying cannot fix bad data.
+"""
+
+from __future__ import annotations
+
+
+class FashionRecsError(Exception):
+    """Base class: a problem with the data or the configuration, not a bug."""
+
+
+class SourceError(FashionRecsError):
+    """A raw export could not be found, fetched or read."""
+
+
+class RejectRateExceeded(FashionRecsError):
+    """A stage quarantined more rows than its configured threshold allows."""
+
+
+class QualityCheckFailed(FashionRecsError):
+    """A Great Expectations suite failed on an artifact."""
+
+
+class PublishError(FashionRecsError):
+    """Publishing to the results database failed; readers stay on the previous run."""

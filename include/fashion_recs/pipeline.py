@@ -1,0 +1,290 @@
+"""The pipeline's steps as plain functions: what each Airflow task calls, and nothing more.
+
+Each step takes the run context plus the small summaries of the steps it depends on (paths and
+counts, the same dicts that travel through XCom), does its work through the stage modules,
+and returns its own summary. The DAG only wires these together; tests and the CLI can run the
+same steps without Airflow (`run_all`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from fashion_recs.artifacts import RunPaths, read_json, write_artifact, write_json
+from fashion_recs.config import RetailerConfig, load_config
+from fashion_recs.contract import (
+    EVENT_PRODUCT_IDS,
+    EVENTS,
+    INTERACTIONS,
+    METRICS,
+    POPULAR,
+    PRICE_HISTORY,
+    PRODUCTS,
+    SOURCES,
+    USER_ITEMS,
+    USERS,
+)
+
+log = logging.getLogger(__name__)
+
+SUMMARY_DIR = "summaries"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a step needs to know about the run it belongs to."""
+
+    config: RetailerConfig
+    paths: RunPaths
+    as_of: date
+
+    def save_summary(self, step: str, summary: dict[str, Any]) -> dict[str, Any]:
+        """Keep each step's summary with the run (the report and publish read them back)."""
+        write_json(summary, self.paths.file(SUMMARY_DIR, f"{step}.json"))
+        return summary
+
+    def summaries(self) -> dict[str, Any]:
+        folder = self.paths.file(SUMMARY_DIR)
+        return {p.stem: read_json(p) for p in sorted(folder.glob("*.json"))}
+
+
+def make_context(
+    run_id: str,
+    logical_date: date,
+    config_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunContext:
+    """Load the config for one run; as-of is the config's `as_of` or the run's logical date."""
+    config = load_config(config_path, overrides)
+    paths = RunPaths(config.data_root_path, config.retailer, run_id)
+    return RunContext(config, paths, config.as_of or logical_date)
+
+
+def download(ctx: RunContext) -> dict[str, Any]:
+    from fashion_recs.stages.download import download_sources
+
+    manifest = download_sources(ctx.config)
+    path = write_artifact(ctx.paths, SOURCES, manifest)
+    files = {row["source"]: row["local_path"] for row in manifest.to_dict("records")}
+    return ctx.save_summary(
+        "download",
+        {
+            "sources": str(path),
+            "files": files,
+            "bytes": int(manifest["size_bytes"].sum()),
+            "fetched": int(manifest["fetched"].sum()),
+        },
+    )
+
+
+def _event_files(download_summary: dict[str, Any]) -> list[Path]:
+    files = download_summary["files"]
+    names = sorted(
+        (k for k in files if k.startswith("events_")), key=lambda k: int(k.split("_")[1])
+    )
+    return [Path(files[k]) for k in names]
+
+
+def products(ctx: RunContext, download_summary: dict[str, Any]) -> dict[str, Any]:
+    from fashion_recs.stages.products import build_products
+
+    source = Path(download_summary["files"]["product_data"])
+    return ctx.save_summary("products", build_products(ctx.config, ctx.paths, source, ctx.as_of))
+
+
+def events(
+    ctx: RunContext, download_summary: dict[str, Any], products_summary: dict[str, Any]
+) -> dict[str, Any]:
+    from fashion_recs.stages.events import build_events
+
+    catalogue = pq.read_table(products_summary["products"], columns=["product_id"])
+    ids = catalogue.column("product_id").to_pylist()
+    summary = build_events(ctx.config, ctx.paths, _event_files(download_summary), ids)
+    return ctx.save_summary("events", summary)
+
+
+def demographics(ctx: RunContext, download_summary: dict[str, Any]) -> dict[str, Any]:
+    from fashion_recs.stages.demographics import build_demographics
+
+    source = Path(download_summary["files"]["user_answers"])
+    return ctx.save_summary(
+        "demographics", build_demographics(ctx.config, ctx.paths, source, ctx.as_of)
+    )
+
+
+def interactions(ctx: RunContext, events_summary: dict[str, Any]) -> dict[str, Any]:
+    from fashion_recs.stages.interactions import build_interactions
+
+    summary = build_interactions(ctx.config, ctx.paths, Path(events_summary["events"]), ctx.as_of)
+    return ctx.save_summary("interactions", summary)
+
+
+def popular(
+    ctx: RunContext, interactions_summary: dict[str, Any], demographics_summary: dict[str, Any]
+) -> dict[str, Any]:
+    from fashion_recs.stages.popular import build_popular
+
+    summary = build_popular(
+        ctx.config,
+        ctx.paths,
+        Path(interactions_summary["interactions"]),
+        Path(demographics_summary["users"]),
+        ctx.as_of,
+    )
+    return ctx.save_summary("popular", summary)
+
+
+def evaluate(
+    ctx: RunContext,
+    interactions_summary: dict[str, Any],
+    demographics_summary: dict[str, Any],
+    products_summary: dict[str, Any],
+) -> dict[str, Any]:
+    from fashion_recs.stages.baselines import evaluate_baselines
+
+    metrics = evaluate_baselines(
+        ctx.config,
+        pd.read_parquet(interactions_summary["interactions"]),
+        pd.read_parquet(demographics_summary["users"], columns=["user_id", "age_group", "region"]),
+        n_products=products_summary["counts"]["rows_out"],
+    )
+    path = write_artifact(ctx.paths, METRICS, metrics)
+    table = {
+        f"{r.model}/{r.metric}@{r.k}" if pd.notna(r.k) else f"{r.model}/{r.metric}": round(
+            float(r.value), 5
+        )
+        for r in metrics.itertuples()
+    }
+    log.info("evaluation: %s", table)
+    return ctx.save_summary("evaluate", {"metrics": str(path), "values": table})
+
+
+# --- quality checks ---------------------------------------------------------------------------
+
+QUALITY_DIR = "quality"
+CHECKED = {
+    "products": [PRODUCTS, PRICE_HISTORY],
+    "events": [EVENTS, EVENT_PRODUCT_IDS],
+    "users": [USERS],
+    "interactions": [INTERACTIONS, USER_ITEMS],
+    "popular": [POPULAR],
+}
+
+
+def check(
+    ctx: RunContext, group: str, upstream_rows: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Validate the artifacts of one stage with their Great Expectations suites.
+
+    `upstream_rows` caps an artifact's row count by its upstream artifact's (a relation
+    between stages: a stage may shrink its input, never grow it).
+    """
+    from fashion_recs.quality.checks import CheckContext, run_check
+
+    ids = pq.read_table(ctx.paths.path(PRODUCTS), columns=["product_id"]).column(0).to_pylist()
+    results = []
+    for artifact in CHECKED[group]:
+        context = CheckContext.from_config(
+            ctx.config,
+            catalogue_ids=ids,
+            upstream_rows=(upstream_rows or {}).get(artifact.name),
+        )
+        frame = pd.read_parquet(ctx.paths.path(artifact))
+        results.append(
+            run_check(
+                artifact.name,
+                frame,
+                context,
+                ctx.paths.file(QUALITY_DIR),
+                run_name=ctx.paths.run_id,
+            )
+        )
+    return ctx.save_summary(f"check_{group}", {"checks": results})
+
+
+def quality_report(ctx: RunContext) -> dict[str, Any]:
+    """Render every check of the run as Great Expectations Data Docs."""
+    from fashion_recs.quality.checks import build_data_docs
+
+    index = build_data_docs(ctx.paths.file(QUALITY_DIR), ctx.paths.file("data_docs"))
+    return ctx.save_summary("quality_report", {"data_docs": str(index)})
+
+
+# --- publishing -------------------------------------------------------------------------------
+
+
+def publish(ctx: RunContext, url: str) -> dict[str, Any]:
+    """Publish the run's reader-facing tables and record the run and its metrics."""
+    from fashion_recs.publish import TableSpec, make_engine, publish_run
+
+    users = pq.read_table(
+        ctx.paths.path(USERS),
+        columns=["user_id", "age_group", "region", "age_source", "location_source"],
+    )
+    tables = [
+        TableSpec("products", pq.read_table(ctx.paths.path(PRODUCTS)), ("product_id",)),
+        TableSpec("popular_products", pq.read_table(ctx.paths.path(POPULAR)), ("segment_type",)),
+        TableSpec("user_segments", users, ("user_id",)),
+    ]
+    summaries = ctx.summaries()
+    run_summary = {
+        "run_id": ctx.paths.run_id,
+        "retailer": ctx.config.retailer,
+        "as_of": ctx.as_of.isoformat(),
+        "artifacts": str(ctx.paths.run_dir),
+        "data_docs": summaries.get("quality_report", {}).get("data_docs"),
+        "stages": {
+            name: s["counts"]
+            for name, s in summaries.items()
+            if isinstance(s, dict) and "counts" in s
+        },
+    }
+    metrics = pq.read_table(ctx.paths.path(METRICS)).to_pylist()
+    engine = make_engine(url)
+    try:
+        record = publish_run(
+            engine,
+            run_id=ctx.paths.run_id,
+            retailer=ctx.config.retailer,
+            tables=tables,
+            summary=run_summary,
+            metrics=metrics,
+            keep_runs=ctx.config.publish.keep_runs,
+        )
+    finally:
+        engine.dispose()
+    result = {**run_summary, "publish": record, "database": _redact(url)}
+    write_json(result, ctx.paths.file("run_summary.json"))
+    return ctx.save_summary("publish", result)
+
+
+def _redact(url: str) -> str:
+    """The database URL without its password, for logs and summaries."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def run_all(ctx: RunContext, url: str) -> dict[str, Any]:
+    """Every step in dependency order, without Airflow (CLI and fast tests)."""
+    dl = download(ctx)
+    prod = products(ctx, dl)
+    check(ctx, "products", {"products": prod["counts"]["rows_in"]})
+    ev = events(ctx, dl, prod)
+    check(ctx, "events")
+    demo = demographics(ctx, dl)
+    check(ctx, "users")
+    inter = interactions(ctx, ev)
+    check(ctx, "interactions", {"interactions": ev["events_out"], "user_items": ev["events_out"]})
+    popular(ctx, inter, demo)
+    check(ctx, "popular")
+    evaluate(ctx, inter, demo, prod)
+    quality_report(ctx)
+    return publish(ctx, url)

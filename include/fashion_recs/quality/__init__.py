@@ -1,0 +1,1 @@
+"""Data quality: quarantine of malformed rows and Great Expectations suites between stages."""

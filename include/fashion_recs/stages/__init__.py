@@ -1,0 +1,1 @@
+"""Preprocessing stages, one module per stage of the seed."""

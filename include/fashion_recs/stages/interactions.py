@@ -1,0 +1,146 @@
+"""Stage 5, `interactions`: events weighted by what they say about a shopper's intent.
+
+The seed mapped each (event_name, button_name) pair to an interaction category and a weight
+(a page view says less than a wishlist heart, which says less than adding to the bag). The
+mapping is configuration: a rule with `button_name: null` matches any button of its event, and
+an exact (event, button) rule wins over it. Events no rule covers are quarantined, not guessed.
+
+Two artifacts: one row per weighted event, and one per (user, product) with counts, summed
+weight and a time-decayed weight (half-life in days, relative to the run's as-of time) that
+models and popularity use.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+
+import polars as pl
+
+from fashion_recs.artifacts import RunPaths, write_artifact
+from fashion_recs.config import InteractionRule, RetailerConfig
+from fashion_recs.contract import (
+    INTERACTIONS,
+    INTERACTIONS_SCHEMA,
+    USER_ITEMS,
+    USER_ITEMS_SCHEMA,
+    quarantine,
+)
+from fashion_recs.quality.quarantine import StageCounts, enforce_reject_rate, write_quarantine
+
+log = logging.getLogger(__name__)
+
+STAGE = "interactions"
+SECONDS_PER_DAY = 86_400.0
+
+
+def as_of_timestamp(as_of: date) -> datetime:
+    """The end of the as-of day, UTC: everything that happened that day counts as the past."""
+    return datetime.combine(as_of, time.max, tzinfo=UTC)
+
+
+def decay_weight(weight: pl.Expr, ts: pl.Expr, as_of: datetime, half_life_days: float) -> pl.Expr:
+    """weight * 0.5 ** (age in days / half-life); events after as-of count at full weight."""
+    age_days = (pl.lit(as_of) - ts).dt.total_seconds() / SECONDS_PER_DAY
+    return weight * pl.lit(0.5).pow(age_days.clip(lower_bound=0.0) / half_life_days)
+
+
+def weight_events(
+    events: pl.DataFrame, rules: list[InteractionRule]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Attach category and weight to each event; return (weighted, unmapped)."""
+    rule_frame = pl.DataFrame(
+        {
+            "event_name": [r.event_name for r in rules],
+            "button_name": [r.button_name for r in rules],
+            "category": [r.category for r in rules],
+            "weight": [float(r.weight) for r in rules],
+        },
+        schema={
+            "event_name": pl.String,
+            "button_name": pl.String,
+            "category": pl.String,
+            "weight": pl.Float64,
+        },
+    )
+    exact = rule_frame.filter(pl.col("button_name").is_not_null())
+    any_button = rule_frame.filter(pl.col("button_name").is_null()).drop("button_name")
+    joined = events.join(exact, on=["event_name", "button_name"], how="left", nulls_equal=False)
+    joined = joined.join(any_button, on="event_name", how="left", suffix="_any")
+    joined = joined.with_columns(
+        pl.coalesce("category", "category_any").alias("category"),
+        pl.coalesce("weight", "weight_any").alias("weight"),
+    ).drop("category_any", "weight_any")
+    mapped = joined.filter(pl.col("category").is_not_null())
+    unmapped = joined.filter(pl.col("category").is_null())
+    return mapped.select(INTERACTIONS_SCHEMA.names), unmapped
+
+
+def aggregate_user_items(
+    interactions: pl.DataFrame, as_of: datetime, half_life_days: float
+) -> pl.DataFrame:
+    """One row per (user, product): counts, weights, decayed weight and the strongest signal."""
+    decayed = decay_weight(pl.col("weight"), pl.col("event_ts"), as_of, half_life_days)
+    return (
+        interactions.with_columns(decayed.alias("decayed"))
+        .group_by("user_id", "product_id")
+        .agg(
+            pl.len().cast(pl.Int64).alias("n_events"),
+            pl.col("weight").sum().alias("weight_sum"),
+            pl.col("decayed").sum().alias("decayed_weight"),
+            pl.col("category").sort_by(["weight", "category"]).last().alias("strongest_category"),
+            pl.col("event_ts").min().alias("first_ts"),
+            pl.col("event_ts").max().alias("last_ts"),
+        )
+        .sort("user_id", "product_id")
+        .select(USER_ITEMS_SCHEMA.names)
+    )
+
+
+def build_interactions(
+    config: RetailerConfig, paths: RunPaths, events_path: Path, as_of: date
+) -> dict:
+    """Stage entry point: weighted events and the user x product aggregate."""
+    events = pl.read_parquet(events_path)
+    weighted, unmapped = weight_events(events, config.interactions.rules)
+    weighted = weighted.sort("user_id", "event_ts", "product_id", maintain_order=True)
+    as_of_ts = as_of_timestamp(as_of)
+    user_items = aggregate_user_items(weighted, as_of_ts, config.interactions.half_life_days)
+    interactions_path = write_artifact(paths, INTERACTIONS, weighted.to_arrow())
+    user_items_path = write_artifact(paths, USER_ITEMS, user_items.to_arrow())
+
+    q_path = paths.path(quarantine(STAGE))
+    rejected = unmapped.select(
+        pl.lit("unmapped_interaction").alias("reason"),
+        pl.lit("event_name|button_name").alias("column"),
+        *[pl.col(c).cast(pl.String) for c in events.columns],
+    ).to_pandas()
+    n_quarantined, reasons = write_quarantine([rejected], q_path)
+    counts = StageCounts(
+        stage=STAGE,
+        rows_in=events.height,
+        rows_out=weighted.height,
+        rows_quarantined=n_quarantined,
+        reasons=reasons,
+        quarantine_path=str(q_path),
+    )
+    by_category = weighted.group_by("category").len().sort("category").rows()
+    log.info(
+        "interactions: %d events -> %d weighted (%s), %d user-product pairs, %d unmapped",
+        events.height,
+        weighted.height,
+        dict(by_category),
+        user_items.height,
+        n_quarantined,
+    )
+    enforce_reject_rate(counts, config.quality.threshold(STAGE), rejected)
+    return {
+        "interactions": str(interactions_path),
+        "user_items": str(user_items_path),
+        "counts": counts.as_dict(),
+        "categories": {k: int(v) for k, v in by_category},
+        "n_user_items": user_items.height,
+        "n_users": weighted["user_id"].n_unique(),
+        "as_of": as_of_ts.isoformat(),
+    }

@@ -1,0 +1,336 @@
+"""Stage 2, `products`: the catalogue export parsed into typed columns.
+
+The export comes from a document store: ids are written `ObjectId('<hex>')`, `price` is the
+text of a Python list of dicts (one per price period) and `other_attributes` the text of a dict.
+The seed parsed these with string slicing and `eval`; here untrusted text is parsed with
+`ast.literal_eval` (literals only, never code) under a length cap.
+
+Row-level problems (no usable id, a repeated id, no title, no usable price) quarantine the
+row. Field-level problems inside `other_attributes` (a rating of 'abc') null that field and are
+recorded in a field-issues file, because the product itself is still worth recommending.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import math
+import re
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fashion_recs.artifacts import RunPaths, write_artifact, write_table
+from fashion_recs.config import ProductColumns, RetailerConfig
+from fashion_recs.contract import PRICE_HISTORY, PRODUCTS, quarantine
+from fashion_recs.quality.quarantine import (
+    StageCounts,
+    enforce_reject_rate,
+    quarantine_frame,
+    write_quarantine,
+)
+from fashion_recs.stages.raw_csv import read_raw_csv
+
+log = logging.getLogger(__name__)
+
+STAGE = "products"
+MAX_LITERAL_CHARS = 20_000
+_OBJECT_ID = re.compile(
+    r"""^\s*(?:ObjectId\(\s*['"]?([0-9a-fA-F]{24})['"]?\s*\)|([0-9a-fA-F]{24}))\s*$"""
+)
+
+TEXT_ATTRIBUTES = (
+    "sku",
+    "product_url",
+    "color",
+    "measurements",
+    "availability",
+    "care_instructions",
+    "original_description",
+)
+
+
+class LiteralError(ValueError):
+    """Text that is not the Python literal it should be."""
+
+
+def extract_hexadecimal(object_id: str) -> str | None:
+    """The 24-hex id inside `ObjectId('...')` (or a bare hex id), lower-cased; None if absent."""
+    match = _OBJECT_ID.match(object_id or "")
+    if not match:
+        return None
+    return (match.group(1) or match.group(2)).lower()
+
+
+def parse_literal(text: str) -> Any:
+    """Parse the text of a Python literal without evaluating code."""
+    if not text or not text.strip():
+        raise LiteralError("empty")
+    if len(text) > MAX_LITERAL_CHARS:
+        raise LiteralError(f"longer than {MAX_LITERAL_CHARS} characters")
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        raise LiteralError(type(exc).__name__) from exc
+
+
+def _as_date(value: Any) -> date | None:
+    if value in (None, "", "None"):
+        return None
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+def _as_price(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("boolean price")
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"price {value!r} is not a positive number")
+    return number
+
+
+@dataclass(frozen=True)
+class PricePeriod:
+    value: float
+    currency: str | None
+    original: bool
+    valid_from: date | None
+    valid_to: date | None
+
+    def active_on(self, day: date) -> bool:
+        return (self.valid_from is None or self.valid_from <= day) and (
+            self.valid_to is None or day <= self.valid_to
+        )
+
+
+def parse_price_periods(text: str) -> list[PricePeriod]:
+    """Parse the `price` column: a list of period dicts. Raises ValueError with the reason."""
+    periods = parse_literal(text)
+    if isinstance(periods, dict):
+        periods = [periods]
+    if not isinstance(periods, list | tuple):
+        raise LiteralError("not a list of price periods")
+    if not periods:
+        raise ValueError("empty_price")
+    parsed = []
+    for period in periods:
+        if not isinstance(period, dict):
+            raise LiteralError("a price period is not a dict")
+        try:
+            parsed.append(
+                PricePeriod(
+                    value=_as_price(period.get("value")),
+                    currency=str(period["currency"]) if period.get("currency") else None,
+                    original=bool(period.get("original", False)),
+                    valid_from=_as_date(period.get("valid_from")),
+                    valid_to=_as_date(period.get("valid_to")),
+                )
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError("bad_price_value") from exc
+    return parsed
+
+
+def current_price(periods: list[PricePeriod], as_of: date) -> dict[str, Any]:
+    """Pick the price a shopper sees on `as_of` and the original price it is compared with.
+
+    The current price is the most recently started period active on `as_of`; when none is
+    active, the original (list) price applies. The original price is the period flagged
+    `original`, or the highest price when the export flags none.
+    """
+    originals = [p for p in periods if p.original]
+    original = originals[0] if originals else max(periods, key=lambda p: p.value)
+    active = [p for p in periods if p.active_on(as_of)]
+    current = (
+        max(active, key=lambda p: (p.valid_from or date.min, -p.value)) if active else original
+    )
+    discounted = current.value < original.value
+    return {
+        "price": current.value,
+        "currency": current.currency or original.currency,
+        "original_price": original.value,
+        "is_discounted": discounted,
+        "discount_pct": round((1 - current.value / original.value) * 100, 2) if discounted else 0.0,
+        "current_period": periods.index(current),
+    }
+
+
+def parse_other_attributes(text: str) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """Typed fields from `other_attributes`; returns (fields, [(column, value, reason), ...])."""
+    raw = parse_literal(text)
+    if not isinstance(raw, dict):
+        raise LiteralError("not a dict")
+    issues: list[tuple[str, str, str]] = []
+    out: dict[str, Any] = {k: None for k in TEXT_ATTRIBUTES}
+    for key in TEXT_ATTRIBUTES:
+        value = raw.get(key)
+        out[key] = None if value in (None, "") else str(value)
+    pid = raw.get("product_id")
+    out["retailer_product_id"] = None if pid in (None, "") else str(pid)
+
+    rating = raw.get("review_rating")
+    out["review_rating"] = None
+    if rating not in (None, ""):
+        try:
+            number = float(rating)
+            if not 0 <= number <= 5:
+                raise ValueError
+            out["review_rating"] = number
+        except (TypeError, ValueError):
+            issues.append(("review_rating", str(rating), "review_rating_not_in_0_5"))
+
+    count = raw.get("review_count")
+    out["review_count"] = None
+    if count not in (None, ""):
+        try:
+            number = float(count)
+            if number < 0 or number != int(number):
+                raise ValueError
+            out["review_count"] = int(number)
+        except (TypeError, ValueError, OverflowError):
+            issues.append(("review_count", str(count), "review_count_not_a_count"))
+
+    images = raw.get("images")
+    if images is None or images == "":
+        out["images"] = []
+    elif isinstance(images, str):
+        out["images"] = [images]
+    elif isinstance(images, list | tuple) and all(isinstance(i, str) for i in images):
+        out["images"] = list(images)
+    else:
+        out["images"] = []
+        issues.append(("images", str(images)[:200], "images_not_a_list_of_strings"))
+    return out, issues
+
+
+@dataclass
+class ParsedProducts:
+    products: pd.DataFrame
+    price_history: pd.DataFrame
+    quarantine: pd.DataFrame
+    field_issues: pd.DataFrame
+
+
+def parse_products(raw: pd.DataFrame, columns: ProductColumns, as_of: date) -> ParsedProducts:
+    """Parse the raw catalogue (all strings) into products, price history and rejects."""
+    c = columns
+    rows: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    rejects: list[tuple[int, str, str]] = []
+    issues: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for i, record in enumerate(raw.to_dict("records")):
+        product_id = extract_hexadecimal(record[c.id])
+        if product_id is None:
+            rejects.append((i, "bad_object_id", c.id))
+            continue
+        if product_id in seen:
+            rejects.append((i, "duplicate_id", c.id))
+            continue
+        title = (record[c.title] or "").strip()
+        if not title:
+            rejects.append((i, "missing_title", c.title))
+            continue
+        try:
+            periods = parse_price_periods(record[c.price])
+        except LiteralError:
+            rejects.append((i, "unparseable_price", c.price))
+            continue
+        except ValueError as exc:
+            rejects.append((i, str(exc), c.price))
+            continue
+        try:
+            attributes, field_issues = parse_other_attributes(record[c.other_attributes])
+        except LiteralError:
+            rejects.append((i, "unparseable_other_attributes", c.other_attributes))
+            continue
+        seen.add(product_id)
+        price = current_price(periods, as_of)
+        current_period = price.pop("current_period")
+        rows.append(
+            {
+                "product_id": product_id,
+                "title": title,
+                "target_audience": (record[c.target_audience] or "").strip().lower() or None,
+                "department": (record[c.department] or "").strip().lower() or None,
+                **price,
+                **attributes,
+            }
+        )
+        history += [
+            {
+                "product_id": product_id,
+                "period": n,
+                "value": p.value,
+                "currency": p.currency,
+                "original": p.original,
+                "valid_from": p.valid_from,
+                "valid_to": p.valid_to,
+                "is_current": n == current_period,
+            }
+            for n, p in enumerate(periods)
+        ]
+        issues += [
+            {"product_id": product_id, "column": col, "value": val, "reason": why}
+            for col, val, why in field_issues
+        ]
+    reject_idx = [r[0] for r in rejects]
+    rejected = quarantine_frame(
+        raw.iloc[reject_idx].reset_index(drop=True),
+        pd.Series([r[1] for r in rejects], dtype="string"),
+        pd.Series([r[2] for r in rejects], dtype="string"),
+    )
+    rejected.insert(2, "source_row", pd.Series(reject_idx, dtype="string"))
+    products = pd.DataFrame(rows, columns=PRODUCTS.schema.names)
+    products = products.sort_values("product_id", kind="stable").reset_index(drop=True)
+    price_history = pd.DataFrame(history, columns=PRICE_HISTORY.schema.names)
+    price_history = price_history.sort_values(["product_id", "period"]).reset_index(drop=True)
+    field_issues = pd.DataFrame(issues, columns=["product_id", "column", "value", "reason"])
+    return ParsedProducts(products, price_history, rejected, field_issues)
+
+
+def build_products(config: RetailerConfig, paths: RunPaths, source: Path, as_of: date) -> dict:
+    """Stage entry point: parse the catalogue export, write artifacts, enforce the reject rate."""
+    c = config.columns.products
+    raw, bad_lines = read_raw_csv(
+        source, [c.id, c.title, c.target_audience, c.department, c.price, c.other_attributes]
+    )
+    parsed = parse_products(raw, c, as_of)
+    out = {
+        "products": str(write_artifact(paths, PRODUCTS, parsed.products)),
+        "price_history": str(write_artifact(paths, PRICE_HISTORY, parsed.price_history)),
+    }
+    issues_path = paths.run_dir / "09_quarantine" / "products_field_issues.parquet"
+    write_table(parsed.field_issues.astype("string"), issues_path)
+    q_path = paths.path(quarantine(STAGE))
+    n_quarantined, reasons = write_quarantine([parsed.quarantine, bad_lines], q_path)
+    counts = StageCounts(
+        stage=STAGE,
+        rows_in=len(raw) + len(bad_lines),
+        rows_out=len(parsed.products),
+        rows_quarantined=n_quarantined,
+        reasons=reasons,
+        quarantine_path=str(q_path),
+    )
+    log.info(
+        "products: %d rows in, %d products, %d quarantined %s, %d field issues",
+        counts.rows_in,
+        counts.rows_out,
+        n_quarantined,
+        reasons,
+        len(parsed.field_issues),
+    )
+    enforce_reject_rate(counts, config.quality.threshold(STAGE), parsed.quarantine)
+    field_counts = parsed.field_issues.groupby("reason").size().to_dict()
+    return {
+        **out,
+        "counts": counts.as_dict(),
+        "field_issues": {str(k): int(v) for k, v in field_counts.items()},
+        "field_issues_path": str(issues_path),
+        "n_discounted": int(parsed.products["is_discounted"].sum()),
+    }

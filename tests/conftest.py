@@ -1,0 +1,47 @@
+"""Shared fixtures: a real PostgreSQL server for the session, small synthetic retailers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.postgres_server import PostgresServer, find_pg_bin, start_server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """Started once per session; CI (FASHION_RECS_REQUIRE_POSTGRES=1) fails instead of skipping."""
+    if find_pg_bin() is None:
+        if os.environ.get("FASHION_RECS_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL binaries (initdb, pg_ctl) are required but not installed")
+        pytest.skip("PostgreSQL binaries not installed")
+    server = start_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database for one test."""
+    name = "t_" + "".join(ch if ch.isalnum() else "_" for ch in request.node.name.lower())[:50]
+    return postgres_server.create_database(name)
+
+
+def _airflow_env() -> None:
+    """Point Airflow at a private home before anything imports it."""
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    home = Path(tempfile.gettempdir()) / f"fashion-recs-airflow-{os.getpid()}"
+    os.environ.setdefault("AIRFLOW_HOME", str(home))
+    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(root / "dags")
+    os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(root / "plugins")
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+
+
+_airflow_env()

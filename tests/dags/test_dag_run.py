@@ -1,0 +1,192 @@
+"""End to end: the real DAG, run by Airflow (`dag.test()`), on a small synthetic retailer.
+
+Checks the published tables against the generator's planted truth, once on SQLite and once on
+the real PostgreSQL server, and that a run whose data fails its threshold publishes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from fashion_recs.artifacts import run_key
+from fashion_recs.publish import make_engine
+from fashion_recs.synthetic import SyntheticSpec, generate
+
+pytestmark = [pytest.mark.airflow, pytest.mark.slow]
+
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+LOGICAL_DATE = datetime(2026, 11, 1, tzinfo=UTC)
+SPEC = SyntheticSpec(
+    n_products=300,
+    n_users=600,
+    n_events=40_000,
+    n_answers=750,
+    seed=7,
+    end_date=date(2026, 11, 1),
+    days=30,
+    images=False,
+)
+
+
+@pytest.fixture(scope="module")
+def retailer(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("retailer")
+    generate(SPEC, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def airflow_db() -> None:
+    """A migrated Airflow metadata database in the session's AIRFLOW_HOME."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    airflow = Path(sys.executable).parent / "airflow"
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_DIR))
+    assert bag.import_errors == {}
+    return bag.dags["fashion_recs"]
+
+
+def overrides(retailer: Path, data_root: Path, **extra) -> dict:
+    return {
+        "data_root": str(data_root),
+        "sources": {
+            "product_data": {"uri": str(retailer / "product_data.csv")},
+            "events": [{"uri": str(p)} for p in sorted(retailer.glob("events_*.csv"))],
+            "user_answers": {"uri": str(retailer / "user_answers.csv")},
+        },
+        "popularity": {"min_segment_users": 5},
+        **extra,
+    }
+
+
+def run_dag(dag, monkeypatch, connection: dict, conf: dict, logical_date=LOGICAL_DATE):
+    monkeypatch.setenv("AIRFLOW_CONN_FASHION_RECS_RESULTS", json.dumps(connection))
+    return dag.test(logical_date=logical_date, run_conf={"overrides": conf})
+
+
+def pg_connection(url: str) -> dict:
+    parsed = sa.engine.make_url(url)
+    return {
+        "conn_type": "postgres",
+        "host": parsed.host,
+        "port": parsed.port,
+        "login": parsed.username,
+        "schema": parsed.database,
+    }
+
+
+def check_published(url: str, retailer: Path, data_root: Path) -> None:
+    truth = json.loads((retailer / "truth" / "malformed.json").read_text())
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        run = conn.exec_driver_sql("SELECT run_id, summary, metrics FROM current_run").one()
+        products = pd.read_sql("SELECT * FROM products", conn)
+        popular = pd.read_sql("SELECT * FROM popular_products", conn)
+        segments = pd.read_sql("SELECT * FROM user_segments", conn)
+    engine.dispose()
+    summary = json.loads(run.summary)
+    stages = summary["stages"]
+
+    # Products: every clean catalogue row is published, every malformed one quarantined.
+    catalogue_defects = dict(truth["product_data.csv"])
+    catalogue_defects.pop("bad_review_rating")  # a field issue: the product stays
+    assert len(products) == SPEC.n_products - sum(catalogue_defects.values())
+    assert stages["products"]["reasons"] == catalogue_defects
+    true_products = pd.read_parquet(retailer / "truth" / "products.parquet")
+    usable = true_products["defect"].isna() | (true_products["defect"] == "bad_review_rating")
+    assert set(products["product_id"]) == set(true_products.loc[usable, "product_id"])
+
+    # Events: each injected defect lands in quarantine with the matching reason.
+    event_defects: dict[str, int] = {}
+    for name, counts in truth.items():
+        if name.startswith("events_"):
+            for defect, n in counts.items():
+                event_defects[defect] = event_defects.get(defect, 0) + n
+    reasons = stages["events"]["reasons"]
+    assert reasons["bad_timestamp"] == event_defects["bad_timestamp"]
+    assert reasons["missing_user_id"] == event_defects["missing_user_id"]
+    bad_ids = event_defects["unknown_product_id"] + event_defects["garbage_product_cell"]
+    assert reasons["unknown_product_id"] + reasons["no_product_id"] == (
+        bad_ids + event_defects["empty_product_cell"]
+    )
+    assert stages["demographics"]["reasons"] == truth["user_answers.csv"]
+
+    # Popularity: the planted most popular products come out on top.
+    planted = pd.read_parquet(retailer / "truth" / "popular.parquet").sort_values("rank")
+    overall = popular[popular["segment_type"] == "overall"].sort_values("rank")
+    top_planted = set(planted["product_id"].head(10))
+    # On this small sample (300 products, 40k events) a random top 20 would hold < 1 of them.
+    assert len(top_planted & set(overall["product_id"].head(20))) >= 6
+    assert overall["product_id"].iloc[0] in set(planted["product_id"].head(5))
+    assert {"age_group", "region", "age_group_region"} <= set(popular["segment_type"])
+
+    # Users: one row per surveyed user, every age group a configured label.
+    assert segments["user_id"].is_unique and len(segments) > 0
+    metrics = {(m["model"], m["metric"]): m["value"] for m in json.loads(run.metrics)}
+    assert metrics[("popularity", "map")] > 0
+    assert Path(summary["data_docs"]).is_file()
+    assert Path(summary["artifacts"]).is_relative_to(data_root)
+
+
+def test_dag_run_publishes_to_sqlite_matching_the_planted_truth(
+    dag, retailer, tmp_path, monkeypatch
+):
+    db = tmp_path / "results.db"
+    dagrun = run_dag(
+        dag,
+        monkeypatch,
+        {"conn_type": "sqlite", "host": str(db)},
+        overrides(retailer, tmp_path / "data"),
+    )
+    assert dagrun.state == "success"
+    check_published(f"sqlite:///{db}", retailer, tmp_path / "data")
+
+
+@pytest.mark.postgres
+def test_dag_run_publishes_to_postgres(dag, retailer, tmp_path, monkeypatch, postgres_url):
+    dagrun = run_dag(
+        dag, monkeypatch, pg_connection(postgres_url), overrides(retailer, tmp_path / "data")
+    )
+    assert dagrun.state == "success"
+    check_published(postgres_url, retailer, tmp_path / "data")
+
+
+def test_failing_stage_fails_the_run_and_publishes_nothing(dag, retailer, tmp_path, monkeypatch):
+    db = tmp_path / "results.db"
+    conn = {"conn_type": "sqlite", "host": str(db)}
+    good = run_dag(dag, monkeypatch, conn, overrides(retailer, tmp_path / "data"))
+    assert good.state == "success"
+    strict = overrides(
+        retailer, tmp_path / "data", quality={"max_reject_rate": {"products": 0.001}}
+    )
+    failed = run_dag(dag, monkeypatch, conn, strict, logical_date=datetime(2026, 11, 2, tzinfo=UTC))
+    assert failed.state == "failed"
+    states = {ti.task_id: ti.state for ti in failed.get_task_instances()}
+    assert states["clean_products"] == "failed"
+    assert states["publish_tables"] != "success"
+    engine = make_engine(f"sqlite:///{db}")
+    with engine.connect() as c:
+        published = c.exec_driver_sql("SELECT run_id FROM current_run").scalar_one()
+        statuses = c.exec_driver_sql("SELECT status FROM runs").scalars().all()
+    engine.dispose()
+    assert published == good.run_id and statuses == ["published"]
+
+    run_dir = tmp_path / "data" / "runs" / "demo" / run_key(failed.run_id)
+    assert (run_dir / "09_quarantine" / "products_quarantine.parquet").is_file()
+    assert not (run_dir / "run_summary.json").exists()

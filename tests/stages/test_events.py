@@ -1,0 +1,159 @@
+"""The events stage: chunked regex extraction, explode, filter, quarantine and accounting."""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fashion_recs.contract import EVENT_PRODUCT_IDS, EVENTS, quarantine
+from fashion_recs.errors import RejectRateExceeded
+from fashion_recs.stages.events import build_events
+from tests.helpers import make_config, run_paths, write_csv
+
+HEADER = [
+    "user_id",
+    "event_name",
+    "button_name",
+    "event_timestamp",
+    "product_id",
+    "related_product_ids",
+]
+A, B, C = "a" * 24, "b" * 24, "c" * 24
+UNKNOWN = "d" * 24
+CATALOGUE = [A, B, C]
+TS = "2026-10-30 12:00:00"
+
+
+def test_noisy_cells_are_exploded_into_cleaned_slots(tmp_path) -> None:
+    rows = [
+        ["U1", "product_details_page_view", "", TS, f"['{A}']", ""],
+        ["U1", "product_similar_items_clicking", "", TS, f" #{A} ", f'["{B}"]'],
+        ["U2", "purchase", "", TS, f"{A}|{B};{C}", ""],
+        ["U2", "button_click", "bag_button", TS, f"p:{C}", ""],
+        ["U3", "app_open", "", TS, "", ""],  # not of interest: filtered
+        ["U3", "button_click", "share_button", TS, A, ""],  # not of interest: filtered
+    ]
+    source = write_csv(tmp_path / "events_1.csv", HEADER, rows)
+    config = make_config(tmp_path)
+    paths = run_paths(config)
+    summary = build_events(config, paths, [source], CATALOGUE)
+
+    events = pq.read_table(paths.path(EVENTS)).to_pandas()
+    got = list(zip(events["user_id"], events["product_id"], events["product_slot"], strict=True))
+    assert got == [
+        ("U1", A, "product_id_cleaned"),
+        ("U1", A, "product_id_cleaned"),
+        ("U1", B, "product_id_cleaned2"),
+        ("U2", A, "product_id_cleaned"),
+        ("U2", B, "product_id_cleaned"),
+        ("U2", C, "product_id_cleaned"),
+        ("U2", C, "product_id_cleaned"),
+    ]
+    assert events["button_name"].isna().sum() == 6  # empty buttons are nulls, not ""
+    assert str(events["event_ts"].dt.tz) == "UTC"
+    counts = summary["counts"]
+    assert (counts["rows_in"], counts["rows_out"], counts["rows_filtered"]) == (6, 4, 2)
+    assert counts["rows_quarantined"] == 0 and summary["events_out"] == 7
+    ids = pq.read_table(paths.path(EVENT_PRODUCT_IDS)).to_pandas().set_index("product_id")
+    assert ids.loc[A, "n_events"] == 3 and bool(ids.loc[C, "in_catalogue"])
+
+
+def test_malformed_rows_are_quarantined_with_reason_and_column(tmp_path) -> None:
+    rows = [
+        ["U1", "product_details_page_view", "", TS, A, ""],
+        ["", "product_details_page_view", "", TS, A, ""],
+        ["U1", "product_details_page_view", "", "not-a-date", A, ""],
+        ["U1", "product_details_page_view", "", "2026-13-45 25:61:00", A, ""],
+        ["U1", "product_details_page_view", "", TS, "", ""],
+        ["U1", "product_details_page_view", "", TS, "[]", ""],
+        ["U1", "product_details_page_view", "", TS, UNKNOWN, ""],
+        ["U1", "product_details_page_view", "", TS, "null", ""],
+        ["U1", "purchase", "", TS, f"{A}, {UNKNOWN}", ""],  # kept: one known id
+    ]
+    source = write_csv(tmp_path / "events_1.csv", HEADER, rows)
+    config = make_config(tmp_path, quality={"max_reject_rate": {"events": 1.0}})
+    paths = run_paths(config)
+    summary = build_events(config, paths, [source], CATALOGUE)
+
+    q = pq.read_table(paths.path(quarantine("events"))).to_pandas()
+    assert sorted(zip(q["reason"], q["column"], strict=True)) == [
+        ("bad_timestamp", "event_timestamp"),
+        ("bad_timestamp", "event_timestamp"),
+        ("missing_user_id", "user_id"),
+        ("no_product_id", "product_id|related_product_ids"),
+        ("no_product_id", "product_id|related_product_ids"),
+        ("unknown_product_id", "product_id|related_product_ids"),
+        ("unknown_product_id", "product_id|related_product_ids"),
+    ]
+    assert set(q["source_file"]) == {str(source)}
+    counts = summary["counts"]
+    assert counts["rows_in"] == counts["rows_out"] + counts["rows_quarantined"] == 9
+    assert summary["unknown_ids"] == {"distinct": 2, "mentions": 3}  # UNKNOWN twice, "null" once
+    events = pq.read_table(paths.path(EVENTS)).to_pandas()
+    assert list(events["product_id"]) == [A, A]
+
+
+def test_many_chunks_and_files_account_for_every_row(tmp_path) -> None:
+    names = ["product_details_page_view", "app_open", "purchase", "button_click"]
+    rows = [
+        [f"U{i % 50}", names[i % 4], "bag_button" if i % 8 == 3 else "", TS, [A, B, C][i % 3], ""]
+        for i in range(5000)
+    ]
+    rows[16][3] = "bad"  # a page view, so quarantined rather than filtered
+    files = [
+        write_csv(tmp_path / "events_1.csv", HEADER, rows[:2500]),
+        write_csv(tmp_path / "events_2.csv", HEADER, rows[2500:]),
+    ]
+    config = make_config(tmp_path, events={"chunk_size": 1000})
+    paths = run_paths(config)
+    summary = build_events(config, paths, files, CATALOGUE)
+    counts = summary["counts"]
+    kept = sum(1 for i in range(5000) if i % 4 in (0, 2) or i % 8 == 3)
+    filtered = 5000 - kept
+    assert (counts["rows_in"], counts["rows_filtered"]) == (5000, filtered)
+    assert counts["rows_quarantined"] == 1 and counts["rows_out"] == kept - 1
+    events = pq.read_table(paths.path(EVENTS)).to_pandas()
+    assert len(events) == kept - 1  # one catalogue id per kept row
+
+
+def test_reject_rate_failure_names_file_column_and_reason(tmp_path) -> None:
+    rows = [["U1", "product_details_page_view", "", TS, UNKNOWN, ""]] * 3
+    rows.append(["U1", "product_details_page_view", "", TS, A, ""])
+    source = write_csv(tmp_path / "events_1.csv", HEADER, rows)
+    config = make_config(tmp_path)
+    with pytest.raises(RejectRateExceeded) as info:
+        build_events(config, run_paths(config), [source], CATALOGUE)
+    message = str(info.value)
+    assert "'unknown_product_id'" in message and "product_id|related_product_ids" in message
+    assert "events_quarantine.parquet" in message and "75.0%" in message
+
+
+def test_rerun_gives_identical_files(tmp_path) -> None:
+    rows = [["U1", "purchase", "", TS, f"{A}|{B}", C], ["U2", "app_open", "", TS, "", ""]]
+    source = write_csv(tmp_path / "events_1.csv", HEADER, rows)
+    config = make_config(tmp_path)
+    paths = run_paths(config)
+    build_events(config, paths, [source], CATALOGUE)
+    first = [paths.path(a).read_bytes() for a in (EVENTS, EVENT_PRODUCT_IDS, quarantine("events"))]
+    build_events(config, paths, [source], CATALOGUE)
+    assert [
+        paths.path(a).read_bytes() for a in (EVENTS, EVENT_PRODUCT_IDS, quarantine("events"))
+    ] == first
+
+
+ID = st.text(alphabet="abcdef0123456789", min_size=24, max_size=24)
+SEPARATORS = st.sampled_from([",", "|", ";", " ", "', '", '","'])
+
+
+@given(st.lists(ID, min_size=1, max_size=4), SEPARATORS, st.sampled_from(["[{}]", "{}", " #{} "]))
+def test_extractor_finds_exactly_the_ids_in_any_noisy_cell(ids, sep, wrap) -> None:
+    """The seed's regex recovers the ids whatever separators and wrappers the app used."""
+    cell = wrap.format(sep.join(f"'{i}'" if "[" in wrap else i for i in ids))
+    import polars as pl
+
+    extracted = pl.Series([cell]).str.extract_all("[a-zA-Z0-9]{3,}").to_list()[0]
+    assert extracted == ids == re.findall("[a-zA-Z0-9]{3,}", cell)
