@@ -1,0 +1,121 @@
+"""Interaction weighting from config, time decay, and segment popularity."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+import pytest
+
+from fashion_recs.config import InteractionRule, PopularityConfig
+from fashion_recs.stages.interactions import (
+    aggregate_user_items,
+    as_of_timestamp,
+    decay_weight,
+    weight_events,
+)
+from fashion_recs.stages.popular import popular_products
+
+AS_OF = as_of_timestamp(date(2026, 11, 1))
+RULES = [
+    InteractionRule(event_name="view", button_name=None, category="view", weight=1.0),
+    InteractionRule(event_name="click", button_name="bag", category="bag", weight=4.0),
+    InteractionRule(event_name="click", button_name=None, category="click", weight=0.5),
+]
+
+
+def events(rows: list[tuple]) -> pl.DataFrame:
+    return pl.DataFrame(
+        rows,
+        schema={
+            "user_id": pl.String,
+            "event_name": pl.String,
+            "button_name": pl.String,
+            "event_ts": pl.Datetime("us", "UTC"),
+            "product_id": pl.String,
+            "product_slot": pl.String,
+        },
+        orient="row",
+    )
+
+
+def test_exact_button_rule_wins_over_any_button_rule_and_unmapped_are_returned() -> None:
+    ts = datetime(2026, 10, 31, tzinfo=UTC)
+    frame = events(
+        [
+            ("U1", "view", None, ts, "p1", "s"),
+            ("U1", "click", "bag", ts, "p1", "s"),
+            ("U1", "click", "heart", ts, "p2", "s"),
+            ("U1", "purchase", None, ts, "p2", "s"),
+        ]
+    )
+    weighted, unmapped = weight_events(frame, RULES)
+    assert weighted.select("category", "weight").rows() == [
+        ("view", 1.0),
+        ("bag", 4.0),
+        ("click", 0.5),
+    ]
+    assert unmapped["event_name"].to_list() == ["purchase"]
+
+
+def test_decay_halves_weight_every_half_life() -> None:
+    frame = pl.DataFrame({"ts": [AS_OF, AS_OF - timedelta(days=7), AS_OF + timedelta(days=1)]})
+    values = frame.select(decay_weight(pl.lit(8.0), pl.col("ts"), AS_OF, 7.0)).to_series()
+    assert values.to_list() == pytest.approx([8.0, 4.0, 8.0])
+
+
+def test_user_items_aggregate_counts_weights_and_strongest_signal() -> None:
+    t0 = AS_OF - timedelta(days=30)
+    frame = weight_events(
+        events(
+            [
+                ("U1", "view", None, t0, "p1", "s"),
+                ("U1", "click", "bag", AS_OF, "p1", "s"),
+                ("U2", "view", None, AS_OF, "p1", "s"),
+            ]
+        ),
+        RULES,
+    )[0]
+    agg = aggregate_user_items(frame, AS_OF, 30.0).rows(named=True)
+    u1 = agg[0]
+    assert (u1["user_id"], u1["n_events"], u1["weight_sum"]) == ("U1", 2, 5.0)
+    assert u1["decayed_weight"] == pytest.approx(4.0 + 0.5)
+    assert u1["strongest_category"] == "bag" and u1["first_ts"] == t0
+
+
+def test_popularity_per_segment_with_minimum_users_and_overall_fallback() -> None:
+    ts = AS_OF
+    rows = []
+    for u in range(6):  # six young northerners love p1
+        rows.append((f"Y{u}", "p1", ts, 1.0))
+    for u in range(2):  # two older southerners love p2: too few for their own segment
+        rows += [(f"O{u}", "p2", ts, 1.0), (f"O{u}", "p3", ts, 1.0)]
+    interactions = pl.DataFrame(
+        rows,
+        schema={
+            "user_id": pl.String,
+            "product_id": pl.String,
+            "event_ts": pl.Datetime("us", "UTC"),
+            "weight": pl.Float64,
+        },
+        orient="row",
+    )
+    users = pl.DataFrame(
+        {
+            "user_id": [f"Y{u}" for u in range(6)] + ["O0", "O1"],
+            "age_group": ["18-24"] * 6 + ["55-64"] * 2,
+            "region": ["north"] * 6 + ["south"] * 2,
+        }
+    )
+    cfg = PopularityConfig(top_k=2, half_life_days=14, min_segment_users=3)
+    table = popular_products(interactions, users, cfg, AS_OF, "unknown")
+    overall = table.filter(pl.col("segment_type") == "overall")
+    assert overall.select("rank", "product_id", "n_users").rows() == [(1, "p1", 6), (2, "p2", 2)]
+    segments = table.filter(pl.col("segment_type") == "age_group_region")
+    assert segments.select("age_group", "region", "product_id").rows() == [("18-24", "north", "p1")]
+    assert table["segment_type"].unique(maintain_order=True).to_list() == [
+        "overall",
+        "age_group",
+        "region",
+        "age_group_region",
+    ]
