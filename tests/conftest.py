@@ -4,10 +4,48 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fashion_recs.synthetic import SyntheticSpec, generate
 from tests.postgres_server import PostgresServer, find_pg_bin, start_server
+
+# A small retailer: big enough for the planted structure to show, small enough for seconds.
+SMALL_SPEC = SyntheticSpec(
+    n_products=300,
+    n_users=600,
+    n_events=40_000,
+    n_answers=750,
+    seed=7,
+    end_date=date(2026, 11, 1),
+    days=30,
+    images=False,
+)
+
+
+@pytest.fixture(scope="session")
+def retailer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small synthetic retailer's raw exports and truth, generated once per session."""
+    out = tmp_path_factory.mktemp("retailer")
+    generate(SMALL_SPEC, out)
+    return out
+
+
+def retailer_overrides(retailer: Path, data_root: Path, **extra: Any) -> dict[str, Any]:
+    """Config overrides that point a run at `retailer`'s files and a private data root."""
+    return {
+        "data_root": str(data_root),
+        "sources": {
+            "product_data": {"uri": str(retailer / "product_data.csv")},
+            "events": [{"uri": str(p)} for p in sorted(retailer.glob("events_*.csv"))],
+            "user_answers": {"uri": str(retailer / "user_answers.csv")},
+        },
+        "popularity": {"min_segment_users": 5},
+        **extra,
+    }
 
 
 @pytest.fixture(scope="session")

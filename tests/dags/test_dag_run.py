@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -19,29 +19,13 @@ import sqlalchemy as sa
 
 from fashion_recs.artifacts import run_key
 from fashion_recs.publish import make_engine
-from fashion_recs.synthetic import SyntheticSpec, generate
+from tests.conftest import SMALL_SPEC as SPEC
+from tests.conftest import retailer_overrides as overrides
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 LOGICAL_DATE = datetime(2026, 11, 1, tzinfo=UTC)
-SPEC = SyntheticSpec(
-    n_products=300,
-    n_users=600,
-    n_events=40_000,
-    n_answers=750,
-    seed=7,
-    end_date=date(2026, 11, 1),
-    days=30,
-    images=False,
-)
-
-
-@pytest.fixture(scope="module")
-def retailer(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("retailer")
-    generate(SPEC, out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +44,6 @@ def dag(airflow_db):
     bag = DagBag(dag_folder=str(DAGS_DIR))
     assert bag.import_errors == {}
     return bag.dags["fashion_recs"]
-
-
-def overrides(retailer: Path, data_root: Path, **extra) -> dict:
-    return {
-        "data_root": str(data_root),
-        "sources": {
-            "product_data": {"uri": str(retailer / "product_data.csv")},
-            "events": [{"uri": str(p)} for p in sorted(retailer.glob("events_*.csv"))],
-            "user_answers": {"uri": str(retailer / "user_answers.csv")},
-        },
-        "popularity": {"min_segment_users": 5},
-        **extra,
-    }
 
 
 def run_dag(dag, monkeypatch, connection: dict, conf: dict, logical_date=LOGICAL_DATE):

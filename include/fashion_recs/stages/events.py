@@ -3,12 +3,12 @@
 The seed read the log with `pandas.read_csv(chunksize=100_000)`, pulled product ids out of
 noisy cells with the regex `[a-zA-Z0-9]{3,}`, exploded multi-id cells into
 `product_id_cleaned` / `product_id_cleaned2`, kept the events and buttons of interest and
-concatenated everything in memory. Here the same steps are one lazy polars query run by its
-streaming engine: the CSV is parsed once, in chunks of `events.chunk_size` rows, on every
-core; rows are filtered to the events of interest *before* the regex runs (most of a log is
-events nobody asked for); ids are exploded and checked against the catalogue; and the results
-stream straight into the events, quarantine and id-count outputs, so memory stays flat
-whatever the file size. `bench/events.py` measures this against the seed's loop.
+concatenated everything in memory. Here the row-level steps are one lazy polars query run by
+its streaming engine on every core: the CSV is parsed once, rows are filtered to the events of
+interest *before* the regex runs (most of a log is events nobody asked for), and each row gets
+its verdict. The query hands over chunks of `events.chunk_size` rows; each chunk's ids are
+exploded, checked against the catalogue and appended to the output Parquet files at once, so
+memory stays flat whatever the file size. `bench/events.py` measures this against the seed's loop.
 
 Every source row ends up in exactly one place: kept (at least one catalogue id), filtered
 (not an event of interest), or quarantined with a reason (no user, bad timestamp, no id, only
@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fashion_recs.artifacts import RunPaths, atomic_path
+from fashion_recs.artifacts import RunPaths, atomic_path, write_artifact
 from fashion_recs.config import EventColumns, EventsConfig, RetailerConfig
 from fashion_recs.contract import EVENT_PRODUCT_IDS, EVENTS, EVENTS_SCHEMA, quarantine
 from fashion_recs.quality.quarantine import StageCounts, enforce_reject_rate
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "events"
 SLOT_NAMES = ("product_id_cleaned", "product_id_cleaned2")
+PROGRESS_EVERY_S = 5.0
 
 
 def parse_timestamps(column: str, formats: list[str]) -> pl.Expr:
@@ -47,54 +48,46 @@ def parse_timestamps(column: str, formats: list[str]) -> pl.Expr:
     return (pl.coalesce(parsed) if len(parsed) > 1 else parsed[0]).dt.replace_time_zone("UTC")
 
 
-@dataclass(frozen=True)
-class EventQueries:
-    """The three outputs of the stage as lazy queries over one shared scan."""
+def classify_rows(
+    source: Path, cols: EventColumns, cfg: EventsConfig, known: pl.Series
+) -> pl.LazyFrame:
+    """The row-level part of the stage as one lazy query over an events file.
 
-    events: pl.LazyFrame
-    rejected: pl.LazyFrame
-    id_counts: pl.LazyFrame
-    verdicts: pl.LazyFrame
-
-
-def event_queries(
-    sources: list[Path], cols: EventColumns, cfg: EventsConfig, catalogue: pl.Series
-) -> EventQueries:
-    """Build the stage's lazy queries: scan, filter, extract, verdict, explode."""
+    Reading, the filter to events of interest, the regex and each row's verdict run inside
+    polars' streaming engine. Columns: the raw ones, `row_number` (0-based data row of the
+    file), one id list per product column (`product_id_cleaned`, `..2`), `event_ts`, the
+    stripped `user`, and `reason` (null when the row is kept). Files are scanned one at a
+    time: the CSV reader's memory grows with the size of the file it reads.
+    """
     raw_cols = cols.raw_columns
     slots = list(SLOT_NAMES[: len(cols.product_columns)])
-    known = catalogue.implode()
     interesting = pl.col(cols.event_name).is_in(cfg.events_of_interest) | pl.col(
         cols.button_name
     ).is_in(cfg.buttons_of_interest)
-    ids = pl.col("all_ids")
+    # Per-slot list expressions: concatenating the slots' lists costs more than the regex.
+    n_ids = pl.sum_horizontal([pl.col(slot).list.len() for slot in slots])
+    any_known = pl.any_horizontal(
+        [pl.col(slot).list.eval(pl.element().is_in(known.implode())).list.any() for slot in slots]
+    )
     reason = (
         pl.when(pl.col("user") == "")
         .then(pl.lit("missing_user_id"))
         .when(pl.col("event_ts").is_null())
         .then(pl.lit("bad_timestamp"))
-        .when(ids.list.len() == 0)
+        .when(n_ids == 0)
         .then(pl.lit("no_product_id"))
-        .when(~ids.list.eval(pl.element().is_in(known)).list.any())
+        .when(~any_known)
         .then(pl.lit("unknown_product_id"))
     )
-    column = (
-        pl.when(pl.col("user") == "")
-        .then(pl.lit(cols.user_id))
-        .when(pl.col("event_ts").is_null())
-        .then(pl.lit(cols.timestamp))
-        .otherwise(pl.lit("|".join(cols.product_columns)))
-    )
-    rows = (
+    return (
         pl.scan_csv(
-            [str(s) for s in sources],
+            source,
             infer_schema=False,
             empty_string_is_null=False,
             truncate_ragged_lines=True,
             row_index_name="row_number",
-            include_file_paths="source_file",
         )
-        .select("row_number", "source_file", *raw_cols)
+        .select("row_number", *raw_cols)
         .with_columns(pl.col(c).fill_null("") for c in raw_cols)
         .filter(interesting)
         .with_columns(
@@ -105,59 +98,55 @@ def event_queries(
             parse_timestamps(cols.timestamp, cfg.timestamp_formats).alias("event_ts"),
             pl.col(cols.user_id).str.strip_chars().alias("user"),
         )
-        .with_columns(pl.concat_list(slots).alias("all_ids"))
         .with_columns(reason.alias("reason"))
     )
-    kept = rows.filter(pl.col("reason").is_null()).select(
+
+
+def explode_ids(rows: pl.DataFrame, slots: list[str]) -> pl.DataFrame:
+    """One row per (source row, slot, id), in row then slot order."""
+    parts = [
+        rows.select(
+            "row_number", pl.col(slot).alias("product_id"), pl.lit(slot).alias("product_slot")
+        ).explode("product_id")
+        for slot in slots
+    ]
+    return pl.concat(parts).drop_nulls("product_id").sort("row_number", maintain_order=True)
+
+
+def events_of(kept: pl.DataFrame, cols: EventColumns, known: pl.Series) -> pl.DataFrame:
+    """The events artifact's rows for a chunk of kept rows: catalogue ids only."""
+    slots = list(SLOT_NAMES[: len(cols.product_columns)])
+    facts = kept.select(
+        "row_number",
         pl.col("user").alias("user_id"),
         pl.col(cols.event_name).alias("event_name"),
-        pl.when(pl.col(cols.button_name) == "").then(None).otherwise(pl.col(cols.button_name))
+        pl.when(pl.col(cols.button_name) == "")
+        .then(None)
+        .otherwise(pl.col(cols.button_name))
         .alias("button_name"),
         "event_ts",
-        ids.alias("product_id"),
-        pl.concat_list(
-            [pl.col(slot).list.eval(pl.lit(slot)) for slot in slots]
-        ).alias("product_slot"),
-    )  # fmt: skip
-    events = (
-        kept.explode("product_id", "product_slot")
-        .filter(pl.col("product_id").is_in(known))
-        .select(EVENTS_SCHEMA.names)
     )
-    first_row = pl.col("source_file").replace_strict(_file_offsets(sources), return_dtype=pl.UInt64)
-    rejected = rows.filter(pl.col("reason").is_not_null()).select(
-        "reason",
-        column.alias("column"),
-        (pl.col("row_number") - first_row).cast(pl.String).alias("source_row"),
-        "source_file",
-        *raw_cols,
-    )  # fmt: skip
-    id_counts = (
-        rows.select(ids.alias("product_id"))
-        .explode("product_id")
-        .drop_nulls()
-        .group_by("product_id")
-        .agg(pl.len().cast(pl.Int64).alias("n_events"))
-        .with_columns(pl.col("product_id").is_in(known).alias("in_catalogue"))
-        .sort("product_id")
+    ids = explode_ids(kept, slots).filter(pl.col("product_id").is_in(known.implode()))
+    return ids.join(facts, on="row_number", how="left", maintain_order="left").select(
+        EVENTS_SCHEMA.names
     )
-    verdicts = rows.group_by(pl.col("reason").fill_null("kept")).agg(pl.len().alias("rows"))
-    return EventQueries(events, rejected, id_counts, verdicts)
-
-
-def _file_offsets(sources: list[Path]) -> dict[str, int]:
-    """Global row number of each file's first data row (the scan numbers rows across files)."""
-    offsets, total = {}, 0
-    for source in sources:
-        offsets[str(source)] = total
-        total += count_data_rows(source)
-    return offsets
 
 
 def count_data_rows(path: Path) -> int:
     """Data rows of a CSV file, for the stage's row accounting (rows filtered = the rest)."""
     query = pl.scan_csv(path, infer_schema=False, truncate_ragged_lines=True)
     return query.select(pl.len()).collect().item()
+
+
+def _merge_id_counts(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    if not frames:
+        return pl.DataFrame(schema={"product_id": pl.String, "n_events": pl.Int64})
+    return (
+        pl.concat(frames)
+        .group_by("product_id")
+        .agg(pl.col("n_events").sum().cast(pl.Int64))
+        .sort("product_id")
+    )
 
 
 def filter_events(
@@ -167,27 +156,72 @@ def filter_events(
     catalogue_ids: list[str],
     events_path: Path,
     quarantine_path: Path,
-    ids_path: Path,
-) -> dict[str, int]:
-    """Run the stage's queries in one streaming pass; return rows per verdict (`kept`, ...)."""
+) -> tuple[dict[str, int], int, pl.DataFrame]:
+    """Stream every events file through the stage; return (rows per verdict, events, id counts).
+
+    The lazy query hands over chunks of `events.chunk_size` rows; each chunk's events and
+    rejects are appended to their Parquet files at once, so memory holds a few chunks at most.
+    """
     for source in sources:
         require_columns(source, header_of(source), cols.raw_columns)
-    catalogue = pl.Series("product_id", sorted(set(catalogue_ids)), dtype=pl.String)
-    queries = event_queries(sources, cols, cfg, catalogue)
+    known = pl.Series("product_id", sorted(set(catalogue_ids)), dtype=pl.String)
+    slots = list(SLOT_NAMES[: len(cols.product_columns)])
+    q_names = ["reason", "column", "source_row", "source_file", *cols.raw_columns]
+    q_schema = pa.schema([pa.field(n, pa.string()) for n in q_names])
+    column = (
+        pl.when(pl.col("reason") == "missing_user_id")
+        .then(pl.lit(cols.user_id))
+        .when(pl.col("reason") == "bad_timestamp")
+        .then(pl.lit(cols.timestamp))
+        .otherwise(pl.lit("|".join(cols.product_columns)))
+    )
+    verdicts: dict[str, int] = {}
+    id_counts: list[pl.DataFrame] = []
+    n_events = 0
+    started = last_log = time.monotonic()
     with (
         atomic_path(events_path) as ev_tmp,
         atomic_path(quarantine_path) as q_tmp,
-        atomic_path(ids_path) as ids_tmp,
-        pl.Config(streaming_chunk_size=cfg.chunk_size),
+        pq.ParquetWriter(ev_tmp, EVENTS_SCHEMA, compression="zstd") as ev_writer,
+        pq.ParquetWriter(q_tmp, q_schema, compression="zstd") as q_writer,
     ):
-        sinks = [
-            queries.events.sink_parquet(ev_tmp, compression="zstd", lazy=True),
-            queries.rejected.sink_parquet(q_tmp, compression="zstd", lazy=True),
-            queries.id_counts.sink_parquet(ids_tmp, compression="zstd", lazy=True),
-            queries.verdicts,
-        ]
-        *_, verdicts = pl.collect_all(sinks, engine="streaming")
-    return dict(verdicts.sort("reason").rows())
+        for source in sources:
+            for chunk in classify_rows(source, cols, cfg, known).collect_batches(
+                chunk_size=cfg.chunk_size
+            ):
+                for reason, n in chunk.group_by(pl.col("reason").fill_null("kept")).len().rows():
+                    verdicts[reason] = verdicts.get(reason, 0) + n
+                rejected = chunk.filter(pl.col("reason").is_not_null())
+                if rejected.height:
+                    table = rejected.select(
+                        "reason",
+                        column.alias("column"),
+                        pl.col("row_number").cast(pl.String).alias("source_row"),
+                        pl.lit(str(source)).alias("source_file"),
+                        *cols.raw_columns,
+                    ).to_arrow()
+                    q_writer.write_table(table.cast(q_schema))
+                events = events_of(chunk.filter(pl.col("reason").is_null()), cols, known)
+                if events.height:
+                    ev_writer.write_table(events.to_arrow().cast(EVENTS_SCHEMA))
+                    n_events += events.height
+                mentioned = explode_ids(chunk, slots).group_by("product_id").len("n_events")
+                id_counts.append(mentioned.with_columns(pl.col("n_events").cast(pl.Int64)))
+                if len(id_counts) > 64:  # keep the per-id tallies small
+                    id_counts = [_merge_id_counts(id_counts)]
+                if time.monotonic() - last_log > PROGRESS_EVERY_S:
+                    last_log = time.monotonic()
+                    done = sum(verdicts.values())
+                    log.info(
+                        "events: %s rows of interest so far, %s events, %.0f s",
+                        f"{done:,}",
+                        f"{n_events:,}",
+                        last_log - started,
+                    )
+    merged = _merge_id_counts(id_counts).with_columns(
+        pl.col("product_id").is_in(known.implode()).alias("in_catalogue")
+    )
+    return verdicts, n_events, merged
 
 
 def build_events(
@@ -196,17 +230,16 @@ def build_events(
     """Stage entry point: filtered, exploded events plus the unique product ids they mention."""
     events_path = paths.path(EVENTS)
     q_path = paths.path(quarantine(STAGE))
-    ids_path = paths.path(EVENT_PRODUCT_IDS)
     rows_in = sum(count_data_rows(s) for s in sources)
     log.info("events: %s rows in %d file(s); filtering ...", f"{rows_in:,}", len(sources))
     started = time.monotonic()
-    verdicts = filter_events(
-        sources, config.columns.events, config.events, catalogue_ids, events_path, q_path, ids_path
+    verdicts, events_out, ids = filter_events(
+        sources, config.columns.events, config.events, catalogue_ids, events_path, q_path
     )
     elapsed = time.monotonic() - started
     kept = verdicts.pop("kept", 0)
-    events_out = pq.read_metadata(events_path).num_rows
-    ids = pl.read_parquet(ids_path)
+    verdicts = dict(sorted(verdicts.items()))
+    ids_path = write_artifact(paths, EVENT_PRODUCT_IDS, ids.to_arrow())
     unknown = ids.filter(~pl.col("in_catalogue"))
     counts = StageCounts(
         stage=STAGE,
