@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Lines worth echoing: each stage's one-line summary and each task's final state.
-PROGRESS = re.compile(r"(products|events|demographics|interactions|popular|publish|quality \w+):|"
-                      r"Marking task as|state=", re.IGNORECASE)  # fmt: skip
+# Lines worth echoing: each stage's one-line summary, task ends and failures.
+PROGRESS = re.compile(
+    r"\[fashion_recs\.(stages|publish|pipeline|quality\.checks)|\[DAG TEST\] end task|"
+    r"Task failed|Marking run|DagRun Finished"
+)
+NOISE = re.compile(r"\s+(\[[\w.]+\]\s+)?loc=\S+.*$")
 
 
 def results_url() -> str:
@@ -56,7 +59,7 @@ def main() -> int:
         for line in proc.stdout:
             log.write(line)
             if PROGRESS.search(line):
-                print("  " + line.rstrip()[:220], flush=True)
+                print("  " + NOISE.sub("", line.rstrip())[:240], flush=True)
         code = proc.wait()
     elapsed = time.monotonic() - started
     from fashion_recs.cli import main as cli

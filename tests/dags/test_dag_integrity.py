@@ -72,7 +72,7 @@ def test_dag_file_imports_no_heavy_library_at_top_level() -> None:
         "import sys, importlib.util\n"
         "import airflow.sdk\n"
         "before = set(sys.modules)\n"
-        f"path = {str(DAGS_DIR / 'fashion_recs.py')!r}\n"
+        f"path = {str(DAGS_DIR / 'fashion_recs_daily.py')!r}\n"
         "spec = importlib.util.spec_from_file_location('d', path)\n"
         "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
         f"heavy = {HEAVY!r}\n"
@@ -80,3 +80,22 @@ def test_dag_file_imports_no_heavy_library_at_top_level() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_no_dag_file_shadows_the_library() -> None:
+    """Airflow puts dags/ on sys.path: a `fashion_recs.py` there would hide the package."""
+    shadowing = {p.stem for p in DAGS_DIR.glob("*.py")} & {"fashion_recs", "include"}
+    assert shadowing == set()
+
+
+def test_tasks_import_the_library_from_a_fresh_process() -> None:
+    """What a worker does: dags/ first on sys.path, then the task imports the pipeline."""
+    probe = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(DAGS_DIR)!r})\n"
+        "import fashion_recs.pipeline, fashion_recs.stages.events\n"
+        "print(fashion_recs.pipeline.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "fashion_recs.pipeline"

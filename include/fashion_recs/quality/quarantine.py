@@ -101,3 +101,18 @@ def enforce_reject_rate(
         f"reason {top_reason!r} in column {top_column!r} ({top_n:,} rows). Inspect "
         f"{counts.quarantine_path}; fix the export or raise quality.max_reject_rate.{counts.stage}."
     )
+
+
+def account_rows(
+    stage: str, frames: list[pd.DataFrame], path: Path, rows_in: int, rows_out: int
+) -> StageCounts:
+    """Write a stage's quarantine file and return its checked row accounting."""
+    n_quarantined, reasons = write_quarantine(frames, path)
+    return StageCounts(
+        stage=stage,
+        rows_in=rows_in,
+        rows_out=rows_out,
+        rows_quarantined=n_quarantined,
+        reasons=reasons,
+        quarantine_path=str(path),
+    )

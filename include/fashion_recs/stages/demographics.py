@@ -30,10 +30,9 @@ from fashion_recs.artifacts import RunPaths, write_artifact
 from fashion_recs.config import AnswerColumns, DemographicsConfig, RetailerConfig
 from fashion_recs.contract import USERS, quarantine, users_schema
 from fashion_recs.quality.quarantine import (
-    StageCounts,
+    account_rows,
     enforce_reject_rate,
     quarantine_frame,
-    write_quarantine,
 )
 from fashion_recs.stages.raw_csv import read_raw_csv
 
@@ -215,14 +214,12 @@ def build_demographics(config: RetailerConfig, paths: RunPaths, source: Path, as
     users_path = write_artifact(paths, USERS, users[schema.names], schema)
 
     q_path = paths.path(quarantine(STAGE))
-    n_quarantined, reasons = write_quarantine([cleaned.quarantine, bad_lines], q_path)
-    counts = StageCounts(
-        stage=STAGE,
+    counts = account_rows(
+        STAGE,
+        [cleaned.quarantine, bad_lines],
+        q_path,
         rows_in=len(raw) + len(bad_lines),
         rows_out=len(cleaned.answers),
-        rows_quarantined=n_quarantined,
-        reasons=reasons,
-        quarantine_path=str(q_path),
     )
     log.info(
         "demographics: %d answer rows -> %d users (%s ages imputed, CV MAE %s vs %s for the mean); "
@@ -232,8 +229,8 @@ def build_demographics(config: RetailerConfig, paths: RunPaths, source: Path, as
         age_report["n_imputed"],
         age_report.get("cv_mae_years"),
         age_report.get("mean_baseline_mae_years"),
-        n_quarantined,
-        reasons,
+        counts.rows_quarantined,
+        counts.reasons,
     )
     enforce_reject_rate(counts, config.quality.threshold(STAGE), cleaned.quarantine)
     return {

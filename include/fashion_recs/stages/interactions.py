@@ -27,7 +27,7 @@ from fashion_recs.contract import (
     USER_ITEMS_SCHEMA,
     quarantine,
 )
-from fashion_recs.quality.quarantine import StageCounts, enforce_reject_rate, write_quarantine
+from fashion_recs.quality.quarantine import account_rows, enforce_reject_rate
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +116,8 @@ def build_interactions(
         pl.lit("event_name|button_name").alias("column"),
         *[pl.col(c).cast(pl.String) for c in events.columns],
     ).to_pandas()
-    n_quarantined, reasons = write_quarantine([rejected], q_path)
-    counts = StageCounts(
-        stage=STAGE,
-        rows_in=events.height,
-        rows_out=weighted.height,
-        rows_quarantined=n_quarantined,
-        reasons=reasons,
-        quarantine_path=str(q_path),
+    counts = account_rows(
+        STAGE, [rejected], q_path, rows_in=events.height, rows_out=weighted.height
     )
     by_category = weighted.group_by("category").len().sort("category").rows()
     log.info(
@@ -132,7 +126,7 @@ def build_interactions(
         weighted.height,
         dict(by_category),
         user_items.height,
-        n_quarantined,
+        counts.rows_quarantined,
     )
     enforce_reject_rate(counts, config.quality.threshold(STAGE), rejected)
     return {

@@ -27,10 +27,9 @@ from fashion_recs.artifacts import RunPaths, write_artifact, write_table
 from fashion_recs.config import ProductColumns, RetailerConfig
 from fashion_recs.contract import PRICE_HISTORY, PRODUCTS, quarantine
 from fashion_recs.quality.quarantine import (
-    StageCounts,
+    account_rows,
     enforce_reject_rate,
     quarantine_frame,
-    write_quarantine,
 )
 from fashion_recs.stages.raw_csv import read_raw_csv
 
@@ -308,21 +307,19 @@ def build_products(config: RetailerConfig, paths: RunPaths, source: Path, as_of:
     issues_path = paths.run_dir / "09_quarantine" / "products_field_issues.parquet"
     write_table(parsed.field_issues.astype("string"), issues_path)
     q_path = paths.path(quarantine(STAGE))
-    n_quarantined, reasons = write_quarantine([parsed.quarantine, bad_lines], q_path)
-    counts = StageCounts(
-        stage=STAGE,
+    counts = account_rows(
+        STAGE,
+        [parsed.quarantine, bad_lines],
+        q_path,
         rows_in=len(raw) + len(bad_lines),
         rows_out=len(parsed.products),
-        rows_quarantined=n_quarantined,
-        reasons=reasons,
-        quarantine_path=str(q_path),
     )
     log.info(
         "products: %d rows in, %d products, %d quarantined %s, %d field issues",
         counts.rows_in,
         counts.rows_out,
-        n_quarantined,
-        reasons,
+        counts.rows_quarantined,
+        counts.reasons,
         len(parsed.field_issues),
     )
     enforce_reject_rate(counts, config.quality.threshold(STAGE), parsed.quarantine)
