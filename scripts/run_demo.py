@@ -56,17 +56,20 @@ def main() -> int:
             text=True,
         )
         assert proc.stdout is not None
+        finished = ""
         for line in proc.stdout:
             log.write(line)
+            if "DagRun Finished" in line:
+                finished = line
             if PROGRESS.search(line):
                 print("  " + NOISE.sub("", line.rstrip())[:240], flush=True)
         code = proc.wait()
     elapsed = time.monotonic() - started
     from fashion_recs.cli import main as cli
 
-    if code != 0:
-        print(f"the DAG run failed (exit {code}); see {log_file}", file=sys.stderr)
-        return code
+    if code != 0 or "state=success" not in finished:
+        print(f"the DAG run did not succeed (exit {code}); see {log_file}", file=sys.stderr)
+        return code or 1
     print(f"\nDAG run finished in {elapsed:.0f} s\n")
     return cli(["show", "--db", results_url()])
 
