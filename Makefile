@@ -43,7 +43,8 @@ test: venv
 
 airflow: venv $(AIRFLOW_HOME)/airflow.db
 	@test -f $(DEMO_DATA)/truth/summary.json || $(MAKE) --no-print-directory data
-	$(BIN)/airflow standalone
+	# standalone starts its components as `airflow ...` subprocesses: the venv must be on PATH.
+	PATH="$(CURDIR)/$(BIN):$$PATH" airflow standalone
 
 bench: venv
 	$(BIN)/python bench/events.py
