@@ -59,7 +59,7 @@ def ours(files: list[Path], out: Path, data_dir: Path) -> int:
     truth = pq.read_table(data_dir / "truth" / "popular.parquet", columns=["product_id"])
     catalogue = truth.column("product_id").to_pylist()
     paths = RunPaths(config.data_root_path, config.retailer, "bench")
-    build_events(config, paths, files, catalogue)
+    build_events(config, paths, files, catalogue, date(2026, 11, 1))
     return pq.read_metadata(paths.path(EVENTS)).num_rows
 
 

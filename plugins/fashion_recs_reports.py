@@ -69,8 +69,14 @@ def create_app(data_root: Path | None = None) -> FastAPI:
 
     @app.get("/runs/{retailer}/{run_key}/data_docs/{path:path}")
     def data_docs(retailer: str, run_key: str, path: str) -> FileResponse:
-        base = root() / "runs" / retailer / run_key / "data_docs"
-        target = resolve_inside(base, path or "index.html") if base.is_dir() else None
+        runs_dir = root() / "runs"
+        run_dir = resolve_inside(runs_dir, f"{retailer}/{run_key}", kind="dir")
+        base = (
+            run_dir / "data_docs"
+            if run_dir and run_dir.parent.parent == runs_dir.resolve()
+            else None
+        )
+        target = resolve_inside(base, path or "index.html") if base and base.is_dir() else None
         if target is None:
             raise HTTPException(status_code=404, detail=f"{path!r} not found for run {run_key}")
         return FileResponse(target)

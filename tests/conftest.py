@@ -76,7 +76,8 @@ def _airflow_env() -> None:
 
     root = Path(__file__).resolve().parents[1]
     home = Path(tempfile.gettempdir()) / f"fashion-recs-airflow-{os.getpid()}"
-    os.environ.setdefault("AIRFLOW_HOME", str(home))
+    # Always a private home: never the .airflow/ that `make demo` and `make airflow` use.
+    os.environ["AIRFLOW_HOME"] = str(home)
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(root / "dags")
     os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(root / "plugins")
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"

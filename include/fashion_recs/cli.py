@@ -75,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     from fashion_recs.pipeline import make_context, run_all
     from fashion_recs.publish import default_results_url
 
-    ctx = make_context(args.run_id, args.logical_date, args.config)
+    run_id = args.run_id or f"cli__{args.logical_date.isoformat()}"
+    ctx = make_context(run_id, args.logical_date, args.config)
     url = args.db or default_results_url(ctx.config.publish.default_url, ctx.config.base_dir)
     record = run_all(ctx, url)
     print(json.dumps(record["publish"], indent=2, default=str))
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("generate", help="write a synthetic retailer (see --help of this command)")
     run = sub.add_parser("run", help="run every pipeline step in this process, no Airflow")
     run.add_argument("--config", default=None, help="retailer YAML (default config/retailer.yaml)")
-    run.add_argument("--run-id", default="cli")
+    run.add_argument("--run-id", default=None, help="default: cli__<logical date>")
     run.add_argument("--logical-date", type=date.fromisoformat, default=date.today())
     run.add_argument("--db", default=None, help="SQLAlchemy URL (default: the config's)")
     show = sub.add_parser("show", help="print the run the results database currently serves")

@@ -105,8 +105,23 @@ class EventsConfig(_Strict):
     )
     buttons_of_interest: list[str] = Field(default_factory=lambda: ["heart_button", "bag_button"])
     timestamp_formats: list[str] = Field(
-        default_factory=lambda: ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%.fZ"]
+        default_factory=lambda: ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%.fZ"], min_length=1
     )
+    # Events after the run's as-of time belong to later runs (filtered, which keeps backfills
+    # right); beyond these bounds a timestamp is implausible and quarantined.
+    max_days_after_as_of: int = Field(default=366, ge=0)
+    max_days_before_as_of: int = Field(default=3650, ge=1)
+
+    @field_validator("timestamp_formats")
+    @classmethod
+    def _one_timezone_kind(cls, formats: list[str]) -> list[str]:
+        aware = {"%z" in f or "%Z" in f for f in formats}
+        if len(aware) > 1:
+            raise ValueError(
+                "timestamp_formats mix formats with and without a UTC offset (%z); "
+                "use one kind (timestamps without an offset are read as UTC)"
+            )
+        return formats
 
 
 class InteractionsConfig(_Strict):

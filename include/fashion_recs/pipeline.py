@@ -106,7 +106,7 @@ def events(
 
     catalogue = pq.read_table(products_summary["products"], columns=["product_id"])
     ids = catalogue.column("product_id").to_pylist()
-    summary = build_events(ctx.config, ctx.paths, _event_files(download_summary), ids)
+    summary = build_events(ctx.config, ctx.paths, _event_files(download_summary), ids, ctx.as_of)
     return ctx.save_summary("events", summary)
 
 

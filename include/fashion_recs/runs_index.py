@@ -48,10 +48,12 @@ def list_runs(data_root: Path) -> list[RunEntry]:
     return sorted(entries, key=lambda e: (e.modified, e.run_key), reverse=True)
 
 
-def resolve_inside(base: Path, relative: str) -> Path | None:
-    """`base / relative` if it stays inside `base` and exists as a file, else None."""
+def resolve_inside(base: Path, relative: str, kind: str = "file") -> Path | None:
+    """`base / relative` if it stays inside `base` and exists (as a file, or a directory with
+    kind="dir"), else None: request paths never reach outside the data root."""
     base = base.resolve()
     target = (base / relative).resolve()
-    if target != base and base not in target.parents:
+    if base not in target.parents:
         return None
-    return target if target.is_file() else None
+    exists = target.is_dir() if kind == "dir" else target.is_file()
+    return target if exists else None

@@ -67,3 +67,8 @@ def test_data_docs_route_refuses_paths_outside_the_run(tmp_path) -> None:
     assert client.get("/runs/demo/run_a/data_docs/..%2Fsecret.txt").status_code == 404
     assert client.get("/runs/demo/run_a/data_docs/missing.html").status_code == 404
     assert client.get("/runs/demo/nope/data_docs/index.html").status_code == 404
+    # A run directory named by climbing out of the runs folder is refused too.
+    (tmp_path.parent / "data_docs").mkdir(exist_ok=True)
+    (tmp_path.parent / "data_docs" / "secret.txt").write_text("outside")
+    assert client.get("/runs/%2E%2E/%2E%2E/data_docs/secret.txt").status_code == 404
+    assert client.get("/runs/demo/%2E%2E/data_docs/secret.txt").status_code == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 
 import pyarrow.parquet as pq
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fashion_recs.contract import EVENT_PRODUCT_IDS, EVENTS, quarantine
-from fashion_recs.errors import RejectRateExceeded
+from fashion_recs.errors import RejectRateExceeded, SourceError
 from fashion_recs.stages.events import build_events
 from tests.helpers import make_config, run_paths, write_csv
 
@@ -157,3 +158,54 @@ def test_extractor_finds_exactly_the_ids_in_any_noisy_cell(ids, sep, wrap) -> No
 
     extracted = pl.Series([cell]).str.extract_all("[a-zA-Z0-9]{3,}").to_list()[0]
     assert extracted == ids == re.findall("[a-zA-Z0-9]{3,}", cell)
+
+
+def test_as_of_window_filters_later_events_and_quarantines_implausible_ones(tmp_path) -> None:
+    rows = [
+        ["U1", "product_details_page_view", "", "2026-10-31 23:00:00", A, ""],
+        ["U1", "product_details_page_view", "", "2026-11-03 10:00:00", B, ""],  # a later run's
+        ["U1", "product_details_page_view", "", "2099-01-01 00:00:00", C, ""],
+        ["U1", "product_details_page_view", "", "1970-01-01 00:00:00", C, ""],
+    ]
+    source = write_csv(tmp_path / "events_1.csv", HEADER, rows)
+    config = make_config(tmp_path, quality={"max_reject_rate": {"events": 1.0}})
+    paths = run_paths(config)
+    summary = build_events(config, paths, [source], CATALOGUE, date(2026, 11, 1))
+    counts = summary["counts"]
+    assert (counts["rows_out"], counts["rows_filtered"], counts["rows_quarantined"]) == (1, 1, 2)
+    assert counts["reasons"] == {"implausible_timestamp": 2}
+    assert summary["rows_after_as_of"] == 1
+    q = pq.read_table(paths.path(quarantine("events"))).to_pandas()
+    assert set(q["column"]) == {"event_timestamp"}
+
+
+def test_ids_are_case_insensitive_and_a_repeated_id_is_one_event(tmp_path) -> None:
+    rows = [["U1", "purchase", "", TS, f"{A.upper()}|{A}|{B}", A]]
+    source = write_csv(tmp_path / "events_1.csv", HEADER, rows)
+    config = make_config(tmp_path)
+    paths = run_paths(config)
+    summary = build_events(config, paths, [source], CATALOGUE)
+    events = pq.read_table(paths.path(EVENTS)).to_pandas()
+    assert list(zip(events["product_id"], events["product_slot"], strict=True)) == [
+        (A, "product_id_cleaned"),
+        (B, "product_id_cleaned"),
+    ]
+    assert summary["counts"]["rows_out"] == 1
+
+
+def test_invalid_utf8_is_read_lossily_and_a_broken_quote_is_a_source_error(tmp_path) -> None:
+    path = tmp_path / "events_1.csv"
+    header = ",".join(HEADER) + "\n"
+    path.write_bytes(
+        (header + f"U1,purchase,,{TS},{A},\n").encode()
+        + b"U\xe9,purchase,,2026-10-30 12:00:00,"
+        + B.encode()
+        + b",\n"
+    )
+    config = make_config(tmp_path)
+    summary = build_events(config, run_paths(config), [path], CATALOGUE)
+    assert summary["counts"]["rows_out"] == 2
+    broken = tmp_path / "events_2.csv"
+    broken.write_text(header + f'U1,purchase,,{TS},"{A},\n' + f"U2,purchase,,{TS},{B},\n" * 3)
+    with pytest.raises(SourceError, match=r"events_2\.csv"):
+        build_events(config, run_paths(config, "other"), [broken], CATALOGUE)

@@ -7,10 +7,10 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 import pytest
 
+from fashion_recs.clock import as_of_timestamp
 from fashion_recs.config import InteractionRule, PopularityConfig
 from fashion_recs.stages.interactions import (
     aggregate_user_items,
-    as_of_timestamp,
     decay_weight,
     weight_events,
 )

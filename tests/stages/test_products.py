@@ -192,3 +192,51 @@ def test_missing_column_is_a_clear_source_error(tmp_path) -> None:
     config = make_config(tmp_path)
     with pytest.raises(SourceError, match="other_attributes"):
         build_products(config, run_paths(config), source, AS_OF)
+
+
+def test_original_flag_spelled_as_text_is_read_as_a_boolean() -> None:
+    text = (
+        "[{'value': 50.0, 'original': 'True'}, {'value': 40.0, 'original': 'False', "
+        "'valid_from': '2026-10-01', 'valid_to': None}]"
+    )
+    price = current_price(parse_price_periods(text), AS_OF)
+    assert (price["price"], price["original_price"], price["is_discounted"]) == (40.0, 50.0, True)
+    with pytest.raises(ValueError, match="bad_price_value"):
+        parse_price_periods("[{'value': 5.0, 'original': 'maybe'}]")
+
+
+def test_huge_numbers_and_non_utf8_bytes_are_quarantined_not_fatal(tmp_path) -> None:
+    huge = "1" + "0" * 400
+    rows = [row(0), row(1, price=f"[{{'value': {huge}, 'original': True}}]")]
+    rows.append(row(2, other_attributes=ATTRS.replace("4.5", huge)))
+    source = write_csv(tmp_path / "product_data.csv", HEADER, rows)
+    with open(source, "ab") as handle:
+        handle.write(b"ObjectId('" + HEX[3].encode() + b"'),Caf\xe9 Dress,women,dresses,")
+        handle.write(b'"' + PRICE.encode() + b'","' + ATTRS.encode() + b'"\n')
+    config = make_config(tmp_path, quality={"max_reject_rate": {"products": 1.0}})
+    paths = run_paths(config)
+    summary = build_products(config, paths, source, AS_OF)
+    assert summary["counts"]["reasons"] == {"bad_price_value": 1, "invalid_utf8": 1}
+    assert summary["field_issues"] == {"review_rating_not_in_0_5": 1}
+    assert summary["counts"]["rows_in"] == 4
+
+
+def test_an_export_column_named_reason_survives_quarantine(tmp_path) -> None:
+    header = [*HEADER, "reason"]
+    rows = [[*row(0), "x"], [*row(1, title=""), "y"]]
+    source = write_csv(tmp_path / "product_data.csv", header, rows)
+    config = make_config(tmp_path, quality={"max_reject_rate": {"products": 1.0}})
+    paths = run_paths(config)
+    build_products(config, paths, source, AS_OF)
+    q = pq.read_table(paths.path(quarantine("products"))).to_pandas()
+    assert list(q["reason"]) == ["missing_title"] and list(q["raw_reason"]) == ["y"]
+
+
+def test_empty_or_headerless_files_are_source_errors(tmp_path) -> None:
+    from fashion_recs.errors import SourceError
+
+    empty = tmp_path / "product_data.csv"
+    empty.write_bytes(b"")
+    config = make_config(tmp_path)
+    with pytest.raises(SourceError, match="empty"):
+        build_products(config, run_paths(config), empty, AS_OF)

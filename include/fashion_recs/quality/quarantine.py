@@ -62,6 +62,8 @@ def quarantine_frame(
 ) -> pd.DataFrame:
     """Tag raw rows with why and where they were rejected; values become strings for inspection."""
     tagged = rows.reset_index(drop=True).astype("string")
+    # An export may have its own `reason` or `column` column: keep it, under another name.
+    tagged = tagged.rename(columns={c: f"raw_{c}" for c in (*QUARANTINE_LEADING, "source_row")})
     for name, value in (("column", column), ("reason", reason)):
         tagged.insert(0, name, value.to_numpy() if isinstance(value, pd.Series) else value)
     return tagged

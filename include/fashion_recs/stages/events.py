@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -27,8 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fashion_recs.artifacts import RunPaths, atomic_path, write_artifact
+from fashion_recs.clock import as_of_timestamp
 from fashion_recs.config import EventColumns, EventsConfig, RetailerConfig
 from fashion_recs.contract import EVENT_PRODUCT_IDS, EVENTS, EVENTS_SCHEMA, quarantine
+from fashion_recs.errors import SourceError
 from fashion_recs.quality.quarantine import StageCounts, enforce_reject_rate
 from fashion_recs.stages.raw_csv import header_of, require_columns
 
@@ -36,30 +40,43 @@ log = logging.getLogger(__name__)
 
 STAGE = "events"
 SLOT_NAMES = ("product_id_cleaned", "product_id_cleaned2")
+AFTER_AS_OF = "after_as_of"
 PROGRESS_EVERY_S = 5.0
 # zstd's fastest level: the same file size as the default level here, in 60 % of the time.
 WRITE_OPTIONS = {"compression": "zstd", "compression_level": 1}
 
 
 def parse_timestamps(column: str, formats: list[str]) -> pl.Expr:
-    """The first format that parses wins; unparseable values become null (then quarantined)."""
+    """The first format that parses wins; unparseable values become null (then quarantined).
+
+    Formats with an offset (%z) are converted to UTC; formats without one are read as UTC.
+    """
+    aware = any("%z" in f or "%Z" in f for f in formats)
+    dtype = pl.Datetime("us", "UTC") if aware else pl.Datetime("us")
     parsed = [
-        pl.col(column).str.strptime(pl.Datetime("us"), fmt, strict=False, exact=True, cache=False)
+        pl.col(column).str.strptime(dtype, fmt, strict=False, exact=True, cache=False)
         for fmt in formats
     ]
-    return (pl.coalesce(parsed) if len(parsed) > 1 else parsed[0]).dt.replace_time_zone("UTC")
+    combined = pl.coalesce(parsed) if len(parsed) > 1 else parsed[0]
+    return combined if aware else combined.dt.replace_time_zone("UTC")
 
 
 def classify_rows(
-    source: Path, cols: EventColumns, cfg: EventsConfig, known: pl.Series
+    source: Path,
+    cols: EventColumns,
+    cfg: EventsConfig,
+    known: pl.Series,
+    as_of: datetime | None = None,
 ) -> pl.LazyFrame:
     """The row-level part of the stage as one lazy query over an events file.
 
     Reading, the filter to events of interest, the regex and each row's verdict run inside
     polars' streaming engine. Columns: the raw ones, `row_number` (0-based data row of the
     file), one id list per product column (`product_id_cleaned`, `..2`), `event_ts`, the
-    stripped `user`, and `reason` (null when the row is kept). Files are scanned one at a
-    time: the CSV reader's memory grows with the size of the file it reads.
+    stripped `user`, and `reason` (null when the row is kept; `after_as_of` for a row that
+    belongs to a later run, which the caller counts as filtered). Ids are lower-cased like the
+    catalogue's hex ids. Files are scanned one at a time: the CSV reader's memory grows with
+    the size of the file it reads. Invalid UTF-8 is decoded lossily (U+FFFD), never fatal.
     """
     raw_cols = cols.raw_columns
     slots = list(SLOT_NAMES[: len(cols.product_columns)])
@@ -71,11 +88,23 @@ def classify_rows(
     any_known = pl.any_horizontal(
         [pl.col(slot).list.eval(pl.element().is_in(known.implode())).list.any() for slot in slots]
     )
+    ts = pl.col("event_ts")
+    if as_of is None:
+        implausible = after = pl.lit(False)
+    else:
+        earliest = as_of - timedelta(days=cfg.max_days_before_as_of)
+        latest = as_of + timedelta(days=cfg.max_days_after_as_of)
+        implausible = (ts < pl.lit(earliest)) | (ts > pl.lit(latest))
+        after = ts > pl.lit(as_of)
     reason = (
         pl.when(pl.col("user") == "")
         .then(pl.lit("missing_user_id"))
-        .when(pl.col("event_ts").is_null())
+        .when(ts.is_null())
         .then(pl.lit("bad_timestamp"))
+        .when(implausible)
+        .then(pl.lit("implausible_timestamp"))
+        .when(after)
+        .then(pl.lit(AFTER_AS_OF))
         .when(n_ids == 0)
         .then(pl.lit("no_product_id"))
         .when(~any_known)
@@ -88,13 +117,14 @@ def classify_rows(
             empty_string_is_null=False,
             truncate_ragged_lines=True,
             row_index_name="row_number",
+            encoding="utf8-lossy",
         )
         .select("row_number", *raw_cols)
         .with_columns(pl.col(c).fill_null("") for c in raw_cols)
         .filter(interesting)
         .with_columns(
             *[
-                pl.col(src).str.extract_all(cfg.id_pattern).alias(slot)
+                pl.col(src).str.to_lowercase().str.extract_all(cfg.id_pattern).alias(slot)
                 for src, slot in zip(cols.product_columns, slots, strict=True)
             ],
             parse_timestamps(cols.timestamp, cfg.timestamp_formats).alias("event_ts"),
@@ -112,7 +142,13 @@ def explode_ids(rows: pl.DataFrame, slots: list[str]) -> pl.DataFrame:
         ).explode("product_id")
         for slot in slots
     ]
-    return pl.concat(parts).drop_nulls("product_id").sort("row_number", maintain_order=True)
+    # An id repeated within a row (twice in a cell, or in both cells) is one event, not two.
+    return (
+        pl.concat(parts)
+        .drop_nulls("product_id")
+        .sort("row_number", maintain_order=True)
+        .unique(["row_number", "product_id"], keep="first", maintain_order=True)
+    )
 
 
 def events_of(
@@ -139,10 +175,27 @@ def events_of(
     )
 
 
+def _readable(chunks: Iterator[pl.DataFrame], source: Path) -> Iterator[pl.DataFrame]:
+    """Chunks of a file, with a CSV the reader cannot parse reported as a source error."""
+    try:
+        yield from chunks
+    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as exc:
+        first_line = str(exc).strip().splitlines()[0][:300]
+        raise SourceError(
+            f"{source}: the CSV reader stopped ({first_line}); an unterminated quote or a "
+            "broken line in the export. Fix or re-export the file."
+        ) from None
+
+
 def count_data_rows(path: Path) -> int:
     """Data rows of a CSV file, for the stage's row accounting (rows filtered = the rest)."""
-    query = pl.scan_csv(path, infer_schema=False, truncate_ragged_lines=True)
-    return query.select(pl.len()).collect().item()
+    query = pl.scan_csv(path, infer_schema=False, truncate_ragged_lines=True, encoding="utf8-lossy")
+    try:
+        return query.select(pl.len()).collect().item()
+    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as exc:
+        raise SourceError(
+            f"{path}: cannot be read as CSV ({str(exc).splitlines()[0][:300]})"
+        ) from None
 
 
 def _merge_id_counts(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -163,6 +216,7 @@ def filter_events(
     catalogue_ids: list[str],
     events_path: Path,
     quarantine_path: Path,
+    as_of: datetime | None = None,
 ) -> tuple[dict[str, int], int, pl.DataFrame]:
     """Stream every events file through the stage; return (rows per verdict, events, id counts).
 
@@ -178,7 +232,7 @@ def filter_events(
     column = (
         pl.when(pl.col("reason") == "missing_user_id")
         .then(pl.lit(cols.user_id))
-        .when(pl.col("reason") == "bad_timestamp")
+        .when(pl.col("reason").is_in(["bad_timestamp", "implausible_timestamp"]))
         .then(pl.lit(cols.timestamp))
         .otherwise(pl.lit("|".join(cols.product_columns)))
     )
@@ -193,12 +247,15 @@ def filter_events(
         pq.ParquetWriter(q_tmp, q_schema, **WRITE_OPTIONS) as q_writer,
     ):
         for source in sources:
-            for chunk in classify_rows(source, cols, cfg, known).collect_batches(
+            chunks = classify_rows(source, cols, cfg, known, as_of).collect_batches(
                 chunk_size=cfg.chunk_size
-            ):
+            )
+            for chunk in _readable(chunks, source):
                 for reason, n in chunk.group_by(pl.col("reason").fill_null("kept")).len().rows():
                     verdicts[reason] = verdicts.get(reason, 0) + n
-                rejected = chunk.filter(pl.col("reason").is_not_null())
+                rejected = chunk.filter(
+                    pl.col("reason").is_not_null() & (pl.col("reason") != AFTER_AS_OF)
+                )
                 if rejected.height:
                     table = rejected.select(
                         "reason",
@@ -233,19 +290,29 @@ def filter_events(
 
 
 def build_events(
-    config: RetailerConfig, paths: RunPaths, sources: list[Path], catalogue_ids: list[str]
+    config: RetailerConfig,
+    paths: RunPaths,
+    sources: list[Path],
+    catalogue_ids: list[str],
+    as_of: date | None = None,
 ) -> dict:
-    """Stage entry point: filtered, exploded events plus the unique product ids they mention."""
+    """Stage entry point: filtered, exploded events plus the unique product ids they mention.
+
+    With `as_of`, events after the end of that day are left to later runs (counted as
+    filtered) and timestamps far outside the window are quarantined as implausible.
+    """
     events_path = paths.path(EVENTS)
     q_path = paths.path(quarantine(STAGE))
     rows_in = sum(count_data_rows(s) for s in sources)
     log.info("events: %s rows in %d file(s); filtering ...", f"{rows_in:,}", len(sources))
     started = time.monotonic()
+    as_of_ts = as_of_timestamp(as_of) if as_of else None
     verdicts, events_out, ids = filter_events(
-        sources, config.columns.events, config.events, catalogue_ids, events_path, q_path
+        sources, config.columns.events, config.events, catalogue_ids, events_path, q_path, as_of_ts
     )
     elapsed = time.monotonic() - started
     kept = verdicts.pop("kept", 0)
+    after_as_of = verdicts.pop(AFTER_AS_OF, 0)
     verdicts = dict(sorted(verdicts.items()))
     ids_path = write_artifact(paths, EVENT_PRODUCT_IDS, ids.to_arrow())
     unknown = ids.filter(~pl.col("in_catalogue"))
@@ -283,5 +350,5 @@ def build_events(
             "distinct": unknown.height,
             "mentions": int(unknown["n_events"].sum() or 0),
         },
-        "seconds": round(elapsed, 2),
+        "rows_after_as_of": after_as_of,
     }

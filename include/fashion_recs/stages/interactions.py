@@ -13,12 +13,13 @@ models and popularity use.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime
 from pathlib import Path
 
 import polars as pl
 
 from fashion_recs.artifacts import RunPaths, write_artifact
+from fashion_recs.clock import as_of_timestamp
 from fashion_recs.config import InteractionRule, RetailerConfig
 from fashion_recs.contract import (
     INTERACTIONS,
@@ -33,11 +34,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "interactions"
 SECONDS_PER_DAY = 86_400.0
-
-
-def as_of_timestamp(as_of: date) -> datetime:
-    """The end of the as-of day, UTC: everything that happened that day counts as the past."""
-    return datetime.combine(as_of, time.max, tzinfo=UTC)
 
 
 def decay_weight(weight: pl.Expr, ts: pl.Expr, as_of: datetime, half_life_days: float) -> pl.Expr:
@@ -66,8 +62,16 @@ def weight_events(
     )
     exact = rule_frame.filter(pl.col("button_name").is_not_null())
     any_button = rule_frame.filter(pl.col("button_name").is_null()).drop("button_name")
-    joined = events.join(exact, on=["event_name", "button_name"], how="left", nulls_equal=False)
-    joined = joined.join(any_button, on="event_name", how="left", suffix="_any")
+    joined = events.join(
+        exact,
+        on=["event_name", "button_name"],
+        how="left",
+        nulls_equal=False,
+        maintain_order="left",
+    )
+    joined = joined.join(
+        any_button, on="event_name", how="left", suffix="_any", maintain_order="left"
+    )
     joined = joined.with_columns(
         pl.coalesce("category", "category_any").alias("category"),
         pl.coalesce("weight", "weight_any").alias("weight"),

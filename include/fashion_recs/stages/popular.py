@@ -18,9 +18,10 @@ from pathlib import Path
 import polars as pl
 
 from fashion_recs.artifacts import RunPaths, write_artifact
+from fashion_recs.clock import as_of_timestamp
 from fashion_recs.config import PopularityConfig, RetailerConfig
 from fashion_recs.contract import POPULAR, POPULAR_SCHEMA
-from fashion_recs.stages.interactions import as_of_timestamp, decay_weight
+from fashion_recs.stages.interactions import decay_weight
 
 log = logging.getLogger(__name__)
 

@@ -84,6 +84,17 @@ def _as_date(value: Any) -> date | None:
     return date.fromisoformat(str(value)[:10])
 
 
+def _as_flag(value: Any) -> bool:
+    """A boolean from the export: True/False, 1/0 or their spellings; 'False' is not true."""
+    if isinstance(value, bool | int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    if value is None:
+        return False
+    raise ValueError(f"{value!r} is not a boolean")
+
+
 def _as_price(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("boolean price")
@@ -125,12 +136,12 @@ def parse_price_periods(text: str) -> list[PricePeriod]:
                 PricePeriod(
                     value=_as_price(period.get("value")),
                     currency=str(period["currency"]) if period.get("currency") else None,
-                    original=bool(period.get("original", False)),
+                    original=_as_flag(period.get("original", False)),
                     valid_from=_as_date(period.get("valid_from")),
                     valid_to=_as_date(period.get("valid_to")),
                 )
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError("bad_price_value") from exc
     return parsed
 
@@ -180,7 +191,7 @@ def parse_other_attributes(text: str) -> tuple[dict[str, Any], list[tuple[str, s
             if not 0 <= number <= 5:
                 raise ValueError
             out["review_rating"] = number
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             issues.append(("review_rating", str(rating), "review_rating_not_in_0_5"))
 
     count = raw.get("review_count")
