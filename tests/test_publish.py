@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+from fashion_recs import publish
 from fashion_recs.errors import PublishError
 from fashion_recs.publish import (
     TableSpec,
     connection_url,
     default_results_url,
     make_engine,
+    physical_name,
     publish_run,
     read_table,
 )
@@ -133,3 +141,262 @@ def test_connection_url_builds_sqlite_and_postgres_urls(tmp_path) -> None:
         default_results_url("sqlite:///data/r.db", str(tmp_path))
         == f"sqlite:///{tmp_path}/data/r.db"
     )
+
+
+# --- overlapping publishes, one retailer per database, republished metrics, killed loads -------
+
+
+def shop_tables(run: int) -> list[TableSpec]:
+    """The reader-facing set the pipeline publishes: products, popular_products, user_segments."""
+    products = pa.table({"product_id": [f"p{run}_{i}" for i in range(5)], "name": ["x"] * 5})
+    return [TableSpec("products", products, ("product_id",)), *tables(run)]
+
+
+def view_targets(engine) -> dict[str, set[str]]:
+    """Every view in the database and the tables it selects from."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'view'")
+            return {name: set(re.findall(r'FROM "(\w+)"', sql)) for name, sql in rows}
+        rows = conn.exec_driver_sql(
+            "SELECT view_name, table_name FROM information_schema.view_table_usage "
+            "WHERE view_schema = current_schema()"
+        )
+        targets: dict[str, set[str]] = {}
+        for view, table in rows:
+            targets.setdefault(view, set()).add(table)
+        return targets
+
+
+def assert_views_sound(engine) -> None:
+    """Every table a view references exists, and every view can be read."""
+    existing = set(sa.inspect(engine).get_table_names())
+    targets = view_targets(engine)
+    assert targets, "no views"
+    for view, used in targets.items():
+        assert used and used <= existing, f"view {view} uses missing tables {used - existing}"
+        read_table(engine, view)
+
+
+def statuses(engine) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for row in sorted(read_table(engine, "runs"), key=lambda r: r["seq"]):
+        out.setdefault(row["run_id"], []).append(row["status"])
+    return out
+
+
+def seqs(engine, run_id: str) -> list[int]:
+    return sorted(r["seq"] for r in read_table(engine, "runs") if r["run_id"] == run_id)
+
+
+def second_engine(engine):
+    """Another engine on the same database, as another worker process would have."""
+    return make_engine(engine.url.render_as_string(hide_password=False))
+
+
+class Pause:
+    """Replaces `_before_switch`: the first publish to reach it waits until released."""
+
+    def __init__(self) -> None:
+        self.paused = threading.Event()
+        self.release = threading.Event()
+        self.calls: list[int] = []
+
+    def __call__(self, seq: int) -> None:
+        self.calls.append(seq)
+        if len(self.calls) == 1:
+            self.paused.set()
+            if not self.release.wait(60):
+                raise RuntimeError("test never released the paused publish")
+
+
+def publish_in_thread(engine, run_id: str, run: int, errors: list[BaseException]):
+    def target() -> None:
+        try:
+            publish_run(
+                engine,
+                run_id=run_id,
+                retailer="demo",
+                tables=shop_tables(run),
+                summary={},
+                metrics=[],
+                keep_runs=1,
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=f"publish-{run_id}", daemon=True)
+    thread.start()
+    return thread
+
+
+def test_overlapping_publishes_wait_for_each_other(engine, monkeypatch) -> None:
+    publish_run(engine, run_id="r1", retailer="demo", tables=shop_tables(1), summary={}, metrics=[])
+    pause = Pause()
+    monkeypatch.setattr(publish, "_before_switch", pause)
+    other = second_engine(engine)
+    errors: list[BaseException] = []
+    try:
+        first = publish_in_thread(engine, "r2", 2, errors)
+        assert pause.paused.wait(30), errors
+        # r2 has loaded its tables and sits just before its view switch; r3 starts now.
+        second = publish_in_thread(other, "r3", 3, errors)
+        second.join(1.5)
+        assert second.is_alive(), "the second publish did not wait for the first"
+        assert seqs(engine, "r3") == []  # waiting before its seq is even allocated
+        assert current_products(engine) == [f"p1_{i}" for i in range(5)]
+    finally:
+        pause.release.set()
+        first.join(60)
+        second.join(60)
+        other.dispose()
+    assert not first.is_alive() and not second.is_alive()
+    assert errors == []
+    (seq2,), (seq3,) = seqs(engine, "r2"), seqs(engine, "r3")
+    assert seq3 > seq2 and pause.calls == [seq2, seq3]
+    assert current_products(engine) == [f"p3_{i}" for i in range(5)]
+    assert sorted(r["product_id"] for r in read_table(engine, "products")) == [
+        f"p3_{i}" for i in range(5)
+    ]
+    assert view_targets(engine)["popular_products"] == {physical_name("popular_products", seq3)}
+    assert_views_sound(engine)
+    assert statuses(engine) == {"r1": ["expired"], "r2": ["expired"], "r3": ["published"]}
+    physical = {n for n in sa.inspect(engine).get_table_names() if "__r" in n}
+    assert physical == {physical_name(t.name, seq3) for t in shop_tables(3)}
+    if engine.dialect.name == "sqlite":
+        assert Path(f"{engine.url.database}.publish.lock").exists()
+
+
+def test_a_publish_overtaken_by_a_newer_one_refuses_to_switch(engine, monkeypatch) -> None:
+    """The check inside the switch transaction holds even when the lock is bypassed."""
+    publish_run(engine, run_id="r1", retailer="demo", tables=shop_tables(1), summary={}, metrics=[])
+    monkeypatch.setattr(publish, "_publish_lock", lambda _engine: contextlib.nullcontext())
+    pause = Pause()
+    monkeypatch.setattr(publish, "_before_switch", pause)
+    errors: list[BaseException] = []
+    try:
+        stale = publish_in_thread(engine, "r2", 2, errors)
+        assert pause.paused.wait(30), errors
+        publish_run(
+            engine,
+            run_id="r3",
+            retailer="demo",
+            tables=shop_tables(3),
+            summary={},
+            metrics=[],
+            keep_runs=1,
+        )
+    finally:
+        pause.release.set()
+        stale.join(60)
+    assert len(errors) == 1 and isinstance(errors[0], PublishError)
+    assert "went live while this publish" in str(errors[0])
+    assert "Readers stay on run 'r3'" in str(errors[0])
+    assert current_products(engine) == [f"p3_{i}" for i in range(5)]
+    assert_views_sound(engine)
+    (seq2,) = seqs(engine, "r2")
+    assert not [n for n in sa.inspect(engine).get_table_names() if n.endswith(f"{seq2:06d}")]
+    assert statuses(engine) == {"r1": ["expired"], "r2": ["failed"], "r3": ["published"]}
+    assert [r["run_id"] for r in read_table(engine, "current_run")] == ["r3"]
+
+
+def test_a_database_holds_one_retailer(engine) -> None:
+    broken = pa.table(
+        [pa.array(["x", None])], schema=pa.schema([pa.field("product_id", pa.string(), False)])
+    )
+    with pytest.raises(PublishError, match="failed"):
+        publish_run(
+            engine,
+            run_id="x1",
+            retailer="never_live",
+            tables=[TableSpec("popular_products", broken)],
+            summary={},
+            metrics=[],
+        )
+    # A retailer whose only run failed does not own the database.
+    publish_run(engine, run_id="r1", retailer="demo", tables=tables(1), summary={}, metrics=[])
+    with pytest.raises(
+        PublishError, match=r"separate database \(SQLite file\) or PostgreSQL schema per retailer"
+    ) as info:
+        publish_run(engine, run_id="o1", retailer="other", tables=tables(2), summary={}, metrics=[])
+    assert "published runs of retailer 'demo'" in str(info.value)
+    assert current_products(engine) == [f"p1_{i}" for i in range(5)]
+    assert seqs(engine, "o1") == []  # a refused retailer records nothing
+    assert not [n for n in sa.inspect(engine).get_table_names() if n.endswith("r000003")]
+    publish_run(engine, run_id="r2", retailer="demo", tables=tables(2), summary={}, metrics=[])
+    assert current_products(engine) == [f"p2_{i}" for i in range(5)]
+
+
+def test_republishing_a_run_replaces_its_metrics(engine) -> None:
+    two = [*METRICS, {**METRICS[0], "k": 6, "value": 0.2}]
+    publish_run(engine, run_id="r1", retailer="demo", tables=tables(1), summary={}, metrics=two)
+    again = publish_run(
+        engine, run_id="r1", retailer="demo", tables=tables(1), summary={}, metrics=METRICS
+    )
+    publish_run(engine, run_id="r2", retailer="demo", tables=tables(2), summary={}, metrics=two)
+    rows = sorted(
+        (m["run_id"], m["seq"], m["k"], m["value"]) for m in read_table(engine, "run_metrics")
+    )
+    assert rows == [
+        ("r1", again["seq"], 12, 0.1),
+        ("r2", again["seq"] + 1, 6, 0.2),
+        ("r2", again["seq"] + 1, 12, 0.1),
+    ]
+
+
+def test_leftovers_of_killed_and_failed_publishes_are_dropped(engine) -> None:
+    publish_run(engine, run_id="r1", retailer="demo", tables=tables(1), summary={}, metrics=[])
+    insert = sa.text(
+        "INSERT INTO runs (run_id, retailer, status, created_at, error) "
+        "VALUES (:run_id, 'demo', :status, :now, :error) RETURNING seq"
+    )
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        killed = conn.execute(
+            insert, {"run_id": "killed", "status": "loading", "now": now, "error": None}
+        ).scalar_one()
+        failed = conn.execute(
+            insert, {"run_id": "broke", "status": "failed", "now": now, "error": "disk full"}
+        ).scalar_one()
+        # The killed publish got as far as two tables, one of a name the next run lacks.
+        leftovers = [
+            physical_name("popular_products", killed),
+            physical_name("products", killed),
+            physical_name("user_segments", failed),
+        ]
+        for name in leftovers:
+            conn.exec_driver_sql(f'CREATE TABLE "{name}" (product_id TEXT)')
+            conn.exec_driver_sql(f"INSERT INTO \"{name}\" VALUES ('stale')")
+    record = publish_run(
+        engine, run_id="r2", retailer="demo", tables=tables(2), summary={}, metrics=[]
+    )
+    assert record["cleaned_up"] == [killed, failed] and record["expired"] == []
+    names = set(sa.inspect(engine).get_table_names())
+    assert not names & set(leftovers)
+    assert {physical_name("popular_products", s) for s in (1, record["seq"])} <= names
+    assert statuses(engine) == {
+        "r1": ["published"],
+        "killed": ["abandoned"],
+        "broke": ["failed"],
+        "r2": ["published"],
+    }
+    runs = {r["run_id"]: r for r in read_table(engine, "runs")}
+    assert runs["broke"]["error"] == "disk full"
+    assert "never finished loading" in runs["killed"]["error"]
+    assert current_products(engine) == [f"p2_{i}" for i in range(5)]
+    assert_views_sound(engine)
+
+
+def test_publish_lock_location_and_keep_runs(tmp_path) -> None:
+    lock_path = publish._sqlite_lock_path
+    assert lock_path(make_engine("sqlite://")) is None
+    assert lock_path(make_engine("sqlite:///:memory:")) is None
+    db = tmp_path / "r.db"
+    assert lock_path(make_engine(f"sqlite:///{db}")) == f"{db}.publish.lock"
+    memory = make_engine("sqlite://")
+    with pytest.raises(ValueError, match="keep_runs"):
+        publish_run(
+            memory, run_id="r", retailer="d", tables=tables(1), summary={}, metrics=[], keep_runs=0
+        )
+    publish_run(memory, run_id="r", retailer="d", tables=tables(1), summary={}, metrics=[])
+    assert current_products(memory) == [f"p1_{i}" for i in range(5)]

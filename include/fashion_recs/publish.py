@@ -4,23 +4,41 @@ Readers (shop front-ends, the reference service) query stable names: `products`,
 `popular_products`, `user_segments`, ... Each stable name is a VIEW over a physical table that
 belongs to one publish (`popular_products__r000012`). A publish:
 
-1. records itself in `runs` with status `loading` and gets a sequence number;
-2. loads every physical table of that sequence and checks its row count (PostgreSQL: COPY);
-3. in ONE transaction re-points every view, marks the run `published` and stores its metrics;
-4. drops the physical tables of runs older than the last `keep_runs` published ones.
+1. takes the database's publish lock, so publishes never overlap (PostgreSQL: a session advisory
+   lock on a dedicated connection; SQLite: an exclusive `flock` on `<db file>.publish.lock`; an
+   in-memory SQLite database has a single user and needs none). It is held until step 5 is done;
+2. refuses a retailer other than the one whose runs already went live in this database (status
+   `published`, `superseded` or `expired`): the views and retention are shared by everything in
+   one database, so each retailer needs its own database (SQLite file) or PostgreSQL schema;
+3. records itself in `runs` with status `loading` and gets a sequence number, then loads every
+   physical table of that sequence and checks its row count (PostgreSQL: COPY);
+4. in ONE transaction checks that no newer run went live meanwhile (a second line of defence
+   behind the lock), re-points every view, marks the run `published` (an earlier publish of the
+   same run_id becomes `superseded`), replaces that run_id's metrics in `run_metrics` and
+   recreates the `current_run` view;
+5. retention: drops the physical tables of superseded runs and of published runs older than the
+   last `keep_runs` (both become `expired`), and the leftovers of every earlier publish that
+   never went live: `loading` runs (their publisher was killed mid-load, since under the lock no
+   other publisher is running) become `abandoned`; `failed` runs keep their status and error,
+   and lose any tables their own clean-up could not drop.
 
-If anything fails before step 3 commits, the partial tables are dropped, the run is marked
-`failed`, and readers never noticed: they still read the previous run through the views. Both
+A refused retailer records nothing. If anything fails after step 3 recorded the run and before
+step 4 commits (a refusal in step 4 included), the run's tables are dropped, the run is marked
+`failed`, and readers never noticed: they still read what they read before. Both
 SQLite (transactional DDL once the driver is told not to manage transactions itself) and
 PostgreSQL give readers the old run or the new one, never a mix.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +55,11 @@ RUNS_TABLE = "runs"
 METRICS_TABLE = "run_metrics"
 CURRENT_RUN_VIEW = "current_run"
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+_PHYSICAL_RE = re.compile(r"^([a-z0-9_]{1,40})__r(\d{6,})$")
+# Key of the PostgreSQL advisory lock that serialises publishes into one database.
+PG_PUBLISH_LOCK_KEY = 0x66725F7075626C  # "fr_publ"
+# Runs that went live at some point: their retailer owns the database.
+_LIVE_STATUSES = ("published", "superseded", "expired")
 
 
 @dataclass(frozen=True)
@@ -161,6 +184,98 @@ def _drop_tables(engine: Engine, names: Iterable[str]) -> None:
             conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}"')
 
 
+def _sqlite_lock_path(engine: Engine) -> str | None:
+    """`<db file>.publish.lock`, or None for an in-memory database (nobody else can publish)."""
+    database = engine.url.database or ""
+    if database.startswith("file:"):  # URI filename (?uri=true)
+        if "mode=memory" in database or "mode=memory" in str(engine.url.query.get("mode", "")):
+            return None
+        database = database.removeprefix("file:").split("?", 1)[0]
+    if database in ("", ":memory:"):
+        return None
+    return f"{database}.publish.lock"
+
+
+@contextlib.contextmanager
+def _publish_lock(engine: Engine) -> Iterator[None]:
+    """Hold the database's publish lock: one publish at a time, from allocation to retention.
+
+    PostgreSQL: a session-level advisory lock (per database) on a dedicated autocommit
+    connection. SQLite: an exclusive `flock` on a lock file next to the database file; the OS
+    releases it when the process dies, as PostgreSQL does when the session ends.
+    """
+    if engine.dialect.name == "postgresql":
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        locked = False
+        try:
+            key = {"key": PG_PUBLISH_LOCK_KEY}
+            got = conn.execute(
+                sa.text("SELECT pg_try_advisory_lock(CAST(:key AS bigint))"), key
+            ).scalar_one()
+            if not got:
+                log.info("publish: another publish into this database is running; waiting")
+                conn.execute(sa.text("SELECT pg_advisory_lock(CAST(:key AS bigint))"), key)
+            locked = True
+            yield
+        finally:
+            try:
+                if locked:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(CAST(:key AS bigint))"), key)
+            except Exception:
+                # Never hand a connection that may still hold the lock back to the pool: closing
+                # the session releases the lock.
+                log.warning("publish: could not release the publish lock; closing its session")
+                conn.invalidate()
+            finally:
+                conn.close()
+        return
+    if engine.dialect.name == "sqlite":
+        path = _sqlite_lock_path(engine)
+        if path is None:
+            yield
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("publish: another publish into this database is running; waiting")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        return
+    log.warning("publish: no publish lock for dialect %s", engine.dialect.name)
+    yield
+
+
+def _before_switch(seq: int) -> None:
+    """Called between loading seq's tables and switching the views to them; a no-op.
+
+    A seam: tests pause a publish here to overlap it with another one.
+    """
+
+
+def _check_retailer(conn: Connection, runs: sa.Table, retailer: str) -> None:
+    owners = set(
+        conn.execute(
+            sa.select(runs.c.retailer).distinct().where(runs.c.status.in_(_LIVE_STATUSES))
+        ).scalars()
+    )
+    others = sorted(owners - {retailer})
+    if others:
+        raise PublishError(
+            f"this database already holds published runs of retailer "
+            f"{', '.join(repr(o) for o in others)}; "
+            f"refusing to publish retailer {retailer!r} into it, because the views and the "
+            "retention of old runs are shared by everything in one database. Use a separate "
+            "database (SQLite file) or PostgreSQL schema per retailer"
+        )
+
+
 def publish_run(
     engine: Engine,
     *,
@@ -173,20 +288,65 @@ def publish_run(
 ) -> dict[str, Any]:
     """Publish `tables` under their stable names; return the publish record.
 
-    Raises PublishError (readers untouched) when loading fails.
+    Waits for any other publish into the same database to finish first. Raises PublishError
+    (readers untouched) when the database belongs to another retailer, when loading fails, or
+    when a newer run went live while this one was loading.
     """
+    if keep_runs < 1:
+        raise ValueError(f"keep_runs must be at least 1 (the live run), not {keep_runs}")
     metadata = sa.MetaData()
     runs, run_metrics = _metadata_tables(metadata)
-    metadata.create_all(engine)
-    now = datetime.now(UTC)
-    with engine.begin() as conn:
-        seq = conn.execute(
-            runs.insert()
-            .values(run_id=run_id, retailer=retailer, status="loading", created_at=now)
-            .returning(runs.c.seq)
-        ).scalar_one()
+    with _publish_lock(engine):
+        metadata.create_all(engine)
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            _check_retailer(conn, runs, retailer)
+            seq = conn.execute(
+                runs.insert()
+                .values(run_id=run_id, retailer=retailer, status="loading", created_at=now)
+                .returning(runs.c.seq)
+            ).scalar_one()
 
+        _load_and_switch(
+            engine,
+            runs,
+            run_metrics,
+            seq,
+            run_id=run_id,
+            tables=tables,
+            summary=summary,
+            metrics=metrics,
+        )
+        expired, cleaned = _expire(engine, runs, keep_runs, newest_seq=seq)
+    log.info(
+        "publish: run %s is live as seq %d; expired seqs %s; cleaned up unfinished seqs %s",
+        run_id,
+        seq,
+        expired,
+        cleaned,
+    )
+    return {
+        "seq": seq,
+        "run_id": run_id,
+        "tables": {s.name: s.data.num_rows for s in tables},
+        "expired": expired,
+        "cleaned_up": cleaned,
+    }
+
+
+def _load_and_switch(
+    engine: Engine,
+    runs: sa.Table,
+    run_metrics: sa.Table,
+    seq: int,
+    *,
+    run_id: str,
+    tables: list[TableSpec],
+    summary: Mapping[str, Any],
+    metrics: list[Mapping[str, Any]],
+) -> None:
     created: list[str] = []
+    newer: tuple[int, str] | None = None
     try:
         for spec in tables:
             name = physical_name(spec.name, seq)
@@ -204,7 +364,20 @@ def publish_run(
                 )
             log.info("publish: loaded %s (%d rows)", name, loaded)
 
+        _before_switch(seq)
         with engine.begin() as conn:
+            row = conn.execute(
+                sa.select(runs.c.seq, runs.c.run_id)
+                .where(runs.c.seq > seq, runs.c.status.in_(_LIVE_STATUSES))
+                .order_by(runs.c.seq.desc())
+                .limit(1)
+            ).first()
+            if row is not None:
+                newer = (row.seq, row.run_id)
+                raise PublishError(
+                    f"run {row.run_id!r} (seq {row.seq}) went live while this publish (seq {seq}) "
+                    "was loading; switching now would take readers back to older data"
+                )
             for spec in tables:
                 conn.exec_driver_sql(f'DROP VIEW IF EXISTS "{spec.name}"')
                 conn.exec_driver_sql(
@@ -226,6 +399,10 @@ def publish_run(
                 .where(runs.c.run_id == run_id, runs.c.seq < seq, runs.c.status == "published")
                 .values(status="superseded")
             )
+            # A republished run's metrics replace those of its earlier copies.
+            conn.execute(
+                run_metrics.delete().where(run_metrics.c.run_id == run_id, run_metrics.c.seq < seq)
+            )
             if metrics:
                 conn.execute(
                     run_metrics.insert(),
@@ -244,37 +421,84 @@ def publish_run(
                 .where(runs.c.seq == seq)
                 .values(status="failed", error=str(exc)[:4000])
             )
+        if newer is not None:
+            raise PublishError(
+                f"publishing run {run_id!r} refused: {exc}. Readers stay on run {newer[1]!r}; "
+                "this publish's tables were removed"
+            ) from exc
         raise PublishError(
             f"publishing run {run_id!r} failed ({exc}); readers still see the previous run, "
             "partial tables were removed"
         ) from exc
 
-    expired = expire_old_runs(engine, [s.name for s in tables], keep_runs)
-    log.info("publish: run %s is live as seq %d; expired seqs %s", run_id, seq, expired)
-    return {
-        "seq": seq,
-        "run_id": run_id,
-        "tables": {s.name: s.data.num_rows for s in tables},
-        "expired": expired,
-    }
+
+def _physical_tables(conn: Connection) -> dict[int, list[str]]:
+    """Every physical (`<name>__r<seq>`) table in the database, by seq."""
+    by_seq: dict[int, list[str]] = {}
+    for name in sa.inspect(conn).get_table_names():
+        match = _PHYSICAL_RE.match(name)
+        if match:
+            by_seq.setdefault(int(match.group(2)), []).append(name)
+    return by_seq
 
 
-def expire_old_runs(engine: Engine, names: list[str], keep_runs: int) -> list[int]:
-    """Drop physical tables of all but the newest `keep_runs` published runs (and failed ones)."""
+def _expire(
+    engine: Engine, runs: sa.Table, keep_runs: int, *, newest_seq: int
+) -> tuple[list[int], list[int]]:
+    """Retention; the caller holds the publish lock. Returns (expired seqs, cleaned-up seqs).
+
+    Published/superseded runs beyond the newest `keep_runs` published ones lose their tables and
+    become `expired`. Runs below `newest_seq` that never went live lose any leftover tables:
+    `loading` ones (their publisher died mid-load) become `abandoned`, `failed` ones stay
+    `failed` with their error.
+    """
+    with engine.begin() as conn:
+        rows = conn.execute(sa.select(runs.c.seq, runs.c.status).order_by(runs.c.seq.desc())).all()
+        live = [seq for seq, status in rows if status == "published"][:keep_runs]
+        stale = [
+            seq for seq, status in rows if status in ("published", "superseded") and seq not in live
+        ]
+        abandoned = [seq for seq, status in rows if status == "loading" and seq < newest_seq]
+        failed = [seq for seq, status in rows if status == "failed" and seq < newest_seq]
+        physical = _physical_tables(conn)
+        cleaned = sorted(abandoned + [seq for seq in failed if seq in physical])
+        for seq in [*stale, *abandoned, *failed]:
+            for name in physical.get(seq, []):
+                conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}"')
+        if stale:
+            conn.execute(runs.update().where(runs.c.seq.in_(stale)).values(status="expired"))
+        if abandoned:
+            conn.execute(
+                runs.update()
+                .where(runs.c.seq.in_(abandoned))
+                .values(
+                    status="abandoned",
+                    error=f"never finished loading; its tables were dropped by seq {newest_seq}",
+                )
+            )
+    return stale, cleaned
+
+
+def expire_old_runs(engine: Engine, keep_runs: int) -> list[int]:
+    """Retention outside a publish (see `_expire`), under the publish lock; the expired seqs.
+
+    Unfinished runs below the newest published one are cleaned up as a publish would.
+    """
+    if keep_runs < 1:
+        raise ValueError(f"keep_runs must be at least 1 (the live run), not {keep_runs}")
     metadata = sa.MetaData()
     runs, _ = _metadata_tables(metadata)
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(runs.c.seq, runs.c.status).order_by(runs.c.seq.desc())).all()
-    live = [seq for seq, status in rows if status == "published"][:keep_runs]
-    stale = [
-        seq for seq, status in rows if status in ("published", "superseded") and seq not in live
-    ]
-    if not stale:
-        return []
-    _drop_tables(engine, [physical_name(n, seq) for seq in stale for n in names])
-    with engine.begin() as conn:
-        conn.execute(runs.update().where(runs.c.seq.in_(stale)).values(status="expired"))
-    return stale
+    with _publish_lock(engine):
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(RUNS_TABLE):
+                return []
+            newest = conn.execute(
+                sa.select(sa.func.max(runs.c.seq)).where(runs.c.status == "published")
+            ).scalar_one()
+        if newest is None:
+            return []
+        expired, _ = _expire(engine, runs, keep_runs, newest_seq=newest)
+    return expired
 
 
 def read_table(engine: Engine, name: str) -> list[dict[str, Any]]:
