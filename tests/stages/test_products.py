@@ -240,3 +240,13 @@ def test_empty_or_headerless_files_are_source_errors(tmp_path) -> None:
     config = make_config(tmp_path)
     with pytest.raises(SourceError, match="empty"):
         build_products(config, run_paths(config), empty, AS_OF)
+
+
+def test_a_raised_price_is_the_new_list_price_not_a_negative_discount() -> None:
+    text = (
+        "[{'value': 40.0, 'original': True, 'valid_from': '2026-01-01', 'valid_to': None}, "
+        "{'value': 45.0, 'original': False, 'valid_from': '2026-10-01', 'valid_to': None}]"
+    )
+    price = current_price(parse_price_periods(text), AS_OF)
+    assert (price["price"], price["original_price"]) == (45.0, 45.0)
+    assert (price["is_discounted"], price["discount_pct"]) == (False, 0.0)

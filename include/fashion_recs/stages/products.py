@@ -151,7 +151,8 @@ def current_price(periods: list[PricePeriod], as_of: date) -> dict[str, Any]:
 
     The current price is the most recently started period active on `as_of`; when none is
     active, the original (list) price applies. The original price is the period flagged
-    `original`, or the highest price when the export flags none.
+    `original` (the highest price when the export flags none), raised to the current price
+    when that is higher, so `original_price >= price` always holds.
     """
     originals = [p for p in periods if p.original]
     original = originals[0] if originals else max(periods, key=lambda p: p.value)
@@ -159,13 +160,15 @@ def current_price(periods: list[PricePeriod], as_of: date) -> dict[str, Any]:
     current = (
         max(active, key=lambda p: (p.valid_from or date.min, -p.value)) if active else original
     )
-    discounted = current.value < original.value
+    # A current price above the flagged original is a raised list price, not a negative discount.
+    list_price = max(original.value, current.value)
+    discounted = current.value < list_price
     return {
         "price": current.value,
         "currency": current.currency or original.currency,
-        "original_price": original.value,
+        "original_price": list_price,
         "is_discounted": discounted,
-        "discount_pct": round((1 - current.value / original.value) * 100, 2) if discounted else 0.0,
+        "discount_pct": round((1 - current.value / list_price) * 100, 2) if discounted else 0.0,
         "current_period": periods.index(current),
     }
 
