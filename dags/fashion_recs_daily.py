@@ -47,26 +47,30 @@ def _context() -> Any:
 
 
 def _step(name: str, *args: Any) -> dict[str, Any]:
-    """Run a pipeline step; bad data fails the task at once (retrying cannot fix data)."""
+    """Run a pipeline step; bad data fails the task at once (retrying cannot fix data).
+
+    A callable argument is called with the run's config first (one config load per task).
+    """
     from airflow.sdk.exceptions import AirflowFailException
 
     from fashion_recs import pipeline
     from fashion_recs.errors import FashionRecsError
 
     try:
-        return getattr(pipeline, name)(_context(), *args)
+        ctx = _context()
+        resolved = [a(ctx.config) if callable(a) else a for a in args]
+        return getattr(pipeline, name)(ctx, *resolved)
     except FashionRecsError as exc:
         raise AirflowFailException(str(exc)) from None
 
 
-def _results_url() -> str:
+def _results_url(config: Any) -> str:
     """The results database from the Airflow Connection, else the config's default URL."""
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     from fashion_recs.publish import connection_url, default_results_url
 
-    config = _context().config
     try:
         conn = Connection.get(config.publish.conn_id)
     except AirflowNotFoundException:
@@ -150,7 +154,7 @@ def fashion_recs() -> None:
 
     @task(outlets=[RESULTS])
     def publish_tables() -> dict:
-        return _step("publish", _results_url())
+        return _step("publish", _results_url)
 
     download = download_files()
     products = clean_products(download)
