@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
+
+from machine import machine, now, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "events.json"
@@ -159,18 +160,11 @@ def main() -> None:
             "note": "seed_loop explodes both product columns as the report does (a cross "
             "product when both hold ids); ours writes one row per extracted id",
         },
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": __import__("os").cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "versions": {"pandas": pd.__version__, "polars": pl.__version__, "pyarrow": pa.__version__},
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "measured_at": now(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["summary"], indent=2))
+    write_report(RESULTS, report)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ Daily. Each task calls one step of `fashion_recs.pipeline` and passes on only pa
 * **map_interactions** – (event, button) → category and weight, user × product aggregate
 * **popular_items** – time-decayed popularity overall and per age group × region
 * **evaluate_baselines** – temporal hold-out metrics of the popularity baselines
+* **build_baskets** – sessions (or days, or orders) of interactions → baskets
+* **mine_fbt_rules** – frequent itemsets and association rules (support, confidence, lift)
+* **crosscheck_apriori_fpgrowth** – the seed's mlxtend Apriori and FP-Growth on a sample,
+  held identical to the production engine
+* **fbt_recommendations** – every product's complementary list, with labelled fallbacks
+* **evaluate_fbt** – planted-bundle recovery and held-out basket completion vs popularity
 * **check_*** – Great Expectations suites between stages; **build_data_docs** renders them
 * **publish_tables** – atomic switch of the results database's stable views to this run
 
@@ -148,6 +154,34 @@ def fashion_recs() -> None:
     def evaluate_baselines(interactions: dict, demographics: dict, products: dict) -> dict:
         return _step("evaluate", interactions, demographics, products)
 
+    @task
+    def build_baskets(interactions: dict, products: dict) -> dict:
+        return _step("baskets", interactions, products)
+
+    @task
+    def check_baskets(baskets: dict) -> dict:
+        return _step("check", "baskets", {"baskets": baskets["stats"]["rows_in"]})
+
+    @task
+    def mine_fbt_rules(baskets: dict) -> dict:
+        return _step("fbt_rules", baskets)
+
+    @task
+    def crosscheck_apriori_fpgrowth(baskets: dict) -> dict:
+        return _step("fbt_crosscheck", baskets)
+
+    @task
+    def fbt_recommendations(rules: dict, baskets: dict, products: dict) -> dict:
+        return _step("fbt_recommendations", rules, baskets, products)
+
+    @task
+    def check_fbt(lists: dict) -> dict:
+        return _step("check", "fbt")
+
+    @task
+    def evaluate_fbt(rules: dict, baskets: dict, products: dict) -> dict:
+        return _step("fbt_evaluate", rules, baskets, products)
+
     @task(trigger_rule="all_done")
     def build_data_docs() -> dict:
         return _step("quality_report")
@@ -172,10 +206,20 @@ def fashion_recs() -> None:
     popular_ok = check_popular(popular)
     metrics = evaluate_baselines(interactions, demographics, products)
     interactions_ok >> metrics
-    checks = [products_ok, events_ok, users_ok, interactions_ok, popular_ok]
+    baskets = build_baskets(interactions, products)
+    interactions_ok >> baskets
+    baskets_ok = check_baskets(baskets)
+    rules = mine_fbt_rules(baskets)
+    baskets_ok >> rules
+    crosscheck = crosscheck_apriori_fpgrowth(baskets)
+    baskets_ok >> crosscheck
+    lists = fbt_recommendations(rules, baskets, products)
+    fbt_ok = check_fbt(lists)
+    fbt_metrics = evaluate_fbt(rules, baskets, products)
+    checks = [products_ok, events_ok, users_ok, interactions_ok, popular_ok, baskets_ok, fbt_ok]
     docs = build_data_docs()
     checks >> docs
-    [docs, metrics, *checks] >> publish_tables()
+    [docs, metrics, fbt_metrics, crosscheck, *checks] >> publish_tables()
 
 
 fashion_recs()

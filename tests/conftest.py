@@ -44,6 +44,10 @@ def retailer_overrides(retailer: Path, data_root: Path, **extra: Any) -> dict[st
             "user_answers": {"uri": str(retailer / "user_answers.csv")},
         },
         "popularity": {"min_segment_users": 5},
+        "evaluation": {"truth_dir": str(retailer / "truth")},
+        # 6k baskets over 300 products: the demo's support (tuned for 300k baskets) would
+        # keep chance pairs of five baskets; this keeps what is at least 18 baskets strong.
+        "fbt": {"mining": {"min_support": 0.003, "min_lift": 3.0}},
         **extra,
     }
 

@@ -58,3 +58,12 @@ def test_config_in_its_own_directory_resolves_against_that_directory(tmp_path: P
     (tmp_path / "shop.yaml").write_text(text)
     config = load_config(tmp_path / "shop.yaml")
     assert config.data_root_path == tmp_path / "data"
+
+
+def test_basket_categories_must_be_interaction_categories(tmp_path) -> None:
+    from pydantic import ValidationError
+
+    from tests.helpers import make_config
+
+    with pytest.raises(ValidationError, match=r"fbt\.baskets\.categories \['clicks'\]"):
+        make_config(tmp_path, fbt={"baskets": {"categories": ["view", "clicks"]}})

@@ -62,7 +62,8 @@ def _show(url: str) -> int:
         )
     print("metrics:")
     for m in json.loads(run.metrics):
-        print(f"  {m['model']:<20} {m['metric']:<20} @{m['k']:<3} {m['value']:.4f}")
+        at = f"@{m['k']}" if m["k"] is not None else ""
+        print(f"  {m['model']:<20} {m['metric']:<22} {at:<4} {m['value']:.4f}")
     artifacts = Path(summary["artifacts"])
     print(f"artifacts       {artifacts}")
     print(f"quarantine      {artifacts / '09_quarantine'}")

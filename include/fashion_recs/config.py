@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -191,6 +191,84 @@ class PopularityConfig(_Strict):
 class EvaluationConfig(_Strict):
     holdout_days: int = Field(default=7, ge=1)
     k: int = Field(default=12, ge=1)
+    # The synthetic retailer's planted truth (bundles, look-alikes, segments); models report
+    # how much of it they recover. Null for a real retailer, whose truth nobody knows.
+    truth_dir: str | None = None
+
+
+class BasketConfig(_Strict):
+    """Which interactions make a basket and where one basket ends and the next begins.
+
+    `session`: a user's interactions until a gap longer than `session_gap_minutes`;
+    `user_day`: a user's interactions in one UTC day; `order`: one purchase event (the export
+    lists every product of an order in the purchase row's product cell).
+    The default categories are the seed's filtered events and buttons.
+    """
+
+    categories: list[str] = Field(
+        default_factory=lambda: ["view", "similar_click", "wishlist", "add_to_bag", "purchase"],
+        min_length=1,
+    )
+    delimiter: Literal["session", "user_day", "order"] = "session"
+    session_gap_minutes: float = Field(default=30.0, gt=0)
+    # Baskets longer than this are crawlers or bulk buyers, not shoppers: dropped and counted.
+    max_items: int = Field(default=50, ge=2)
+
+
+class MiningConfig(_Strict):
+    """Frequent itemsets and rules; an itemset is frequent when its basket count reaches
+    max(min_count, ceil(min_support * baskets))."""
+
+    engine: Literal["auto", "sparse", "pyfim_fpgrowth", "mlxtend_fpgrowth", "mlxtend_apriori"] = (
+        "auto"
+    )
+    min_support: float = Field(default=0.0003, gt=0, le=1)
+    min_count: int = Field(default=5, ge=1)
+    min_confidence: float = Field(default=0.05, ge=0, le=1)
+    min_lift: float = Field(default=2.0, ge=0)
+    max_len: int = Field(default=3, ge=2, le=10)
+    # An engine whose estimated working memory passes this refuses to start.
+    max_memory_mb: int = Field(default=4096, ge=64)
+
+
+class CrosscheckConfig(_Strict):
+    """The seed's mlxtend Apriori and FP-Growth re-run every day beside the production engine
+    on a sample, so that a disagreement between engines fails loudly instead of drifting.
+    The sample keeps the `max_items` most frequent items so that Apriori's candidate matrix
+    stays small."""
+
+    enabled: bool = True
+    max_baskets: int = Field(default=20_000, ge=100)
+    max_items: int = Field(default=100, ge=2)
+    engines: list[Literal["sparse", "pyfim_fpgrowth", "mlxtend_fpgrowth", "mlxtend_apriori"]] = (
+        Field(
+            default_factory=lambda: [
+                "sparse",
+                "pyfim_fpgrowth",
+                "mlxtend_fpgrowth",
+                "mlxtend_apriori",
+            ],
+            min_length=2,
+        )
+    )
+
+
+class FbtListsConfig(_Strict):
+    """Per-product complementary lists built from the rules, with labelled fallbacks."""
+
+    top_k: int = Field(default=12, ge=1)
+    rank_by: Literal["lift", "confidence", "support", "leverage", "conviction"] = "confidence"
+    min_pair_count: int = Field(default=5, ge=1)
+    # A jacket's co-occurring jackets are substitutes, not complements.
+    exclude_same_department: bool = True
+    min_coview_count: int = Field(default=2, ge=1)
+
+
+class FbtConfig(_Strict):
+    baskets: BasketConfig = BasketConfig()
+    mining: MiningConfig = MiningConfig()
+    crosscheck: CrosscheckConfig = CrosscheckConfig()
+    lists: FbtListsConfig = FbtListsConfig()
 
 
 class PublishConfig(_Strict):
@@ -215,7 +293,19 @@ class RetailerConfig(_Strict):
     popularity: PopularityConfig = PopularityConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     publish: PublishConfig = PublishConfig()
+    fbt: FbtConfig = FbtConfig()
     base_dir: str = Field(default=".", description="Directory relative paths resolve against.")
+
+    @model_validator(mode="after")
+    def _basket_categories_exist(self) -> RetailerConfig:
+        known = {r.category for r in self.interactions.rules}
+        unknown = sorted(set(self.fbt.baskets.categories) - known)
+        if unknown:
+            raise ValueError(
+                f"fbt.baskets.categories {unknown} are not interaction categories; "
+                f"interactions.rules define {sorted(known)}"
+            )
+        return self
 
     def resolve(self, path: str) -> Path:
         """Resolve a config-relative path (data_root, local source uris) to an absolute path."""

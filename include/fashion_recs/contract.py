@@ -164,6 +164,67 @@ SOURCES_SCHEMA = pa.schema(
     ]
 )
 
+BASKETS_SCHEMA = pa.schema(
+    [
+        pa.field("basket_id", pa.int64(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("basket_start", TS, nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("first_category", pa.string(), nullable=False),
+    ]
+)
+
+FBT_RULES_SCHEMA = pa.schema(
+    [
+        pa.field("antecedent", pa.string(), nullable=False),
+        pa.field("consequent", pa.string(), nullable=False),
+        pa.field("antecedent_len", pa.int32(), nullable=False),
+        pa.field("consequent_len", pa.int32(), nullable=False),
+        pa.field("n_antecedent", pa.int64(), nullable=False),
+        pa.field("n_consequent", pa.int64(), nullable=False),
+        pa.field("n_both", pa.int64(), nullable=False),
+        pa.field("n_baskets", pa.int64(), nullable=False),
+        pa.field("antecedent_support", pa.float64(), nullable=False),
+        pa.field("consequent_support", pa.float64(), nullable=False),
+        pa.field("support", pa.float64(), nullable=False),
+        pa.field("confidence", pa.float64(), nullable=False),
+        pa.field("lift", pa.float64(), nullable=False),
+        pa.field("leverage", pa.float64(), nullable=False),
+        # Infinite when confidence is 1 (the rule never fails): stored as null.
+        pa.field("conviction", pa.float64()),
+        pa.field("engine", pa.string(), nullable=False),
+    ]
+)
+
+FBT_RECOMMENDATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("recommended_product_id", pa.string(), nullable=False),
+        # rules: the rank_by measure; co_viewed: shared baskets; popularity: baskets holding it.
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("support", pa.float64()),
+        pa.field("confidence", pa.float64()),
+        pa.field("lift", pa.float64()),
+    ]
+)
+
+# Timings stay in the task summary: the artifact is identical when a run is repeated.
+FBT_CROSSCHECK_SCHEMA = pa.schema(
+    [
+        pa.field("engine", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # ok | skipped
+        pa.field("detail", pa.string()),
+        pa.field("n_baskets", pa.int64(), nullable=False),
+        pa.field("n_items", pa.int64(), nullable=False),
+        pa.field("min_count", pa.int64(), nullable=False),
+        pa.field("n_itemsets", pa.int64()),
+        pa.field("n_rules", pa.int64()),
+        pa.field("identical_to_reference", pa.bool_()),
+    ]
+)
+
 SOURCES = Artifact("sources", "01_raw", SOURCES_SCHEMA)
 PRODUCTS = Artifact("products", "03_primary", PRODUCTS_SCHEMA)
 PRICE_HISTORY = Artifact("price_history", "03_primary", PRICE_HISTORY_SCHEMA)
@@ -174,6 +235,11 @@ INTERACTIONS = Artifact("interactions", "03_primary", INTERACTIONS_SCHEMA)
 USER_ITEMS = Artifact("user_items", "03_primary", USER_ITEMS_SCHEMA)
 POPULAR = Artifact("popular_products", "06_models", POPULAR_SCHEMA)
 METRICS = Artifact("metrics", "08_reporting", METRICS_SCHEMA)
+BASKETS = Artifact("baskets", "05_model_input", BASKETS_SCHEMA)
+FBT_RULES = Artifact("fbt_rules", "06_models", FBT_RULES_SCHEMA)
+FBT_RECOMMENDATIONS = Artifact("fbt_recommendations", "06_models", FBT_RECOMMENDATIONS_SCHEMA)
+FBT_CROSSCHECK = Artifact("fbt_crosscheck", "08_reporting", FBT_CROSSCHECK_SCHEMA)
+FBT_METRICS = Artifact("fbt_metrics", "08_reporting", METRICS_SCHEMA)
 
 
 def quarantine(stage: str) -> Artifact:

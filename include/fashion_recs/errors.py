@@ -24,3 +24,11 @@ class QualityCheckFailed(FashionRecsError):
 
 class PublishError(FashionRecsError):
     """Publishing to the results database failed; readers stay on the previous run."""
+
+
+class ResourceLimitExceeded(FashionRecsError):
+    """A model build would need more memory than its configured limit; nothing was started."""
+
+
+class EngineMismatch(FashionRecsError):
+    """Two mining engines disagreed on the same baskets: a bug, never a data problem."""

@@ -20,8 +20,12 @@ import pyarrow.parquet as pq
 from fashion_recs.artifacts import RunPaths, read_json, write_artifact, write_json
 from fashion_recs.config import RetailerConfig, load_config
 from fashion_recs.contract import (
+    BASKETS,
     EVENT_PRODUCT_IDS,
     EVENTS,
+    FBT_METRICS,
+    FBT_RECOMMENDATIONS,
+    FBT_RULES,
     INTERACTIONS,
     METRICS,
     POPULAR,
@@ -166,6 +170,72 @@ def evaluate(
     return ctx.save_summary("evaluate", {"metrics": str(path), "values": table})
 
 
+# --- frequently bought together -------------------------------------------------------------
+
+
+def baskets(
+    ctx: RunContext, interactions_summary: dict[str, Any], products_summary: dict[str, Any]
+) -> dict[str, Any]:
+    from fashion_recs.stages.fbt import baskets_stage
+
+    summary = baskets_stage(
+        ctx.config,
+        ctx.paths,
+        Path(interactions_summary["interactions"]),
+        Path(products_summary["products"]),
+    )
+    return ctx.save_summary("baskets", summary)
+
+
+def fbt_rules(ctx: RunContext, baskets_summary: dict[str, Any]) -> dict[str, Any]:
+    from fashion_recs.stages.fbt import rules_stage
+
+    return ctx.save_summary(
+        "fbt_rules", rules_stage(ctx.config, ctx.paths, Path(baskets_summary["baskets"]))
+    )
+
+
+def fbt_crosscheck(ctx: RunContext, baskets_summary: dict[str, Any]) -> dict[str, Any]:
+    from fashion_recs.stages.fbt import crosscheck_stage
+
+    return ctx.save_summary(
+        "fbt_crosscheck", crosscheck_stage(ctx.config, ctx.paths, Path(baskets_summary["baskets"]))
+    )
+
+
+def _fbt_from_rules(
+    ctx: RunContext,
+    step: str,
+    rules_summary: dict[str, Any],
+    baskets_summary: dict[str, Any],
+    products_summary: dict[str, Any],
+) -> dict[str, Any]:
+    """Run an FBT stage that reads the rules, the baskets and the catalogue."""
+    from fashion_recs.stages import fbt
+
+    stage = {"fbt_recommendations": fbt.lists_stage, "fbt_evaluate": fbt.evaluate_stage}[step]
+    summary = stage(
+        ctx.config,
+        ctx.paths,
+        Path(rules_summary["fbt_rules"]),
+        Path(baskets_summary["baskets"]),
+        Path(products_summary["products"]),
+    )
+    return ctx.save_summary(step, summary)
+
+
+def fbt_recommendations(
+    ctx: RunContext, rules: dict[str, Any], baskets: dict[str, Any], products: dict[str, Any]
+) -> dict[str, Any]:
+    return _fbt_from_rules(ctx, "fbt_recommendations", rules, baskets, products)
+
+
+def fbt_evaluate(
+    ctx: RunContext, rules: dict[str, Any], baskets: dict[str, Any], products: dict[str, Any]
+) -> dict[str, Any]:
+    return _fbt_from_rules(ctx, "fbt_evaluate", rules, baskets, products)
+
+
 # --- quality checks ---------------------------------------------------------------------------
 
 QUALITY_DIR = "quality"
@@ -175,6 +245,8 @@ CHECKED = {
     "users": [USERS],
     "interactions": [INTERACTIONS, USER_ITEMS],
     "popular": [POPULAR],
+    "baskets": [BASKETS],
+    "fbt": [FBT_RULES, FBT_RECOMMENDATIONS],
 }
 
 
@@ -241,6 +313,12 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
         TableSpec("products", pq.read_table(ctx.paths.path(PRODUCTS)), ("product_id",)),
         TableSpec("popular_products", pq.read_table(ctx.paths.path(POPULAR)), ("segment_type",)),
         TableSpec("user_segments", users, ("user_id",)),
+        TableSpec("fbt_rules", pq.read_table(ctx.paths.path(FBT_RULES)), ("antecedent",)),
+        TableSpec(
+            "fbt_recommendations",
+            pq.read_table(ctx.paths.path(FBT_RECOMMENDATIONS)),
+            ("product_id",),
+        ),
     ]
     summaries = ctx.summaries()
     run_summary = {
@@ -255,7 +333,11 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
             if isinstance(s, dict) and "counts" in s
         },
     }
-    metrics = pq.read_table(ctx.paths.path(METRICS)).to_pylist()
+    metrics = [
+        row
+        for artifact in (METRICS, FBT_METRICS)
+        for row in pq.read_table(ctx.paths.path(artifact)).to_pylist()
+    ]
     engine = make_engine(url)
     try:
         record = publish_run(
@@ -295,5 +377,12 @@ def run_all(ctx: RunContext, url: str) -> dict[str, Any]:
     popular(ctx, inter, demo)
     check(ctx, "popular")
     evaluate(ctx, inter, demo, prod)
+    bask = baskets(ctx, inter, prod)
+    check(ctx, "baskets", {"baskets": bask["stats"]["rows_in"]})
+    rules = fbt_rules(ctx, bask)
+    fbt_crosscheck(ctx, bask)
+    fbt_recommendations(ctx, rules, bask, prod)
+    check(ctx, "fbt")
+    fbt_evaluate(ctx, rules, bask, prod)
     quality_report(ctx)
     return publish(ctx, url)

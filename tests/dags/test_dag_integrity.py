@@ -23,6 +23,13 @@ EXPECTED_TASKS = {
     "popular_items",
     "check_popular",
     "evaluate_baselines",
+    "build_baskets",
+    "check_baskets",
+    "mine_fbt_rules",
+    "crosscheck_apriori_fpgrowth",
+    "fbt_recommendations",
+    "check_fbt",
+    "evaluate_fbt",
     "build_data_docs",
     "publish_tables",
 }
@@ -62,7 +69,14 @@ def test_tasks_are_the_seed_stages_in_order(dagbag) -> None:
         "check_users",
         "check_interactions",
         "check_popular",
+        "check_baskets",
+        "check_fbt",
+        "evaluate_fbt",
+        "crosscheck_apriori_fpgrowth",
     }
+    assert {"map_interactions", "check_interactions"} <= upstream["build_baskets"]
+    assert {"build_baskets", "check_baskets"} <= upstream["mine_fbt_rules"]
+    assert {"mine_fbt_rules", "build_baskets", "clean_products"} <= upstream["fbt_recommendations"]
     assert dag.tasks[0].dag.params["overrides"] == {}
 
 

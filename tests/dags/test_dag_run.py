@@ -70,6 +70,8 @@ def check_published(url: str, retailer: Path, data_root: Path) -> None:
         products = pd.read_sql("SELECT * FROM products", conn)
         popular = pd.read_sql("SELECT * FROM popular_products", conn)
         segments = pd.read_sql("SELECT * FROM user_segments", conn)
+        rules = pd.read_sql("SELECT * FROM fbt_rules", conn)
+        fbt = pd.read_sql("SELECT * FROM fbt_recommendations", conn)
     engine.dispose()
     summary = json.loads(run.summary)
     stages = summary["stages"]
@@ -112,6 +114,15 @@ def check_published(url: str, retailer: Path, data_root: Path) -> None:
     metrics = {(m["model"], m["metric"]): m["value"] for m in json.loads(run.metrics)}
     assert metrics[("popularity", "map")] > 0
     assert Path(summary["data_docs"]).is_file()
+
+    # Frequently bought together: the planted bundles come back as rules, every catalogue
+    # product has a full list, and the lists beat popularity at completing held-out baskets.
+    assert len(rules) > 0 and (rules["lift"] >= 2.0).all()
+    assert set(fbt["product_id"]) == set(products["product_id"])
+    assert fbt.groupby("product_id").size().eq(12).all()
+    assert metrics[("fbt_rules", "bundle_pair_precision")] >= 0.9
+    assert metrics[("fbt_rules", "bundle_pair_recall")] >= 0.9
+    assert metrics[("fbt", "map")] > metrics[("fbt_popularity", "map")]
     assert Path(summary["artifacts"]).is_relative_to(data_root)
 
 

@@ -170,6 +170,75 @@ def valid_frames() -> dict[str, pd.DataFrame]:
                 for p in popular
             ],
         ),
+        "baskets": frame(
+            contract.BASKETS_SCHEMA,
+            [
+                {
+                    "basket_id": b,
+                    "user_id": "u1",
+                    "basket_start": TS,
+                    "product_id": pid,
+                    "first_category": "view",
+                }
+                for b, pid in [(0, P1), (0, P2), (1, P3)]
+            ],
+        ),
+        "fbt_rules": frame(
+            contract.FBT_RULES_SCHEMA,
+            [
+                {
+                    "antecedent": a,
+                    "consequent": c,
+                    "antecedent_len": 1,
+                    "consequent_len": 1,
+                    "n_antecedent": na,
+                    "n_consequent": nc,
+                    "n_both": 6,
+                    "n_baskets": 100,
+                    "antecedent_support": na / 100,
+                    "consequent_support": nc / 100,
+                    "support": 0.06,
+                    "confidence": 6 / na,
+                    "lift": 600 / (na * nc),
+                    "leverage": 0.06 - na * nc / 10_000,
+                    "conviction": None,
+                    "engine": "sparse",
+                }
+                for a, c, na, nc in [(P1, P2, 8, 6), (P2, P1, 6, 8)]
+            ],
+        ),
+        "fbt_recommendations": frame(
+            contract.FBT_RECOMMENDATIONS_SCHEMA,
+            [
+                {
+                    "product_id": P1,
+                    "rank": 1,
+                    "recommended_product_id": P2,
+                    "score": 0.75,
+                    "source": "rules",
+                    "support": 0.06,
+                    "confidence": 0.75,
+                    "lift": 12.5,
+                },
+                {
+                    "product_id": P1,
+                    "rank": 2,
+                    "recommended_product_id": P3,
+                    "score": 3.0,
+                    "source": "co_viewed",
+                },
+                {
+                    "product_id": P2,
+                    "rank": 1,
+                    "recommended_product_id": P1,
+                    "score": 1.0,
+                    "source": "rules",
+                    "support": 0.06,
+                    "confidence": 1.0,
+                    "lift": 12.5,
+                },
+            ],
+        ),
     }
 
 
@@ -249,6 +318,22 @@ DEFECTS = [
     ("popular_products", _set("product_id", 3, UNKNOWN_ID), "in_reference_set", "'product_id'"),
     ("popular_products", _set("segment_type", 2, "city"), "to_be_in_set", "'segment_type'"),
     ("popular_products", _drop_overall, "distinct_values_to_contain_set", "'segment_type'"),
+    ("baskets", _duplicate_first_row, "compound_columns", "columns 'basket_id', 'product_id'"),
+    ("baskets", _set("product_id", 2, UNKNOWN_ID), "in_reference_set", "column 'product_id'"),
+    ("baskets", _set("first_category", 0, "share"), "to_be_in_set", "'first_category'"),
+    ("fbt_rules", _set("confidence", 0, 1.5), "to_be_between", "column 'confidence'"),
+    ("fbt_rules", _set("lift", 0, 0.0), "to_be_between", "column 'lift'"),
+    ("fbt_rules", _set("n_both", 0, 9), "a_to_be_greater", "'n_antecedent'"),
+    ("fbt_rules", _duplicate_first_row, "compound_columns", "'antecedent', 'consequent'"),
+    ("fbt_recommendations", _set("rank", 1, 1), "compound_columns", "'product_id', 'rank'"),
+    ("fbt_recommendations", _set("rank", 0, 13), "to_be_between", "column 'rank'"),
+    ("fbt_recommendations", _set("source", 1, "guess"), "to_be_in_set", "column 'source'"),
+    (
+        "fbt_recommendations",
+        _set("recommended_product_id", 1, UNKNOWN_ID),
+        "in_reference_set",
+        "'recommended_product_id'",
+    ),
 ]
 
 
@@ -339,8 +424,8 @@ def test_catalogue_is_referenced_not_copied_into_results(tmp_path: Path):
 def test_suite_that_needs_the_catalogue_refuses_to_build_without_it():
     with pytest.raises(ValueError, match=r"'events' suite needs CheckContext.catalogue_ids"):
         build_suite("events", CheckContext())
-    with pytest.raises(ValueError, match="no expectation suite for artifact 'baskets'"):
-        build_suite("baskets", CONTEXT)
+    with pytest.raises(ValueError, match="no expectation suite for artifact 'sessions'"):
+        build_suite("sessions", CONTEXT)
 
 
 def test_event_names_are_checked_when_allowed_names_are_given(tmp_path: Path):

@@ -51,8 +51,10 @@ from great_expectations.render.renderer.renderer import renderer
 from fashion_recs import contract
 from fashion_recs.config import (
     AnswerColumns,
+    BasketConfig,
     DemographicsConfig,
     EventsConfig,
+    FbtListsConfig,
     PopularityConfig,
     RetailerConfig,
 )
@@ -98,6 +100,8 @@ class CheckContext:
     buttons_of_interest: tuple[str, ...] = tuple(_EVENTS.buttons_of_interest)
     allowed_event_names: tuple[str, ...] | None = None
     top_k: int = PopularityConfig().top_k
+    fbt_top_k: int = FbtListsConfig().top_k
+    basket_categories: tuple[str, ...] = tuple(BasketConfig().categories)
     extra_user_columns: tuple[str, ...] = tuple(AnswerColumns().extra)
 
     def __post_init__(self) -> None:
@@ -131,6 +135,8 @@ class CheckContext:
             events_of_interest=tuple(config.events.events_of_interest),
             buttons_of_interest=tuple(config.events.buttons_of_interest),
             top_k=config.popularity.top_k,
+            fbt_top_k=config.fbt.lists.top_k,
+            basket_categories=tuple(config.fbt.baskets.categories),
             extra_user_columns=tuple(config.columns.answers.extra),
         )
 
@@ -448,6 +454,77 @@ def popular_products_suite(context: CheckContext) -> gx.ExpectationSuite:
     )
 
 
+def baskets_suite(context: CheckContext) -> gx.ExpectationSuite:
+    """One row per (basket, catalogue product), from the configured categories only; may be
+    empty (a retailer without such events gets empty FBT tables, not a failed run)."""
+    context.require("baskets", "catalogue_ids")
+    return _suite(
+        "baskets",
+        contract.BASKETS_SCHEMA,
+        [
+            _in_catalogue(context),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["basket_id", "product_id"]),
+            gxe.ExpectColumnValuesToBeInSet(
+                column="first_category", value_set=list(context.basket_categories)
+            ),
+            gxe.ExpectColumnValuesToBeBetween(column="basket_id", min_value=0),
+            _row_count(0, context.upstream_rows),
+        ],
+    )
+
+
+def fbt_rules_suite(context: CheckContext) -> gx.ExpectationSuite:
+    """Rules with consistent measures: probabilities in [0, 1], positive lift, counts that
+    nest (both <= antecedent, consequent <= baskets); empty is valid (nothing passed)."""
+    return _suite(
+        "fbt_rules",
+        contract.FBT_RULES_SCHEMA,
+        [
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["antecedent", "consequent"]),
+            *[
+                gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=1)
+                for c in ("support", "confidence", "antecedent_support", "consequent_support")
+            ],
+            gxe.ExpectColumnValuesToBeBetween(column="lift", min_value=0, strict_min=True),
+            gxe.ExpectColumnValuesToBeBetween(column="leverage", min_value=-0.25, max_value=0.25),
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A="n_antecedent", column_B="n_both", or_equal=True
+            ),
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A="n_baskets", column_B="n_consequent", or_equal=True
+            ),
+            gxe.ExpectColumnValuesToBeBetween(column="antecedent_len", min_value=1),
+            gxe.ExpectColumnValuesToBeBetween(column="consequent_len", min_value=1),
+            _row_count(0),
+        ],
+    )
+
+
+def fbt_recommendations_suite(context: CheckContext) -> gx.ExpectationSuite:
+    """Per-product lists of catalogue products, ranks 1..top_k, no product twice in a list,
+    every entry labelled with where it came from."""
+    context.require("fbt_recommendations", "catalogue_ids")
+    from fashion_recs.fbt.recommend import SOURCES
+
+    return _suite(
+        "fbt_recommendations",
+        contract.FBT_RECOMMENDATIONS_SCHEMA,
+        [
+            _in_catalogue(context),
+            _in_catalogue(context, "recommended_product_id"),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="rank", min_value=1, max_value=context.fbt_top_k
+            ),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["product_id", "rank"]),
+            gxe.ExpectCompoundColumnsToBeUnique(
+                column_list=["product_id", "recommended_product_id"]
+            ),
+            gxe.ExpectColumnValuesToBeInSet(column="source", value_set=list(SOURCES)),
+            _row_count(0),
+        ],
+    )
+
+
 SUITE_BUILDERS: dict[str, Callable[[CheckContext], gx.ExpectationSuite]] = {
     contract.PRODUCTS.name: products_suite,
     contract.PRICE_HISTORY.name: price_history_suite,
@@ -457,6 +534,9 @@ SUITE_BUILDERS: dict[str, Callable[[CheckContext], gx.ExpectationSuite]] = {
     contract.INTERACTIONS.name: interactions_suite,
     contract.USER_ITEMS.name: user_items_suite,
     contract.POPULAR.name: popular_products_suite,
+    contract.BASKETS.name: baskets_suite,
+    contract.FBT_RULES.name: fbt_rules_suite,
+    contract.FBT_RECOMMENDATIONS.name: fbt_recommendations_suite,
 }
 
 QUALITY_ARTIFACTS: tuple[str, ...] = tuple(SUITE_BUILDERS)

@@ -1,0 +1,1 @@
+"""Frequently bought together: baskets, frequent itemsets, association rules, product lists."""

@@ -1,0 +1,181 @@
+"""Baskets out of the event log, per-product lists with fallbacks, and the FBT evaluation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import polars as pl
+import pytest
+
+from fashion_recs.config import BasketConfig, FbtListsConfig
+from fashion_recs.fbt.baskets import build_baskets, to_matrix
+from fashion_recs.fbt.evaluate import bundle_recovery, completion_queries, split_baskets
+from fashion_recs.fbt.mining import mine
+from fashion_recs.fbt.recommend import SOURCES, recommend
+from fashion_recs.fbt.rules import association_rules
+
+T0 = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
+
+
+def interactions(rows: list[tuple[str, str, int, str]]) -> pl.DataFrame:
+    """(user, product, minutes after T0, category) rows in the interactions layout."""
+    return pl.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "product_id": [r[1] for r in rows],
+            "event_ts": [T0 + timedelta(minutes=r[2]) for r in rows],
+            "category": [r[3] for r in rows],
+        },
+        schema={
+            "user_id": pl.String,
+            "product_id": pl.String,
+            "event_ts": pl.Datetime("us", "UTC"),
+            "category": pl.String,
+        },
+    )
+
+
+ROWS = [
+    ("u1", "a", 0, "view"),
+    ("u1", "b", 5, "add_to_bag"),
+    ("u1", "a", 6, "purchase"),  # same basket, same product: once
+    ("u1", "b", 6, "purchase"),
+    ("u1", "c", 120, "view"),  # 114 minutes later: a new session
+    ("u1", "zz", 121, "view"),  # not in the catalogue
+    ("u2", "a", 0, "share"),  # not a basket category
+    ("u2", "c", 1, "view"),
+    ("u2", "d", 1500, "view"),  # next day
+]
+CATALOGUE = ["a", "b", "c", "d"]
+
+
+def baskets_of(frame: pl.DataFrame) -> list[list[str]]:
+    grouped = frame.group_by("basket_id", maintain_order=True).agg(pl.col("product_id").sort())
+    return sorted(grouped["product_id"].to_list())
+
+
+def test_sessions_split_on_inactivity_and_every_row_is_accounted_for() -> None:
+    out, stats = build_baskets(interactions(ROWS), CATALOGUE, BasketConfig())
+    assert baskets_of(out) == [["a", "b"], ["c"], ["c"], ["d"]]
+    assert stats.dropped == {
+        "category_not_in_baskets": 1,
+        "unknown_product": 1,
+        "duplicate_in_basket": 2,
+        "oversized_basket": 0,
+    }
+    assert stats.rows_in == stats.rows_out + sum(stats.dropped.values())
+    assert stats.n_baskets == 4 and stats.n_single_item == 3
+    # Ids are stable: numbered in time order, and a rebuild gives the same frame.
+    again, _ = build_baskets(interactions(ROWS[::-1]), CATALOGUE, BasketConfig())
+    assert again.equals(out)
+
+
+def test_user_day_and_order_delimiters() -> None:
+    day, _ = build_baskets(interactions(ROWS), CATALOGUE, BasketConfig(delimiter="user_day"))
+    assert baskets_of(day) == [["a", "b", "c"], ["c"], ["d"]]
+    orders, stats = build_baskets(
+        interactions(ROWS), CATALOGUE, BasketConfig(delimiter="order", categories=["purchase"])
+    )
+    assert baskets_of(orders) == [["a", "b"]]
+    assert stats.dropped["category_not_in_baskets"] == 7
+
+
+def test_oversized_baskets_are_dropped_and_counted() -> None:
+    rows = [("bot", f"p{i}", i, "view") for i in range(60)] + [("u", "p1", 0, "view")]
+    out, stats = build_baskets(
+        interactions(rows), [f"p{i}" for i in range(60)], BasketConfig(max_items=50)
+    )
+    assert baskets_of(out) == [["p1"]]
+    assert stats.n_oversized == 1 and stats.dropped["oversized_basket"] == 60
+
+
+def test_no_usable_rows_gives_empty_baskets() -> None:
+    out, stats = build_baskets(interactions(ROWS), ["nothing"], BasketConfig())
+    assert out.height == 0 and stats.n_baskets == 0
+    assert list(out.columns) == [
+        "basket_id",
+        "user_id",
+        "basket_start",
+        "product_id",
+        "first_category",
+    ]
+
+
+def catalogue() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "product_id": ["jeans", "jeans2", "tee", "belt", "cap", "sock"],
+            "department": ["denim", "denim", "tops", "acc", "acc", None],
+            "target_audience": ["men", "men", "men", "men", "women", None],
+        }
+    )
+
+
+def basket_frame(baskets: list[list[str]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "basket_id": [i for i, b in enumerate(baskets) for _ in b],
+            "product_id": [p for b in baskets for p in b],
+        },
+        schema={"basket_id": pl.Int64, "product_id": pl.String},
+    )
+
+
+def test_lists_cover_the_catalogue_with_labelled_sources() -> None:
+    baskets = [["jeans", "tee"]] * 6 + [["jeans", "jeans2"]] * 6 + [["belt"], ["cap"], ["tee"]]
+    matrix = to_matrix(basket_frame(baskets))
+    rules = association_rules(
+        mine(matrix, min_support=0.0, min_count=5, max_len=2), min_confidence=0.1, min_lift=0.0
+    )
+    config = FbtListsConfig(top_k=3, min_pair_count=5, min_coview_count=1)
+    lists = recommend(rules, catalogue(), matrix, config)
+    assert set(lists["product_id"]) == set(catalogue()["product_id"])
+    assert (lists["product_id"] != lists["recommended_product_id"]).all()
+    assert set(lists["source"]) <= set(SOURCES)
+    jeans = lists[lists["product_id"] == "jeans"].sort_values("rank")
+    # The rule jeans -> tee first; jeans2 is a substitute (same department): left out.
+    assert jeans["recommended_product_id"].iloc[0] == "tee"
+    assert jeans["source"].iloc[0] == "rules"
+    assert "jeans2" not in set(jeans["recommended_product_id"])
+    # A product nobody bought still gets a list, from popularity.
+    sock = lists[lists["product_id"] == "sock"]
+    assert len(sock) == 3 and set(sock["source"]) <= {"audience_popularity", "popularity"}
+    with_substitutes = recommend(
+        rules, catalogue(), matrix, config.model_copy(update={"exclude_same_department": False})
+    )
+    assert "jeans2" in set(
+        with_substitutes.loc[with_substitutes["product_id"] == "jeans", "recommended_product_id"]
+    )
+
+
+def test_bundle_recovery_counts_pairs() -> None:
+    rules = pd.DataFrame(
+        {
+            "antecedent": ["a", "b", "a", "x"],
+            "consequent": ["b", "a", "c", "y"],
+            "antecedent_len": 1,
+            "consequent_len": 1,
+            "n_both": [10, 10, 10, 10],
+        }
+    )
+    bundles = pd.DataFrame({"bundle_id": [0, 0, 0, 1, 1], "product_id": list("abcde")})
+    result = bundle_recovery(rules, bundles)
+    # Found pairs {a,b}, {a,c}, {x,y}; planted {a,b}, {a,c}, {b,c}, {d,e}.
+    assert result["bundle_pair_precision"] == pytest.approx(2 / 3)
+    assert result["bundle_pair_recall"] == pytest.approx(2 / 4)
+    assert result["bundles_complete"] == 0.0
+
+
+def test_completion_queries_hide_one_item_per_basket() -> None:
+    frame = basket_frame([["a", "b", "c"], ["a"], ["d", "zz"]]).with_columns(
+        basket_start=pl.lit(T0)
+    )
+    queries, truth = completion_queries(frame, {"a", "b", "c", "d"}, seed=1)
+    assert len(queries) == 1  # the single and the one-known-item baskets cannot be asked
+    assert set(truth["product_id"]) | set(queries["product_id"]) == {"a", "b", "c"}
+    train, test = split_baskets(
+        frame.with_columns(basket_start=pl.Series([T0, T0, T0, T0, T0, T0 + timedelta(days=9)])),
+        holdout_days=7,
+    )
+    assert set(test["product_id"]) == {"zz"} and train.height == 5
