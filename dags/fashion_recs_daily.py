@@ -16,6 +16,8 @@ Daily. Each task calls one step of `fashion_recs.pipeline` and passes on only pa
   held identical to the production engine
 * **fbt_recommendations** – every product's complementary list, with labelled fallbacks
 * **evaluate_fbt** – planted-bundle recovery and held-out basket completion vs popularity
+* **similar_products_text** – the seed's TF-IDF + one-hot model: neighbours of every product,
+  recall against exact search, look-alike precision, consistency, robustness to noised text
 * **check_*** – Great Expectations suites between stages; **build_data_docs** renders them
 * **publish_tables** – atomic switch of the results database's stable views to this run
 
@@ -182,6 +184,14 @@ def fashion_recs() -> None:
     def evaluate_fbt(rules: dict, baskets: dict, products: dict) -> dict:
         return _step("fbt_evaluate", rules, baskets, products)
 
+    @task
+    def similar_products_text(products: dict) -> dict:
+        return _step("similar_text", products)
+
+    @task
+    def check_similar(similar: dict) -> dict:
+        return _step("check", "similar")
+
     @task(trigger_rule="all_done")
     def build_data_docs() -> dict:
         return _step("quality_report")
@@ -216,7 +226,19 @@ def fashion_recs() -> None:
     lists = fbt_recommendations(rules, baskets, products)
     fbt_ok = check_fbt(lists)
     fbt_metrics = evaluate_fbt(rules, baskets, products)
-    checks = [products_ok, events_ok, users_ok, interactions_ok, popular_ok, baskets_ok, fbt_ok]
+    similar = similar_products_text(products)
+    products_ok >> similar
+    similar_ok = check_similar(similar)
+    checks = [
+        products_ok,
+        events_ok,
+        users_ok,
+        interactions_ok,
+        popular_ok,
+        baskets_ok,
+        fbt_ok,
+        similar_ok,
+    ]
     docs = build_data_docs()
     checks >> docs
     [docs, metrics, fbt_metrics, crosscheck, *checks] >> publish_tables()

@@ -279,6 +279,41 @@ class PublishConfig(_Strict):
     keep_runs: int = Field(default=3, ge=1)
 
 
+class TextModelConfig(_Strict):
+    """The seed's TF-IDF (max_features 5000) + one-hot model; block weights before stacking."""
+
+    max_features: int = Field(default=5000, ge=10)
+    text_weight: float = Field(default=1.0, ge=0)
+    attribute_weight: float = Field(default=1.0, ge=0)
+    ngram_max: int = Field(default=1, ge=1, le=3)
+
+
+class RetrievalConfig(_Strict):
+    """How neighbours are found. `auto`: exact up to `exact_max_items` products (and always
+    for sparse text vectors), faiss IVF above. Annoy is the seed's method."""
+
+    method: Literal["auto", "exact", "annoy", "faiss_ivf"] = "auto"
+    exact_max_items: int = Field(default=20_000, ge=1)
+    annoy_trees: int = Field(default=20, ge=1)  # the seed's setting
+    annoy_search_k: int = -1
+    ivf_nlist: int | None = Field(default=None, ge=1)
+    ivf_nprobe: int = Field(default=16, ge=1)
+    # Rows on which an approximate method's recall@k against exact search is measured.
+    recall_sample: int = Field(default=1000, ge=10)
+    # Also measure the seed's Annoy against exact search when serving exact lists.
+    audit_annoy: bool = True
+
+
+class SimilarConfig(_Strict):
+    top_k: int = Field(default=12, ge=1)
+    default_model: str = "text_tfidf"
+    # Only neighbours for the same target audience (a women's dress never suggests menswear).
+    same_audience: bool = False
+    text: TextModelConfig = TextModelConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    text_noise_rate: float = Field(default=0.2, ge=0, le=1)
+
+
 class RetailerConfig(_Strict):
     retailer: str = Field(default="demo", pattern=r"^[a-z][a-z0-9_]{0,39}$")
     data_root: str = "data"
@@ -294,6 +329,7 @@ class RetailerConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     publish: PublishConfig = PublishConfig()
     fbt: FbtConfig = FbtConfig()
+    similar: SimilarConfig = SimilarConfig()
     base_dir: str = Field(default=".", description="Directory relative paths resolve against.")
 
     @model_validator(mode="after")

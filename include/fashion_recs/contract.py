@@ -210,6 +210,18 @@ FBT_RECOMMENDATIONS_SCHEMA = pa.schema(
     ]
 )
 
+SIMILAR_PRODUCTS_SCHEMA = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("similar_product_id", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),  # cosine similarity
+        pa.field("model", pa.string(), nullable=False),
+        # The model readers use by default (config similar.default_model).
+        pa.field("is_default", pa.bool_(), nullable=False),
+    ]
+)
+
 # Timings stay in the task summary: the artifact is identical when a run is repeated.
 FBT_CROSSCHECK_SCHEMA = pa.schema(
     [
@@ -240,6 +252,15 @@ FBT_RULES = Artifact("fbt_rules", "06_models", FBT_RULES_SCHEMA)
 FBT_RECOMMENDATIONS = Artifact("fbt_recommendations", "06_models", FBT_RECOMMENDATIONS_SCHEMA)
 FBT_CROSSCHECK = Artifact("fbt_crosscheck", "08_reporting", FBT_CROSSCHECK_SCHEMA)
 FBT_METRICS = Artifact("fbt_metrics", "08_reporting", METRICS_SCHEMA)
+
+
+def similar_products(model: str) -> Artifact:
+    """One model's similar-product lists (the publish step concatenates the models)."""
+    return Artifact(f"similar_products_{model}", "06_models", SIMILAR_PRODUCTS_SCHEMA)
+
+
+def similar_metrics(model: str) -> Artifact:
+    return Artifact(f"similar_metrics_{model}", "08_reporting", METRICS_SCHEMA)
 
 
 def quarantine(stage: str) -> Artifact:

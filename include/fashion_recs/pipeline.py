@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fashion_recs.artifacts import RunPaths, read_json, write_artifact, write_json
@@ -34,6 +35,9 @@ from fashion_recs.contract import (
     SOURCES,
     USER_ITEMS,
     USERS,
+    Artifact,
+    similar_metrics,
+    similar_products,
 )
 
 log = logging.getLogger(__name__)
@@ -236,6 +240,25 @@ def fbt_evaluate(
     return _fbt_from_rules(ctx, "fbt_evaluate", rules, baskets, products)
 
 
+# --- similar products --------------------------------------------------------------------------
+
+
+def similar_text(ctx: RunContext, products_summary: dict[str, Any]) -> dict[str, Any]:
+    from fashion_recs.stages.similar import text_model_stage
+
+    summary = text_model_stage(ctx.config, ctx.paths, Path(products_summary["products"]))
+    return ctx.save_summary("similar_text", summary)
+
+
+def _similar_models(ctx: RunContext) -> list[str]:
+    """The similar-product models this run built (their summaries name them)."""
+    return sorted(
+        s["model"]
+        for name, s in ctx.summaries().items()
+        if name.startswith("similar_") and isinstance(s, dict) and "model" in s
+    )
+
+
 # --- quality checks ---------------------------------------------------------------------------
 
 QUALITY_DIR = "quality"
@@ -250,6 +273,12 @@ CHECKED = {
 }
 
 
+def _checked(ctx: RunContext, group: str) -> list[Artifact]:
+    if group == "similar":
+        return [similar_products(model) for model in _similar_models(ctx)]
+    return CHECKED[group]
+
+
 def check(
     ctx: RunContext, group: str, upstream_rows: dict[str, int] | None = None
 ) -> dict[str, Any]:
@@ -262,7 +291,7 @@ def check(
 
     ids = pq.read_table(ctx.paths.path(PRODUCTS), columns=["product_id"]).column(0).to_pylist()
     results = []
-    for artifact in CHECKED[group]:
+    for artifact in _checked(ctx, group):
         context = CheckContext.from_config(
             ctx.config,
             catalogue_ids=ids,
@@ -333,9 +362,15 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
             if isinstance(s, dict) and "counts" in s
         },
     }
+    models = _similar_models(ctx)
+    if models:
+        similar = pa.concat_tables(
+            [pq.read_table(ctx.paths.path(similar_products(m))) for m in models]
+        )
+        tables.append(TableSpec("similar_products", similar, ("product_id", "model")))
     metrics = [
         row
-        for artifact in (METRICS, FBT_METRICS)
+        for artifact in (METRICS, FBT_METRICS, *(similar_metrics(m) for m in models))
         for row in pq.read_table(ctx.paths.path(artifact)).to_pylist()
     ]
     engine = make_engine(url)
@@ -384,5 +419,7 @@ def run_all(ctx: RunContext, url: str) -> dict[str, Any]:
     fbt_recommendations(ctx, rules, bask, prod)
     check(ctx, "fbt")
     fbt_evaluate(ctx, rules, bask, prod)
+    similar_text(ctx, prod)
+    check(ctx, "similar")
     quality_report(ctx)
     return publish(ctx, url)

@@ -30,6 +30,8 @@ EXPECTED_TASKS = {
     "fbt_recommendations",
     "check_fbt",
     "evaluate_fbt",
+    "similar_products_text",
+    "check_similar",
     "build_data_docs",
     "publish_tables",
 }
@@ -73,6 +75,7 @@ def test_tasks_are_the_seed_stages_in_order(dagbag) -> None:
         "check_fbt",
         "evaluate_fbt",
         "crosscheck_apriori_fpgrowth",
+        "check_similar",
     }
     assert {"map_interactions", "check_interactions"} <= upstream["build_baskets"]
     assert {"build_baskets", "check_baskets"} <= upstream["mine_fbt_rules"]

@@ -72,6 +72,7 @@ def check_published(url: str, retailer: Path, data_root: Path) -> None:
         segments = pd.read_sql("SELECT * FROM user_segments", conn)
         rules = pd.read_sql("SELECT * FROM fbt_rules", conn)
         fbt = pd.read_sql("SELECT * FROM fbt_recommendations", conn)
+        similar = pd.read_sql("SELECT * FROM similar_products", conn)
     engine.dispose()
     summary = json.loads(run.summary)
     stages = summary["stages"]
@@ -123,6 +124,13 @@ def check_published(url: str, retailer: Path, data_root: Path) -> None:
     assert metrics[("fbt_rules", "bundle_pair_precision")] >= 0.9
     assert metrics[("fbt_rules", "bundle_pair_recall")] >= 0.9
     assert metrics[("fbt", "map")] > metrics[("fbt_popularity", "map")]
+
+    # Similar products: every product has its neighbours; the planted look-alikes are found.
+    default = similar[similar["is_default"].astype(bool)]
+    assert set(default["product_id"]) == set(products["product_id"])
+    assert (default["product_id"] != default["similar_product_id"]).all()
+    assert metrics[("text_tfidf", "lookalike_recall")] >= 0.9
+    assert metrics[("text_tfidf", "same_department")] > 0.5  # random lists: ~0.1
     assert Path(summary["artifacts"]).is_relative_to(data_root)
 
 

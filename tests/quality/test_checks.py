@@ -207,6 +207,20 @@ def valid_frames() -> dict[str, pd.DataFrame]:
                 for a, c, na, nc in [(P1, P2, 8, 6), (P2, P1, 6, 8)]
             ],
         ),
+        "similar_products": frame(
+            contract.SIMILAR_PRODUCTS_SCHEMA,
+            [
+                {
+                    "product_id": a,
+                    "rank": r,
+                    "similar_product_id": b,
+                    "score": sc,
+                    "model": "text_tfidf",
+                    "is_default": True,
+                }
+                for a, r, b, sc in [(P1, 1, P2, 0.9), (P1, 2, P3, 0.5), (P2, 1, P1, 0.9)]
+            ],
+        ),
         "fbt_recommendations": frame(
             contract.FBT_RECOMMENDATIONS_SCHEMA,
             [
@@ -326,6 +340,14 @@ DEFECTS = [
     ("fbt_rules", _set("n_both", 0, 9), "a_to_be_greater", "'n_antecedent'"),
     ("fbt_rules", _duplicate_first_row, "compound_columns", "'antecedent', 'consequent'"),
     ("fbt_recommendations", _set("rank", 1, 1), "compound_columns", "'product_id', 'rank'"),
+    ("similar_products", _set("rank", 1, 1), "compound_columns", "'model', 'product_id', 'rank'"),
+    (
+        "similar_products",
+        _set("similar_product_id", 0, UNKNOWN_ID),
+        "in_reference_set",
+        "'similar_product_id'",
+    ),
+    ("similar_products", _set("score", 0, 1.5), "to_be_between", "column 'score'"),
     ("fbt_recommendations", _set("rank", 0, 13), "to_be_between", "column 'rank'"),
     ("fbt_recommendations", _set("source", 1, "guess"), "to_be_in_set", "column 'source'"),
     (

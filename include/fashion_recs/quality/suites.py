@@ -57,6 +57,7 @@ from fashion_recs.config import (
     FbtListsConfig,
     PopularityConfig,
     RetailerConfig,
+    SimilarConfig,
 )
 from fashion_recs.stages.events import SLOT_NAMES
 
@@ -101,6 +102,7 @@ class CheckContext:
     allowed_event_names: tuple[str, ...] | None = None
     top_k: int = PopularityConfig().top_k
     fbt_top_k: int = FbtListsConfig().top_k
+    similar_top_k: int = SimilarConfig().top_k
     basket_categories: tuple[str, ...] = tuple(BasketConfig().categories)
     extra_user_columns: tuple[str, ...] = tuple(AnswerColumns().extra)
 
@@ -136,6 +138,7 @@ class CheckContext:
             buttons_of_interest=tuple(config.events.buttons_of_interest),
             top_k=config.popularity.top_k,
             fbt_top_k=config.fbt.lists.top_k,
+            similar_top_k=config.similar.top_k,
             basket_categories=tuple(config.fbt.baskets.categories),
             extra_user_columns=tuple(config.columns.answers.extra),
         )
@@ -525,6 +528,29 @@ def fbt_recommendations_suite(context: CheckContext) -> gx.ExpectationSuite:
     )
 
 
+def similar_products_suite(context: CheckContext) -> gx.ExpectationSuite:
+    """Per-product neighbour lists: catalogue products, ranks 1..top_k, never the product
+    itself twice, cosine scores in [-1, 1]."""
+    context.require("similar_products", "catalogue_ids")
+    return _suite(
+        "similar_products",
+        contract.SIMILAR_PRODUCTS_SCHEMA,
+        [
+            _in_catalogue(context),
+            _in_catalogue(context, "similar_product_id"),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="rank", min_value=1, max_value=context.similar_top_k
+            ),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["model", "product_id", "rank"]),
+            gxe.ExpectCompoundColumnsToBeUnique(
+                column_list=["model", "product_id", "similar_product_id"]
+            ),
+            gxe.ExpectColumnValuesToBeBetween(column="score", min_value=-1.0001, max_value=1.0001),
+            _row_count(1),
+        ],
+    )
+
+
 SUITE_BUILDERS: dict[str, Callable[[CheckContext], gx.ExpectationSuite]] = {
     contract.PRODUCTS.name: products_suite,
     contract.PRICE_HISTORY.name: price_history_suite,
@@ -537,6 +563,7 @@ SUITE_BUILDERS: dict[str, Callable[[CheckContext], gx.ExpectationSuite]] = {
     contract.BASKETS.name: baskets_suite,
     contract.FBT_RULES.name: fbt_rules_suite,
     contract.FBT_RECOMMENDATIONS.name: fbt_recommendations_suite,
+    "similar_products": similar_products_suite,
 }
 
 QUALITY_ARTIFACTS: tuple[str, ...] = tuple(SUITE_BUILDERS)
@@ -545,7 +572,9 @@ QUALITY_ARTIFACTS: tuple[str, ...] = tuple(SUITE_BUILDERS)
 def build_suite(artifact: str, context: CheckContext) -> gx.ExpectationSuite:
     """The expectation suite of `artifact`, named after it."""
     try:
-        builder = SUITE_BUILDERS[artifact]
+        builder = SUITE_BUILDERS[
+            "similar_products" if artifact.startswith("similar_products_") else artifact
+        ]
     except KeyError:
         raise ValueError(
             f"no expectation suite for artifact {artifact!r}; known: {', '.join(QUALITY_ARTIFACTS)}"

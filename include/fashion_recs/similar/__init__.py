@@ -1,0 +1,1 @@
+"""Similar products: text/attribute features, image/text encoders, retrieval, evaluation."""

@@ -1,0 +1,193 @@
+"""Similar products: each model's neighbour lists, recall against exact search, evaluation.
+
+`text_model_stage` is the seed's TF-IDF + one-hot model. The retrieval method comes from
+config; whatever serves the lists, recall@k against exact search is measured on a sample
+and stored with the run's metrics, together with the planted look-alike precision,
+department/colour consistency and robustness to noised text.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from fashion_recs.artifacts import RunPaths, write_artifact
+from fashion_recs.config import RetailerConfig
+from fashion_recs.contract import similar_metrics, similar_products
+from fashion_recs.similar.evaluate import (
+    consistency_scores,
+    lookalike_scores,
+    metric_rows,
+    overlap_at_k,
+    similar_lists,
+)
+from fashion_recs.similar.retrieval import (
+    AnnoyParams,
+    IvfParams,
+    Neighbors,
+    annoy_neighbors,
+    build_annoy,
+    exact_neighbors,
+    ivf_neighbors,
+    recall_at_k,
+    save_annoy,
+)
+from fashion_recs.similar.text import combined_text, fit_text_model, noised_text
+
+log = logging.getLogger(__name__)
+
+TEXT_MODEL = "text_tfidf"
+PRODUCT_COLUMNS = [
+    "product_id",
+    "title",
+    "target_audience",
+    "color",
+    "department",
+    "original_description",
+]
+# Annoy needs dense vectors; above this many bytes the audit is skipped, not the run.
+ANNOY_AUDIT_MAX_BYTES = 1 << 30
+
+
+def _method(config: RetailerConfig, vectors: np.ndarray | sp.spmatrix) -> str:
+    method = config.similar.retrieval.method
+    if method != "auto":
+        return method
+    if sp.issparse(vectors) or vectors.shape[0] <= config.similar.retrieval.exact_max_items:
+        return "exact"
+    return "faiss_ivf"
+
+
+def _dense(vectors: np.ndarray | sp.spmatrix) -> np.ndarray:
+    return vectors.toarray() if sp.issparse(vectors) else np.asarray(vectors, dtype=np.float32)
+
+
+def neighbors_for(
+    config: RetailerConfig, vectors: np.ndarray | sp.spmatrix, method: str, k: int, seed: int
+) -> Neighbors:
+    """Top-k neighbours of every row with the given method."""
+    r = config.similar.retrieval
+    if method == "exact":
+        return exact_neighbors(vectors, k)
+    if method == "annoy":
+        return annoy_neighbors(
+            _dense(vectors), k, AnnoyParams(r.annoy_trees, r.annoy_search_k, seed)
+        )
+    return ivf_neighbors(_dense(vectors), k, IvfParams(r.ivf_nlist, r.ivf_nprobe, seed))
+
+
+def grouped_neighbors(
+    config: RetailerConfig,
+    vectors: np.ndarray | sp.spmatrix,
+    groups: np.ndarray | None,
+    method: str,
+    k: int,
+) -> Neighbors:
+    """Neighbours within each group (same audience), mapped back to catalogue rows."""
+    if groups is None:
+        return neighbors_for(config, vectors, method, k, config.seed)
+    n = vectors.shape[0]
+    indices = np.full((n, k), -1, dtype=np.int64)
+    scores = np.full((n, k), np.nan, dtype=np.float32)
+    seconds, info = 0.0, {}
+    for value in np.unique(groups):
+        rows = np.flatnonzero(groups == value)
+        part = neighbors_for(config, vectors[rows], method, k, config.seed)
+        mapped = np.where(part.indices >= 0, rows[np.maximum(part.indices, 0)], -1)
+        indices[rows], scores[rows] = mapped, part.scores
+        seconds += part.seconds
+        info = part.info
+    return Neighbors(indices, scores, method, seconds, info)
+
+
+def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+def read_catalogue(products: Path) -> pd.DataFrame:
+    frame = pq.read_table(products, columns=PRODUCT_COLUMNS).to_pandas()
+    return frame.sort_values("product_id", kind="stable").reset_index(drop=True)
+
+
+def text_model_stage(config: RetailerConfig, paths: RunPaths, products: Path) -> dict[str, Any]:
+    cfg = config.similar
+    k = cfg.top_k
+    catalogue = read_catalogue(products)
+    ids = catalogue["product_id"].to_numpy(dtype=object)
+    model = fit_text_model(
+        catalogue,
+        max_features=cfg.text.max_features,
+        text_weight=cfg.text.text_weight,
+        attribute_weight=cfg.text.attribute_weight,
+        ngram_max=cfg.text.ngram_max,
+    )
+    vectors = model.transform(catalogue)
+    groups = (
+        catalogue["target_audience"].astype("string").fillna("").to_numpy(dtype=object)
+        if cfg.same_audience
+        else None
+    )
+    method = _method(config, vectors)
+    neighbors = grouped_neighbors(config, vectors, groups, method, k)
+    log.info("similar %s: %d products, %d dims, %s in %.2f s", TEXT_MODEL, len(ids),
+             model.dim, method, neighbors.seconds)  # fmt: skip
+
+    values: dict[str, tuple[float, int | None, int]] = {}
+    sample = _sample_rows(len(ids), cfg.retrieval.recall_sample, config.seed)
+    truth = None
+    if method != "exact" and groups is None:
+        truth = exact_neighbors(vectors, k, rows=sample)
+        values[f"recall_vs_exact_{method}"] = (recall_at_k(neighbors, truth, k, sample), k,
+                                               len(sample))  # fmt: skip
+    if cfg.retrieval.audit_annoy and method != "annoy" and groups is None and len(ids) > 1:
+        if vectors.shape[0] * vectors.shape[1] * 4 <= ANNOY_AUDIT_MAX_BYTES:
+            r = cfg.retrieval
+            params = AnnoyParams(r.annoy_trees, r.annoy_search_k, config.seed)
+            dense = _dense(vectors)
+            index = build_annoy(dense, params)
+            annoy = annoy_neighbors(dense, k, params, index)
+            truth = truth if truth is not None else exact_neighbors(vectors, k, rows=sample)
+            values["recall_vs_exact_annoy"] = (recall_at_k(annoy, truth, k, sample), k,
+                                               len(sample))  # fmt: skip
+            save_annoy(index, paths.file("06_models", "indexes", f"{TEXT_MODEL}.ann"), params,
+                       dense.shape[1], len(ids))  # fmt: skip
+        else:
+            log.info("annoy audit skipped: dense vectors would pass %d bytes",
+                     ANNOY_AUDIT_MAX_BYTES)  # fmt: skip
+
+    values.update(consistency_scores(neighbors, catalogue, k))
+    truth_dir = config.evaluation.truth_dir
+    lookalikes_file = config.resolve(truth_dir) / "lookalikes.parquet" if truth_dir else None
+    if lookalikes_file is not None and lookalikes_file.exists():
+        values.update(lookalike_scores(neighbors, ids, pd.read_parquet(lookalikes_file), k))
+    noisy = model.transform(catalogue.iloc[sample], noised_text(
+        combined_text(catalogue.iloc[sample]), cfg.text_noise_rate, config.seed))  # fmt: skip
+    perturbed = exact_neighbors(vectors, k, rows=sample, queries=noisy)
+    clean = neighbors if method == "exact" and groups is None else exact_neighbors(
+        vectors, k, rows=sample)  # fmt: skip
+    values["robustness_text_noise_overlap"] = (overlap_at_k(clean, perturbed, sample, k), k,
+                                                len(sample))  # fmt: skip
+
+    lists = similar_lists(neighbors, ids, TEXT_MODEL, cfg.default_model)
+    path = write_artifact(paths, similar_products(TEXT_MODEL), lists)
+    metrics = metric_rows(TEXT_MODEL, values)
+    metrics_path = write_artifact(paths, similar_metrics(TEXT_MODEL), metrics)
+    rounded = {f"{m}" + (f"@{v[1]}" if v[1] else ""): round(v[0], 5) for m, v in values.items()}
+    log.info("similar %s metrics: %s", TEXT_MODEL, rounded)
+    return {
+        "model": TEXT_MODEL,
+        "similar_products": str(path),
+        "metrics": str(metrics_path),
+        "method": method,
+        "dim": model.dim,
+        "products": len(ids),
+        "values": rounded,
+    }

@@ -1,0 +1,104 @@
+"""The seed's TF-IDF + one-hot text model and the similar-products stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from fashion_recs.artifacts import write_artifact
+from fashion_recs.contract import PRODUCTS, PRODUCTS_SCHEMA, similar_metrics, similar_products
+from fashion_recs.similar.text import combined_text, fit_text_model, noised_text
+from fashion_recs.stages.similar import text_model_stage
+from tests.helpers import make_config, run_paths
+
+COLOURS = ["black", "navy", "red", "white", "olive"]
+KINDS = [("dresses", "midi dress"), ("shoes", "leather boots"), ("tops", "cotton tee"),
+         ("jackets", "denim jacket")]  # fmt: skip
+
+
+def catalogue(n: int = 200) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        dept, kind = KINDS[i % 4]
+        colour = COLOURS[(i // 4) % 5]
+        rows.append({
+            "product_id": f"{i:024x}",
+            "title": f"{colour.title()} {kind.title()} {i}",
+            "target_audience": "women" if i % 3 else "men",
+            "color": colour if i % 17 else None,
+            "department": dept,
+            "original_description": f"A {colour} {kind} for every day.",
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_combined_text_joins_the_seed_columns_and_skips_missing() -> None:
+    text = combined_text(catalogue(20))
+    assert (
+        text.iloc[1]
+        == "Black Leather Boots 1 women black shoes A black leather boots for every day."
+    )
+    assert "  " not in text.iloc[0] and "<NA>" not in " ".join(text)
+
+
+def test_vectors_are_normalised_and_blocks_weighted() -> None:
+    products = catalogue()
+    model = fit_text_model(products, max_features=50, attribute_weight=0.0)
+    x = model.transform(products)
+    assert np.allclose(np.sqrt(x.multiply(x).sum(axis=1)), 1.0, atol=1e-5)
+    assert x.shape[1] == model.dim
+    attributes_only = fit_text_model(products, text_weight=0.0).transform(products)
+    same = (attributes_only[0] @ attributes_only.T).toarray().ravel()
+    # Same colour, audience and department: identical attribute vectors.
+    first = products.loc[0]
+    twins = products.index[
+        (products["color"] == first["color"])
+        & (products["department"] == first["department"])
+        & (products["target_audience"] == first["target_audience"])
+    ]
+    assert np.allclose(same[twins], 1.0, atol=1e-5)
+
+
+def test_noised_text_is_deterministic_and_changes_text() -> None:
+    text = combined_text(catalogue(30))
+    a, b = noised_text(text, 0.3, seed=1), noised_text(text, 0.3, seed=1)
+    assert a.equals(b) and not a.equals(text)
+    assert noised_text(text, 0.0, seed=1).equals(text)
+
+
+def run_stage(tmp_path, **similar):
+    config = make_config(tmp_path, similar=similar)
+    paths = run_paths(config)
+    table = pa.Table.from_pandas(catalogue(), preserve_index=False)
+    table = pa.Table.from_pylist(table.to_pylist(), schema=PRODUCTS_SCHEMA)
+    products = write_artifact(paths, PRODUCTS, table)
+    return config, paths, text_model_stage(config, paths, products)
+
+
+def test_stage_writes_lists_for_every_product_and_metrics(tmp_path) -> None:
+    _, paths, summary = run_stage(tmp_path)
+    lists = pd.read_parquet(paths.path(similar_products("text_tfidf")))
+    assert lists.groupby("product_id").size().eq(12).all() and lists["product_id"].nunique() == 200
+    assert (lists["product_id"] != lists["similar_product_id"]).all()
+    assert lists["is_default"].all() and (lists["model"] == "text_tfidf").all()
+    metrics = pd.read_parquet(paths.path(similar_metrics("text_tfidf")))
+    values = dict(zip(metrics["metric"], metrics["value"], strict=True))
+    assert values["same_department"] > 0.9
+    assert 0 <= values["recall_vs_exact_annoy"] <= 1
+    assert 0 < values["robustness_text_noise_overlap"] <= 1
+    assert (paths.run_dir / "06_models" / "indexes" / "text_tfidf.ann").is_file()
+    assert summary["method"] == "exact"
+
+
+def test_same_audience_keeps_neighbours_within_the_audience(tmp_path) -> None:
+    _, paths, _ = run_stage(tmp_path, same_audience=True, retrieval={"method": "annoy"})
+    lists = pd.read_parquet(paths.path(similar_products("text_tfidf")))
+    audience = catalogue().set_index("product_id")["target_audience"]
+    assert (lists["product_id"].map(audience) == lists["similar_product_id"].map(audience)).all()
+
+
+def test_approximate_methods_report_recall_against_exact(tmp_path) -> None:
+    _, _, summary = run_stage(tmp_path, retrieval={"method": "faiss_ivf"})
+    assert summary["method"] == "faiss_ivf"
+    assert 0 < summary["values"]["recall_vs_exact_faiss_ivf@12"] <= 1
