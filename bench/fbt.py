@@ -71,8 +71,9 @@ def child(engine: str, data: Path, out: Path) -> None:
 
     arrays = np.load(data)
     indptr, indices, n_items = arrays["indptr"], arrays["indices"], int(arrays["n_items"])
-    X = sp.csr_matrix((np.ones(len(indices), dtype=np.int32), indices, indptr),
-                      (len(indptr) - 1, n_items))  # fmt: skip
+    X = sp.csr_matrix(
+        (np.ones(len(indices), dtype=np.int32), indices, indptr), (len(indptr) - 1, n_items)
+    )
     m = BasketMatrix(X, np.asarray([f"i{i:06d}" for i in range(n_items)], dtype=object))
     t = support_threshold(m.n_baskets, MIN_SUPPORT, 1)
     big = 64 << 30
@@ -82,10 +83,17 @@ def child(engine: str, data: Path, out: Path) -> None:
 
         onehot = pd.DataFrame.sparse.from_spmatrix(m.X.astype(bool), columns=np.arange(n_items))
         started = time.perf_counter()
-        frame = fpgrowth(onehot, min_support=(t - 0.5) / m.n_baskets, use_colnames=True,
-                         max_len=MAX_LEN)  # fmt: skip
-        rules = mlxtend_rules(frame, m.item_ids, m.n_baskets, min_confidence=MIN_CONFIDENCE,
-                              min_lift=0.0, engine=engine)  # fmt: skip
+        frame = fpgrowth(
+            onehot, min_support=(t - 0.5) / m.n_baskets, use_colnames=True, max_len=MAX_LEN
+        )
+        rules = mlxtend_rules(
+            frame,
+            m.item_ids,
+            m.n_baskets,
+            min_confidence=MIN_CONFIDENCE,
+            min_lift=0.0,
+            engine=engine,
+        )
         seconds = time.perf_counter() - started
         del mlxtend_itemsets
     else:
@@ -96,16 +104,25 @@ def child(engine: str, data: Path, out: Path) -> None:
 
             from fashion_recs.fbt.mining import _finish, _group
 
-            result = fim.fpgrowth([*transactions, []], target="s", supp=-t, zmin=1,
-                                  zmax=MAX_LEN, report="a")  # fmt: skip
+            result = fim.fpgrowth(
+                [*transactions, []], target="s", supp=-t, zmin=1, zmax=MAX_LEN, report="a"
+            )
             itemsets = _finish(m, t, _group(result), engine, started)
         else:
             itemsets = MINERS["sparse"](m, t, MAX_LEN, big)
         rules = association_rules(itemsets, min_confidence=MIN_CONFIDENCE, min_lift=0.0)
         seconds = time.perf_counter() - started
     rules.to_parquet(out)
-    print(json.dumps({"seconds": seconds, "rules": len(rules), "peak_rss_mib": peak_rss_mib(),
-                      "threshold_baskets": t}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "rules": len(rules),
+                "peak_rss_mib": peak_rss_mib(),
+                "threshold_baskets": t,
+            }
+        )
+    )
 
 
 def run_child(engine: str, data: Path, timeout: float | None) -> dict:
@@ -158,10 +175,14 @@ def main() -> None:
         child(args.child, args.data, args.out)
         return
 
-    small = case(200_000, 20_000, {"sparse": None, "pyfim_fpgrowth": None,
-                                   "mlxtend_fpgrowth": None})  # fmt: skip
-    large = case(2_000_000, 100_000, {"sparse": None, "pyfim_fpgrowth": None,
-                                      "mlxtend_fpgrowth": args.mlxtend_timeout_2m})  # fmt: skip
+    small = case(
+        200_000, 20_000, {"sparse": None, "pyfim_fpgrowth": None, "mlxtend_fpgrowth": None}
+    )
+    large = case(
+        2_000_000,
+        100_000,
+        {"sparse": None, "pyfim_fpgrowth": None, "mlxtend_fpgrowth": args.mlxtend_timeout_2m},
+    )
     e = small["engines"]
     import mlxtend
     import pandas as pd

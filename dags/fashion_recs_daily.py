@@ -18,6 +18,9 @@ Daily. Each task calls one step of `fashion_recs.pipeline` and passes on only pa
 * **evaluate_fbt** – planted-bundle recovery and held-out basket completion vs popularity
 * **similar_products_text** – the seed's TF-IDF + one-hot model: neighbours of every product,
   recall against exact search, look-alike precision, consistency, robustness to noised text
+* **similar_products_encoders** – the seed's encoders (MobileNetV2, CLIP, FashionCLIP, ALIGN,
+  RoBERTa + EfficientNet) whose weights are available, through the embedding cache, and the
+  fused TF-IDF + MobileNet model; skipped encoders are listed with the reason
 * **check_*** – Great Expectations suites between stages; **build_data_docs** renders them
 * **publish_tables** – atomic switch of the results database's stable views to this run
 
@@ -189,7 +192,11 @@ def fashion_recs() -> None:
         return _step("similar_text", products)
 
     @task
-    def check_similar(similar: dict) -> dict:
+    def similar_products_encoders(download: dict, products: dict) -> dict:
+        return _step("similar_encoders", download, products)
+
+    @task
+    def check_similar(text: dict, encoders: dict) -> dict:
         return _step("check", "similar")
 
     @task(trigger_rule="all_done")
@@ -228,7 +235,9 @@ def fashion_recs() -> None:
     fbt_metrics = evaluate_fbt(rules, baskets, products)
     similar = similar_products_text(products)
     products_ok >> similar
-    similar_ok = check_similar(similar)
+    encoders = similar_products_encoders(download, products)
+    products_ok >> encoders
+    similar_ok = check_similar(similar, encoders)
     checks = [
         products_ok,
         events_ok,

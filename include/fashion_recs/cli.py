@@ -60,6 +60,10 @@ def _show(url: str) -> int:
             f"filtered {c.get('rows_filtered', 0):>9,}  quarantined {c['rows_quarantined']:>7,}"
             f"  ({reasons})"
         )
+    if summary.get("similar_models"):
+        print(f"similar models  {', '.join(summary['similar_models'])}")
+    for name, why in summary.get("similar_skipped", {}).items():
+        print(f"  skipped {name}: {why.split('. To use it')[0]}")
     print("metrics:")
     for m in json.loads(run.metrics):
         at = f"@{m['k']}" if m["k"] is not None else ""

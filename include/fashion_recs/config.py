@@ -304,6 +304,33 @@ class RetrievalConfig(_Strict):
     audit_annoy: bool = True
 
 
+ENCODER_NAMES = ("mobilenet_v2", "clip", "fashion_clip", "align", "roberta_efficientnet")
+
+
+class EncoderConfig(_Strict):
+    """One of the seed's encoders. `source` is a Hugging Face name or a local directory
+    (for roberta_efficientnet a {text, image} pair); null takes the registry's default."""
+
+    name: Literal["mobilenet_v2", "clip", "fashion_clip", "align", "roberta_efficientnet"]
+    source: str | dict[str, str] | None = None
+    enabled: bool = True
+
+
+class ImagesConfig(_Strict):
+    timeout_s: float = Field(default=10.0, gt=0)
+    retries: int = Field(default=2, ge=0)
+    max_bytes: int = Field(default=10 << 20, ge=1024)
+    # Content-addressed store shared by runs (relative paths: under data_root).
+    cache_dir: str = "cache/images"
+
+
+class FusionConfig(_Strict):
+    """A fused model: weighted concatenation of normalised blocks (model name -> weight)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    blocks: dict[str, float] = Field(min_length=2)
+
+
 class SimilarConfig(_Strict):
     top_k: int = Field(default=12, ge=1)
     default_model: str = "text_tfidf"
@@ -312,6 +339,21 @@ class SimilarConfig(_Strict):
     text: TextModelConfig = TextModelConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     text_noise_rate: float = Field(default=0.2, ge=0, le=1)
+    encoders: list[EncoderConfig] = Field(
+        default_factory=lambda: [EncoderConfig(name=n) for n in ENCODER_NAMES]
+    )
+    # Hugging Face downloads are off by default: weights come from a local cache or directory.
+    allow_downloads: bool = False
+    batch_size: int = Field(default=32, ge=1)
+    embedding_cache_dir: str = "cache/embeddings"  # relative paths: under data_root
+    images: ImagesConfig = ImagesConfig()
+    fusions: list[FusionConfig] = Field(
+        default_factory=lambda: [
+            FusionConfig(name="tfidf_mobilenet", blocks={"text_tfidf": 1.0, "mobilenet_v2": 1.0})
+        ]
+    )
+    # Products whose images are perturbed (crop, flip, colour jitter) for robustness.
+    image_robustness_sample: int = Field(default=200, ge=1)
 
 
 class RetailerConfig(_Strict):
@@ -351,6 +393,11 @@ class RetailerConfig(_Strict):
     @property
     def data_root_path(self) -> Path:
         return self.resolve(self.data_root)
+
+    def data_path(self, path: str) -> Path:
+        """A path under data_root unless absolute (caches shared by a retailer's runs)."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.data_root_path / p
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

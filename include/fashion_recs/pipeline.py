@@ -250,13 +250,24 @@ def similar_text(ctx: RunContext, products_summary: dict[str, Any]) -> dict[str,
     return ctx.save_summary("similar_text", summary)
 
 
+def similar_encoders(
+    ctx: RunContext, download_summary: dict[str, Any], products_summary: dict[str, Any]
+) -> dict[str, Any]:
+    """Encoder and fused models; image paths resolve against the product export's folder."""
+    from fashion_recs.stages.embeddings import encoders_stage
+
+    base_dir = Path(download_summary["files"]["product_data"]).parent
+    summary = encoders_stage(ctx.config, ctx.paths, Path(products_summary["products"]), base_dir)
+    return ctx.save_summary("similar_encoders", summary)
+
+
 def _similar_models(ctx: RunContext) -> list[str]:
     """The similar-product models this run built (their summaries name them)."""
-    return sorted(
-        s["model"]
-        for name, s in ctx.summaries().items()
-        if name.startswith("similar_") and isinstance(s, dict) and "model" in s
-    )
+    models: list[str] = []
+    for name, s in ctx.summaries().items():
+        if name.startswith("similar_") and isinstance(s, dict):
+            models += [s["model"]] if "model" in s else list(s.get("models", []))
+    return sorted(models)
 
 
 # --- quality checks ---------------------------------------------------------------------------
@@ -356,6 +367,8 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
         "as_of": ctx.as_of.isoformat(),
         "artifacts": str(ctx.paths.run_dir),
         "data_docs": summaries.get("quality_report", {}).get("data_docs"),
+        "similar_models": _similar_models(ctx),
+        "similar_skipped": summaries.get("similar_encoders", {}).get("skipped", {}),
         "stages": {
             name: s["counts"]
             for name, s in summaries.items()
@@ -420,6 +433,7 @@ def run_all(ctx: RunContext, url: str) -> dict[str, Any]:
     check(ctx, "fbt")
     fbt_evaluate(ctx, rules, bask, prod)
     similar_text(ctx, prod)
+    similar_encoders(ctx, dl, prod)
     check(ctx, "similar")
     quality_report(ctx)
     return publish(ctx, url)

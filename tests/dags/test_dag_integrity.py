@@ -31,6 +31,7 @@ EXPECTED_TASKS = {
     "check_fbt",
     "evaluate_fbt",
     "similar_products_text",
+    "similar_products_encoders",
     "check_similar",
     "build_data_docs",
     "publish_tables",

@@ -66,8 +66,9 @@ def test_annoy_returns_k_neighbours_with_cosine_scores_and_reloads(tmp_path) -> 
     assert (found.indices >= 0).all(), "annoy must give every product K neighbours"
     assert found.info["short_rows"] == 0
     rows = np.arange(50)
-    assert np.allclose(found.scores[rows, 0], np.sum(x[rows] * x[found.indices[rows, 0]], 1),
-                       atol=1e-4)  # fmt: skip
+    assert np.allclose(
+        found.scores[rows, 0], np.sum(x[rows] * x[found.indices[rows, 0]], 1), atol=1e-4
+    )
     exact = exact_neighbors(x, 10)
     assert recall_at_k(found, exact, 10) > 0.8
     path = save_annoy(index, tmp_path / "idx" / "m.ann", params, x.shape[1], len(x))

@@ -13,8 +13,12 @@ from fashion_recs.stages.similar import text_model_stage
 from tests.helpers import make_config, run_paths
 
 COLOURS = ["black", "navy", "red", "white", "olive"]
-KINDS = [("dresses", "midi dress"), ("shoes", "leather boots"), ("tops", "cotton tee"),
-         ("jackets", "denim jacket")]  # fmt: skip
+KINDS = [
+    ("dresses", "midi dress"),
+    ("shoes", "leather boots"),
+    ("tops", "cotton tee"),
+    ("jackets", "denim jacket"),
+]
 
 
 def catalogue(n: int = 200) -> pd.DataFrame:
@@ -22,14 +26,16 @@ def catalogue(n: int = 200) -> pd.DataFrame:
     for i in range(n):
         dept, kind = KINDS[i % 4]
         colour = COLOURS[(i // 4) % 5]
-        rows.append({
-            "product_id": f"{i:024x}",
-            "title": f"{colour.title()} {kind.title()} {i}",
-            "target_audience": "women" if i % 3 else "men",
-            "color": colour if i % 17 else None,
-            "department": dept,
-            "original_description": f"A {colour} {kind} for every day.",
-        })  # fmt: skip
+        rows.append(
+            {
+                "product_id": f"{i:024x}",
+                "title": f"{colour.title()} {kind.title()} {i}",
+                "target_audience": "women" if i % 3 else "men",
+                "color": colour if i % 17 else None,
+                "department": dept,
+                "original_description": f"A {colour} {kind} for every day.",
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -133,8 +133,13 @@ def save_annoy(index: Any, path: Path, params: AnnoyParams, dim: int, n_items: i
     tmp = path.with_name(path.name + ".tmp")
     index.save(str(tmp))
     tmp.replace(path)
-    meta = {"dim": dim, "metric": "angular", "n_trees": params.n_trees, "n_items": n_items,
-            "seed": params.seed}  # fmt: skip
+    meta = {
+        "dim": dim,
+        "metric": "angular",
+        "n_trees": params.n_trees,
+        "n_items": n_items,
+        "seed": params.seed,
+    }
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
 
@@ -146,8 +151,9 @@ def load_annoy(path: Path) -> tuple[Any, dict[str, Any]]:
     index = AnnoyIndex(meta["dim"], meta["metric"])
     index.load(str(path))
     if index.get_n_items() != meta["n_items"]:
-        raise ValueError(f"{path} holds {index.get_n_items()} items, its metadata says "
-                         f"{meta['n_items']}")  # fmt: skip
+        raise ValueError(
+            f"{path} holds {index.get_n_items()} items, its metadata says {meta['n_items']}"
+        )
     return index, meta
 
 
@@ -185,9 +191,18 @@ def annoy_neighbors(
         )
         fill = exact_neighbors(vectors, k, rows=np.asarray(short))
         indices[short], scores[short] = fill.indices[short], fill.scores[short]
-    return Neighbors(indices, scores, "annoy", time.perf_counter() - started,
-                     {"build_seconds": built, "short_rows": len(short),
-                      "n_trees": params.n_trees, "search_k": params.search_k})  # fmt: skip
+    return Neighbors(
+        indices,
+        scores,
+        "annoy",
+        time.perf_counter() - started,
+        {
+            "build_seconds": built,
+            "short_rows": len(short),
+            "n_trees": params.n_trees,
+            "search_k": params.search_k,
+        },
+    )
 
 
 @dataclass
@@ -221,8 +236,13 @@ def ivf_neighbors(vectors: np.ndarray, k: int, params: IvfParams) -> Neighbors:
         row_ids, row_d = ids[i][keep][:kk], dist[i][keep][:kk]
         indices[i, : len(row_ids)] = row_ids
         scores[i, : len(row_d)] = row_d
-    return Neighbors(indices, scores, "faiss_ivf", time.perf_counter() - started,
-                     {"build_seconds": built, "nlist": nlist, "nprobe": index.nprobe})  # fmt: skip
+    return Neighbors(
+        indices,
+        scores,
+        "faiss_ivf",
+        time.perf_counter() - started,
+        {"build_seconds": built, "nlist": nlist, "nprobe": index.nprobe},
+    )
 
 
 def recall_at_k(

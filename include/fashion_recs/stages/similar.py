@@ -137,16 +137,25 @@ def text_model_stage(config: RetailerConfig, paths: RunPaths, products: Path) ->
     )
     method = _method(config, vectors)
     neighbors = grouped_neighbors(config, vectors, groups, method, k)
-    log.info("similar %s: %d products, %d dims, %s in %.2f s", TEXT_MODEL, len(ids),
-             model.dim, method, neighbors.seconds)  # fmt: skip
+    log.info(
+        "similar %s: %d products, %d dims, %s in %.2f s",
+        TEXT_MODEL,
+        len(ids),
+        model.dim,
+        method,
+        neighbors.seconds,
+    )
 
     values: dict[str, tuple[float, int | None, int]] = {}
     sample = _sample_rows(len(ids), cfg.retrieval.recall_sample, config.seed)
     truth = None
     if method != "exact" and groups is None:
         truth = exact_neighbors(vectors, k, rows=sample)
-        values[f"recall_vs_exact_{method}"] = (recall_at_k(neighbors, truth, k, sample), k,
-                                               len(sample))  # fmt: skip
+        values[f"recall_vs_exact_{method}"] = (
+            recall_at_k(neighbors, truth, k, sample),
+            k,
+            len(sample),
+        )
     if cfg.retrieval.audit_annoy and method != "annoy" and groups is None and len(ids) > 1:
         if vectors.shape[0] * vectors.shape[1] * 4 <= ANNOY_AUDIT_MAX_BYTES:
             r = cfg.retrieval
@@ -155,26 +164,39 @@ def text_model_stage(config: RetailerConfig, paths: RunPaths, products: Path) ->
             index = build_annoy(dense, params)
             annoy = annoy_neighbors(dense, k, params, index)
             truth = truth if truth is not None else exact_neighbors(vectors, k, rows=sample)
-            values["recall_vs_exact_annoy"] = (recall_at_k(annoy, truth, k, sample), k,
-                                               len(sample))  # fmt: skip
-            save_annoy(index, paths.file("06_models", "indexes", f"{TEXT_MODEL}.ann"), params,
-                       dense.shape[1], len(ids))  # fmt: skip
+            values["recall_vs_exact_annoy"] = (recall_at_k(annoy, truth, k, sample), k, len(sample))
+            save_annoy(
+                index,
+                paths.file("06_models", "indexes", f"{TEXT_MODEL}.ann"),
+                params,
+                dense.shape[1],
+                len(ids),
+            )
         else:
-            log.info("annoy audit skipped: dense vectors would pass %d bytes",
-                     ANNOY_AUDIT_MAX_BYTES)  # fmt: skip
+            log.info(
+                "annoy audit skipped: dense vectors would pass %d bytes", ANNOY_AUDIT_MAX_BYTES
+            )
 
     values.update(consistency_scores(neighbors, catalogue, k))
     truth_dir = config.evaluation.truth_dir
     lookalikes_file = config.resolve(truth_dir) / "lookalikes.parquet" if truth_dir else None
     if lookalikes_file is not None and lookalikes_file.exists():
         values.update(lookalike_scores(neighbors, ids, pd.read_parquet(lookalikes_file), k))
-    noisy = model.transform(catalogue.iloc[sample], noised_text(
-        combined_text(catalogue.iloc[sample]), cfg.text_noise_rate, config.seed))  # fmt: skip
+    noisy = model.transform(
+        catalogue.iloc[sample],
+        noised_text(combined_text(catalogue.iloc[sample]), cfg.text_noise_rate, config.seed),
+    )
     perturbed = exact_neighbors(vectors, k, rows=sample, queries=noisy)
-    clean = neighbors if method == "exact" and groups is None else exact_neighbors(
-        vectors, k, rows=sample)  # fmt: skip
-    values["robustness_text_noise_overlap"] = (overlap_at_k(clean, perturbed, sample, k), k,
-                                                len(sample))  # fmt: skip
+    clean = (
+        neighbors
+        if method == "exact" and groups is None
+        else exact_neighbors(vectors, k, rows=sample)
+    )
+    values["robustness_text_noise_overlap"] = (
+        overlap_at_k(clean, perturbed, sample, k),
+        k,
+        len(sample),
+    )
 
     lists = similar_lists(neighbors, ids, TEXT_MODEL, cfg.default_model)
     path = write_artifact(paths, similar_products(TEXT_MODEL), lists)
