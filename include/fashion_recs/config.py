@@ -297,7 +297,7 @@ class RetrievalConfig(_Strict):
     annoy_trees: int = Field(default=20, ge=1)  # the seed's setting
     annoy_search_k: int = -1
     ivf_nlist: int | None = Field(default=None, ge=1)
-    ivf_nprobe: int = Field(default=16, ge=1)
+    ivf_nprobe: int = Field(default=3, ge=1)
     # Rows on which an approximate method's recall@k against exact search is measured.
     recall_sample: int = Field(default=1000, ge=10)
     # Also measure the seed's Annoy against exact search when serving exact lists.

@@ -127,3 +127,23 @@ def test_rerun_embeds_only_what_changed(tmp_path, export, tiny_sources) -> None:
     assert changed["built"]["mobilenet_v2"]["cache"]["image_embedded"] == 1
     assert changed["built"]["clip"]["cache"]["text_embedded"] == 0
     assert first["built"]["clip"]["values"] == again["built"]["clip"]["values"]
+
+
+def test_approximate_retrieval_reports_its_recall(tmp_path, export, tiny_sources) -> None:
+    base, table = export
+    config = make_config(
+        tmp_path,
+        similar={
+            "encoders": [{"name": "clip", "source": tiny_sources["clip"]}],
+            "fusions": [],
+            "retrieval": {"method": "faiss_ivf"},
+            "top_k": 5,
+            "image_robustness_sample": 4,
+        },
+    )
+    paths = run_paths(config)
+    summary = encoders_stage(config, paths, write_artifact(paths, PRODUCTS, table), base)
+    recall = summary["built"]["clip"]["values"]["recall_vs_exact_faiss_ivf@5"]
+    assert 0 < recall <= 1
+    vectors = pd.read_parquet(paths.path(embeddings_artifact("clip")))
+    assert set(vectors["model"]) == {"clip"} and vectors["revision"].str.startswith("sha256:").all()

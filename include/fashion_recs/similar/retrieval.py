@@ -207,9 +207,11 @@ def annoy_neighbors(
 
 @dataclass
 class IvfParams:
-    nlist: int | None = None  # None: 4 * sqrt(n), at least 1
-    nprobe: int = 16
+    nlist: int | None = None  # None: 1.6 * sqrt(n), at least 1
+    nprobe: int = 3
     seed: int = 42
+    # k-means trains on this many points per cell at most (a sample of the catalogue).
+    train_points_per_list: int = 64
 
 
 def ivf_neighbors(vectors: np.ndarray, k: int, params: IvfParams) -> Neighbors:
@@ -219,23 +221,25 @@ def ivf_neighbors(vectors: np.ndarray, k: int, params: IvfParams) -> Neighbors:
     started = time.perf_counter()
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = x.shape
-    nlist = params.nlist or max(1, int(4 * math.sqrt(n)))
+    nlist = params.nlist or max(1, int(1.6 * math.sqrt(n)))
     nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))  # faiss wants ~39 points per cell
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = params.seed
+    index.cp.max_points_per_centroid = params.train_points_per_list
     index.train(x)
     index.add(x)
     index.nprobe = min(params.nprobe, nlist)
     built = time.perf_counter() - started
     kk = min(k, n - 1)
     dist, ids = index.search(x, kk + 1)
+    # Drop each row's own id (wherever it ranks) and any -1 padding, keeping the order.
+    keep = (ids != np.arange(n)[:, None]) & (ids >= 0)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :kk]
+    valid = np.take_along_axis(keep, order, axis=1)
     indices, scores = _empty(n, k)
-    for i in range(n):
-        keep = (ids[i] != i) & (ids[i] >= 0)
-        row_ids, row_d = ids[i][keep][:kk], dist[i][keep][:kk]
-        indices[i, : len(row_ids)] = row_ids
-        scores[i, : len(row_d)] = row_d
+    indices[:, :kk] = np.where(valid, np.take_along_axis(ids, order, axis=1), -1)
+    scores[:, :kk] = np.where(valid, np.take_along_axis(dist, order, axis=1), np.nan)
     return Neighbors(
         indices,
         scores,

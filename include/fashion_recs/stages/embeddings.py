@@ -44,9 +44,14 @@ from fashion_recs.similar.evaluate import (
 from fashion_recs.similar.fusion import fuse
 from fashion_recs.similar.images import decode_image, fetch_image
 from fashion_recs.similar.perturb import PERTURBATIONS, perturb
-from fashion_recs.similar.retrieval import Neighbors, exact_neighbors
+from fashion_recs.similar.retrieval import Neighbors, exact_neighbors, recall_at_k
 from fashion_recs.similar.text import combined_text, fit_text_model, noised_text
-from fashion_recs.stages.similar import TEXT_MODEL, grouped_neighbors, read_catalogue
+from fashion_recs.stages.similar import (
+    TEXT_MODEL,
+    grouped_neighbors,
+    read_catalogue,
+    sample_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +209,13 @@ def _subset_neighbors(
     scores = np.full((n, k), np.nan, dtype=np.float32)
     indices[rows] = np.where(part.indices >= 0, rows[np.maximum(part.indices, 0)], -1)
     scores[rows] = part.scores
-    return Neighbors(indices, scores, part.method, part.seconds, part.info), rows
+    info = dict(part.info)
+    if part.method != "exact" and len(rows) > 1:  # how far the served lists are from exact
+        sample = sample_rows(len(rows), config.similar.retrieval.recall_sample, config.seed)
+        truth = exact_neighbors(vectors[rows], k, rows=sample)
+        info["recall_vs_exact"] = recall_at_k(part, truth, k, sample)
+        info["recall_sample"] = len(sample)
+    return Neighbors(indices, scores, part.method, part.seconds, info), rows
 
 
 def _dense_method(config: RetailerConfig, n: int) -> str:
@@ -223,6 +234,12 @@ def _evaluate(
     k: int,
 ) -> dict[str, tuple[float, int | None, int]]:
     values = consistency_scores(neighbors, catalogue, k)
+    if "recall_vs_exact" in neighbors.info:
+        values[f"recall_vs_exact_{neighbors.method}"] = (
+            neighbors.info["recall_vs_exact"],
+            k,
+            neighbors.info["recall_sample"],
+        )
     truth_dir = config.evaluation.truth_dir
     lookalikes = config.resolve(truth_dir) / "lookalikes.parquet" if truth_dir else None
     if lookalikes is not None and lookalikes.exists():
@@ -302,18 +319,35 @@ def _write_model(
 
 
 def _write_vectors(
-    paths: RunPaths, name: str, ids: np.ndarray, vectors: np.ndarray, has: np.ndarray
+    paths: RunPaths,
+    name: str,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    has: np.ndarray,
+    source: str,
+    revision: str,
 ) -> None:
+    """Product vectors with the model, its source and revision they came from."""
     rows = np.flatnonzero(has)
     table = pa.table(
         {
             "product_id": pa.array(ids[rows].tolist(), pa.string()),
+            "model": pa.array([name] * len(rows), pa.string()),
+            "source": pa.array([source] * len(rows), pa.string()),
+            "revision": pa.array([revision] * len(rows), pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(
                 pa.array(vectors[rows].ravel().astype(np.float32)), vectors.shape[1]
             ),
         }
     )
     write_table(table, paths.path(embeddings_artifact(name)))
+
+
+def _fusion_revision(built: dict[str, dict[str, Any]], blocks: dict[str, float]) -> str:
+    """The fused vectors' provenance: each block's revision and weight."""
+    return "; ".join(
+        f"{b}={built.get(b, {}).get('revision', 'fitted')}*{w:g}" for b, w in blocks.items()
+    )
 
 
 def encoders_stage(
@@ -360,7 +394,7 @@ def encoders_stage(
         values.update(
             _robustness(config, encoder, spec.name, vectors, has, neighbors, images, texts, k)
         )
-        _write_vectors(paths, spec.name, ids, vectors, has)
+        _write_vectors(paths, spec.name, ids, vectors, has, str(encoder.model_id), encoder.revision)
         built[spec.name] = {
             "model_id": str(encoder.model_id),
             "revision": encoder.revision,
@@ -389,7 +423,9 @@ def encoders_stage(
         has = np.linalg.norm(fused, axis=1) > 0
         neighbors, _ = _subset_neighbors(config, fused, has, k)
         values = _evaluate(config, catalogue, neighbors, fused, np.flatnonzero(has), k)
-        _write_vectors(paths, fusion.name, ids, fused, has)
+        _write_vectors(
+            paths, fusion.name, ids, fused, has, "fusion", _fusion_revision(built, fusion.blocks)
+        )
         built[fusion.name] = {
             "blocks": dict(fusion.blocks),
             "dim": int(fused.shape[1]),

@@ -106,7 +106,7 @@ def grouped_neighbors(
     return Neighbors(indices, scores, method, seconds, info)
 
 
-def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     if n <= size:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
@@ -147,7 +147,7 @@ def text_model_stage(config: RetailerConfig, paths: RunPaths, products: Path) ->
     )
 
     values: dict[str, tuple[float, int | None, int]] = {}
-    sample = _sample_rows(len(ids), cfg.retrieval.recall_sample, config.seed)
+    sample = sample_rows(len(ids), cfg.retrieval.recall_sample, config.seed)
     truth = None
     if method != "exact" and groups is None:
         truth = exact_neighbors(vectors, k, rows=sample)
