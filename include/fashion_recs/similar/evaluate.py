@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fashion_recs.similar.retrieval import Neighbors
+from fashion_recs.similar.retrieval import Neighbors, recall_at_k
 
 
 def metric_rows(model: str, values: dict[str, tuple[float, int | None, int]]) -> pd.DataFrame:
@@ -68,15 +68,9 @@ def consistency_scores(
 
 
 def overlap_at_k(clean: Neighbors, perturbed: Neighbors, rows: np.ndarray, k: int) -> float:
-    """Mean share of the clean top-k kept under perturbation, over `rows`."""
-    if len(rows) == 0:
-        return 1.0
-    a, b = clean.indices[rows, :k], perturbed.indices[rows, :k]
-    shares = [
-        len(set(x[x >= 0].tolist()) & set(y[y >= 0].tolist())) / max(int((x >= 0).sum()), 1)
-        for x, y in zip(a, b, strict=True)
-    ]
-    return float(np.mean(shares))
+    """Mean share of the clean top-k kept under perturbation, over `rows` (the recall of
+    the perturbed lists against the clean ones)."""
+    return recall_at_k(perturbed, clean, k, rows)
 
 
 def similar_lists(
