@@ -76,15 +76,12 @@ def build_baskets(
             pl.col("event_ts").min().alias("basket_start"),
             pl.col("product_id"),
             pl.col("category"),
-            pl.len().alias("_rows"),
         )
         .explode(["product_id", "category"])
         .unique(["user_id", "_key", "product_id"], keep="first", maintain_order=True)
     )
     stats.dropped["duplicate_in_basket"] = known.height - baskets.height
-    sizes = baskets.group_by(["user_id", "_key"], maintain_order=True).agg(
-        pl.len().alias("_size"), pl.col("_rows").first()
-    )
+    sizes = baskets.group_by(["user_id", "_key"], maintain_order=True).agg(pl.len().alias("_size"))
     oversized = sizes.filter(pl.col("_size") > config.max_items)
     stats.n_oversized = oversized.height
     stats.dropped["oversized_basket"] = int(oversized["_size"].sum() or 0)

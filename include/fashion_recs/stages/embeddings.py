@@ -35,8 +35,6 @@ from fashion_recs.contract import Artifact, quarantine, similar_metrics, similar
 from fashion_recs.quality.quarantine import quarantine_frame, write_quarantine
 from fashion_recs.similar.cache import EmbeddingCache, text_hash
 from fashion_recs.similar.evaluate import (
-    consistency_scores,
-    lookalike_scores,
     metric_rows,
     overlap_at_k,
     similar_lists,
@@ -49,7 +47,9 @@ from fashion_recs.similar.text import combined_text, fit_text_model, noised_text
 from fashion_recs.stages.similar import (
     TEXT_MODEL,
     grouped_neighbors,
+    list_quality,
     read_catalogue,
+    retrieval_method,
     sample_rows,
 )
 
@@ -200,11 +200,12 @@ def product_vectors(
 
 def _subset_neighbors(
     config: RetailerConfig, vectors: np.ndarray, has: np.ndarray, k: int
-) -> tuple[Neighbors, np.ndarray]:
+) -> Neighbors:
     """Neighbours among the products that have a vector, mapped to catalogue rows."""
     rows = np.flatnonzero(has)
     n = len(has)
-    part = grouped_neighbors(config, vectors[rows], None, _dense_method(config, len(rows)), k)
+    subset = vectors[rows]
+    part = grouped_neighbors(config, subset, None, retrieval_method(config, subset), k)
     indices = np.full((n, k), -1, dtype=np.int64)
     scores = np.full((n, k), np.nan, dtype=np.float32)
     indices[rows] = np.where(part.indices >= 0, rows[np.maximum(part.indices, 0)], -1)
@@ -212,39 +213,23 @@ def _subset_neighbors(
     info = dict(part.info)
     if part.method != "exact" and len(rows) > 1:  # how far the served lists are from exact
         sample = sample_rows(len(rows), config.similar.retrieval.recall_sample, config.seed)
-        truth = exact_neighbors(vectors[rows], k, rows=sample)
+        truth = exact_neighbors(subset, k, rows=sample)
         info["recall_vs_exact"] = recall_at_k(part, truth, k, sample)
         info["recall_sample"] = len(sample)
-    return Neighbors(indices, scores, part.method, part.seconds, info), rows
-
-
-def _dense_method(config: RetailerConfig, n: int) -> str:
-    method = config.similar.retrieval.method
-    if method != "auto":
-        return method
-    return "exact" if n <= config.similar.retrieval.exact_max_items else "faiss_ivf"
+    return Neighbors(indices, scores, part.method, part.seconds, info)
 
 
 def _evaluate(
-    config: RetailerConfig,
-    catalogue: pd.DataFrame,
-    neighbors: Neighbors,
-    vectors: np.ndarray,
-    rows: np.ndarray,
-    k: int,
+    config: RetailerConfig, catalogue: pd.DataFrame, neighbors: Neighbors, k: int
 ) -> dict[str, tuple[float, int | None, int]]:
-    values = consistency_scores(neighbors, catalogue, k)
+    """The shared list quality, plus the served method's recall against exact search."""
+    values = list_quality(config, catalogue, neighbors, k)
     if "recall_vs_exact" in neighbors.info:
         values[f"recall_vs_exact_{neighbors.method}"] = (
             neighbors.info["recall_vs_exact"],
             k,
             neighbors.info["recall_sample"],
         )
-    truth_dir = config.evaluation.truth_dir
-    lookalikes = config.resolve(truth_dir) / "lookalikes.parquet" if truth_dir else None
-    if lookalikes is not None and lookalikes.exists():
-        ids = catalogue["product_id"].to_numpy(dtype=object)
-        values.update(lookalike_scores(neighbors, ids, pd.read_parquet(lookalikes), k))
     return values
 
 
@@ -266,9 +251,6 @@ def _robustness(
     base = vectors[base_rows]
     position = {r: i for i, r in enumerate(base_rows.tolist())}
     size = config.similar.image_robustness_sample
-    clean_local = Neighbors(
-        np.where(neighbors.indices >= 0, neighbors.indices, -1), neighbors.scores
-    )
 
     def overlap(sample: list[int], queries: np.ndarray) -> float:
         local = np.asarray([position[r] for r in sample])
@@ -277,7 +259,7 @@ def _robustness(
         mapped[sample] = np.where(
             found.indices[local] >= 0, base_rows[np.maximum(found.indices[local], 0)], -1
         )
-        return overlap_at_k(clean_local, Neighbors(mapped, neighbors.scores), np.asarray(sample), k)
+        return overlap_at_k(neighbors, Neighbors(mapped, neighbors.scores), np.asarray(sample), k)
 
     modalities = set(encoder.modalities)
     with_image = [r for r in sorted(images) if has[r]]
@@ -389,8 +371,8 @@ def encoders_stage(
             local_files_only=not cfg.allow_downloads,
         )
         vectors, has, stats = product_vectors(encoder, spec.name, texts, images, cache_root)
-        neighbors, _ = _subset_neighbors(config, vectors, has, k)
-        values = _evaluate(config, catalogue, neighbors, vectors, np.flatnonzero(has), k)
+        neighbors = _subset_neighbors(config, vectors, has, k)
+        values = _evaluate(config, catalogue, neighbors, k)
         values.update(
             _robustness(config, encoder, spec.name, vectors, has, neighbors, images, texts, k)
         )
@@ -421,8 +403,8 @@ def encoders_stage(
             blocks[TEXT_MODEL] = model.transform(catalogue).toarray()
         fused = fuse([(blocks[b], w) for b, w in fusion.blocks.items()])
         has = np.linalg.norm(fused, axis=1) > 0
-        neighbors, _ = _subset_neighbors(config, fused, has, k)
-        values = _evaluate(config, catalogue, neighbors, fused, np.flatnonzero(has), k)
+        neighbors = _subset_neighbors(config, fused, has, k)
+        values = _evaluate(config, catalogue, neighbors, k)
         _write_vectors(
             paths, fusion.name, ids, fused, has, "fusion", _fusion_revision(built, fusion.blocks)
         )

@@ -31,6 +31,7 @@ from fashion_recs.fbt.evaluate import basket_completion, bundle_recovery
 from fashion_recs.fbt.matrix import BasketMatrix
 from fashion_recs.fbt.mining import (
     MINERS,
+    Itemsets,
     choose_engine,
     mine,
     mlxtend_itemsets,
@@ -69,7 +70,9 @@ def baskets_stage(
     return {"baskets": str(path), "stats": stats.as_dict(), "counts": counts}
 
 
-def _mine_rules(config: RetailerConfig, matrix: BasketMatrix, engine: str) -> pd.DataFrame:
+def _mine_rules(
+    config: RetailerConfig, matrix: BasketMatrix, engine: str
+) -> tuple[pd.DataFrame, Itemsets]:
     mining = config.fbt.mining
     itemsets = mine(
         matrix,

@@ -55,7 +55,8 @@ PRODUCT_COLUMNS = [
 ANNOY_AUDIT_MAX_BYTES = 1 << 30
 
 
-def _method(config: RetailerConfig, vectors: np.ndarray | sp.spmatrix) -> str:
+def retrieval_method(config: RetailerConfig, vectors: np.ndarray | sp.spmatrix) -> str:
+    """The configured method; `auto` is exact for sparse vectors and small catalogues."""
     method = config.similar.retrieval.method
     if method != "auto":
         return method
@@ -112,6 +113,19 @@ def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
+def list_quality(
+    config: RetailerConfig, catalogue: pd.DataFrame, neighbors: Neighbors, k: int
+) -> dict[str, tuple[float, int | None, int]]:
+    """Department/colour consistency, and planted look-alikes when the truth is known."""
+    values = consistency_scores(neighbors, catalogue, k)
+    truth_dir = config.evaluation.truth_dir
+    lookalikes = config.resolve(truth_dir) / "lookalikes.parquet" if truth_dir else None
+    if lookalikes is not None and lookalikes.exists():
+        ids = catalogue["product_id"].to_numpy(dtype=object)
+        values.update(lookalike_scores(neighbors, ids, pd.read_parquet(lookalikes), k))
+    return values
+
+
 def read_catalogue(products: Path) -> pd.DataFrame:
     frame = pq.read_table(products, columns=PRODUCT_COLUMNS).to_pandas()
     return frame.sort_values("product_id", kind="stable").reset_index(drop=True)
@@ -135,7 +149,7 @@ def text_model_stage(config: RetailerConfig, paths: RunPaths, products: Path) ->
         if cfg.same_audience
         else None
     )
-    method = _method(config, vectors)
+    method = retrieval_method(config, vectors)
     neighbors = grouped_neighbors(config, vectors, groups, method, k)
     log.info(
         "similar %s: %d products, %d dims, %s in %.2f s",
@@ -177,11 +191,7 @@ def text_model_stage(config: RetailerConfig, paths: RunPaths, products: Path) ->
                 "annoy audit skipped: dense vectors would pass %d bytes", ANNOY_AUDIT_MAX_BYTES
             )
 
-    values.update(consistency_scores(neighbors, catalogue, k))
-    truth_dir = config.evaluation.truth_dir
-    lookalikes_file = config.resolve(truth_dir) / "lookalikes.parquet" if truth_dir else None
-    if lookalikes_file is not None and lookalikes_file.exists():
-        values.update(lookalike_scores(neighbors, ids, pd.read_parquet(lookalikes_file), k))
+    values.update(list_quality(config, catalogue, neighbors, k))
     noisy = model.transform(
         catalogue.iloc[sample],
         noised_text(combined_text(catalogue.iloc[sample]), cfg.text_noise_rate, config.seed),
