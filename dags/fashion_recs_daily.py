@@ -7,6 +7,8 @@ Daily. Each task calls one step of `fashion_recs.pipeline` and passes on only pa
 * **clean_products** – ObjectId → hex, price periods → current/original price, attributes
 * **filter_events** – chunked regex id extraction, explode, events/buttons of interest
 * **preprocess_demographics** – birth dates → ages and groups, imputation, city/region fill
+* **ingest_interaction_log** – interactions logged in the results database since the last run
+  (the seed's `log_user_interaction`), up to the run's as-of time
 * **map_interactions** – (event, button) → category and weight, user × product aggregate
 * **popular_items** – time-decayed popularity overall and per age group × region
 * **evaluate_baselines** – temporal hold-out metrics of the popularity baselines
@@ -21,6 +23,17 @@ Daily. Each task calls one step of `fashion_recs.pipeline` and passes on only pa
 * **similar_products_encoders** – the seed's encoders (MobileNetV2, CLIP, FashionCLIP, ALIGN,
   RoBERTa + EfficientNet) whose weights are available, through the embedding cache, and the
   fused TF-IDF + MobileNet model; skipped encoders are listed with the reason
+* **personal_baselines** – repurchase (the user's own recent items) and item-kNN, scored on
+  the hold-out beside popularity; item-kNN's per-product lists for new shoppers
+* **user_cf** – the seed's user-based CF, cosine and Pearson, neighbours found sparsely in blocks
+* **embedding_profiles** – users as weighted means of item vectors (TF-IDF, or an encoder's)
+* **two_tower** – user and item towers in torch, sampled softmax with popularity correction
+  (the seed's MSE trained beside it for comparison), early stopping on a temporal validation
+* **blend** – recent items → their look-alikes → the best model → segment popularity
+* **quality_gate** – which models beat popularity by the configured margin; the best serves
+  existing users, else the run falls back to segment popularity and says so
+* **route_users** – the seed's routing materialised: existing users, new users with events,
+  new users with nothing → `user_recommendations`, `user_routes`, `item_candidates`
 * **check_*** – Great Expectations suites between stages; **build_data_docs** renders them
 * **publish_tables** – atomic switch of the results database's stable views to this run
 
@@ -139,12 +152,16 @@ def fashion_recs() -> None:
         return _step("check", "users")
 
     @task
-    def map_interactions(events: dict) -> dict:
-        return _step("interactions", events)
+    def ingest_interaction_log(products: dict) -> dict:
+        return _step("ingest_interaction_log", _results_url, products)
 
     @task
-    def check_interactions(events: dict, interactions: dict) -> dict:
-        rows = events["events_out"]
+    def map_interactions(events: dict, logged: dict) -> dict:
+        return _step("interactions", events, logged)
+
+    @task
+    def check_interactions(interactions: dict) -> dict:
+        rows = interactions["counts"]["rows_in"]
         return _step("check", "interactions", {"interactions": rows, "user_items": rows})
 
     @task
@@ -199,6 +216,38 @@ def fashion_recs() -> None:
     def check_similar(text: dict, encoders: dict) -> dict:
         return _step("check", "similar")
 
+    @task
+    def personal_baselines(interactions: dict) -> dict:
+        return _step("personal_model", "personal_baselines", interactions)
+
+    @task
+    def user_cf(interactions: dict) -> dict:
+        return _step("personal_model", "user_cf", interactions)
+
+    @task
+    def embedding_profiles(interactions: dict) -> dict:
+        return _step("personal_model", "embedding_profiles", interactions)
+
+    @task
+    def two_tower(interactions: dict) -> dict:
+        return _step("personal_model", "two_tower", interactions)
+
+    @task
+    def blend(interactions: dict) -> dict:
+        return _step("personal_model", "blend", interactions)
+
+    @task
+    def quality_gate() -> dict:
+        return _step("quality_gate")
+
+    @task
+    def route_users(interactions: dict, gate: dict) -> dict:
+        return _step("route_users", interactions, gate)
+
+    @task
+    def check_personal(routes: dict) -> dict:
+        return _step("check", "personal")
+
     @task(trigger_rule="all_done")
     def build_data_docs() -> dict:
         return _step("quality_report")
@@ -215,9 +264,10 @@ def fashion_recs() -> None:
     events_ok = check_events(events)
     demographics = preprocess_demographics(download)
     users_ok = check_users(demographics)
-    interactions = map_interactions(events)
+    logged = ingest_interaction_log(products)
+    interactions = map_interactions(events, logged)
     events_ok >> interactions
-    interactions_ok = check_interactions(events, interactions)
+    interactions_ok = check_interactions(interactions)
     popular = popular_items(interactions, demographics)
     [users_ok, interactions_ok] >> popular
     popular_ok = check_popular(popular)
@@ -238,6 +288,21 @@ def fashion_recs() -> None:
     encoders = similar_products_encoders(download, products)
     products_ok >> encoders
     similar_ok = check_similar(similar, encoders)
+    models = [
+        personal_baselines(interactions),
+        user_cf(interactions),
+        embedding_profiles(interactions),
+        two_tower(interactions),
+    ]
+    for model in models:
+        [interactions_ok, users_ok, similar_ok] >> model
+    blended = blend(interactions)
+    [*models, metrics, popular_ok] >> blended
+    gate = quality_gate()
+    blended >> gate
+    routes = route_users(interactions, gate)
+    fbt_ok >> routes
+    personal_ok = check_personal(routes)
     checks = [
         products_ok,
         events_ok,
@@ -247,6 +312,7 @@ def fashion_recs() -> None:
         baskets_ok,
         fbt_ok,
         similar_ok,
+        personal_ok,
     ]
     docs = build_data_docs()
     checks >> docs

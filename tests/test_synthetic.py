@@ -37,6 +37,9 @@ SPEC = SyntheticSpec(
     n_answers=400,
     seed=11,
     malformed=MalformedRates().scaled(5),
+    # In a 200-product catalogue a segment's handful of favourites would outweigh the planted
+    # popularity tail that these tests check; the default share is for realistic sizes.
+    taste_share=0.3,
 )
 ID_PATTERN = re.compile(r"[a-zA-Z0-9]{3,}")
 OBJECT_ID = re.compile(r"^ObjectId\('([0-9a-f]{24})'\)$")
@@ -466,3 +469,19 @@ def test_invalid_spec_says_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="n_answers"):
         SyntheticSpec(n_users=10, n_answers=31)
     assert main(["--out", "/nonexistent", "--products", "5"]) == 2
+
+
+def test_personal_favourites_bring_shoppers_back_to_their_own_products(tmp_path: Path) -> None:
+    """With personal_share, a shopper's segment visits concentrate on their own few products."""
+
+    def repeat_share(personal_share: float) -> float:
+        out = tmp_path / str(personal_share)
+        generate(replace(SPEC, images=False, taste_share=0.6, personal_share=personal_share), out)
+        views = [
+            (r["user_id"], r["product_id"])
+            for r in _events(out)
+            if r["event_name"] == "product_details_page_view"
+        ]
+        return 1 - len(set(views)) / len(views)
+
+    assert repeat_share(0.9) > repeat_share(0.0) + 0.05

@@ -36,10 +36,58 @@ class SourceConfig(_Strict):
     filename: str | None = None
 
 
+SOURCE_FORMATS = ("seed", "hm")
+
+
 class SourcesConfig(_Strict):
-    product_data: SourceConfig
-    events: list[SourceConfig] = Field(min_length=1)
-    user_answers: SourceConfig
+    """The raw exports of one retailer, in one of the formats the pipeline reads.
+
+    `seed`: the retailer of the seed report (`product_data.csv`, `events*.csv`,
+    `user_answers.csv`). `hm`: the public H&M Personalized Fashion schema (`articles.csv`,
+    `customers.csv`, `transactions_train.csv`); its stages map it onto the same artifacts, so
+    everything downstream runs unchanged.
+    """
+
+    format: Literal["seed", "hm"] = "seed"
+    product_data: SourceConfig | None = None
+    events: list[SourceConfig] = Field(default_factory=list)
+    user_answers: SourceConfig | None = None
+    articles: SourceConfig | None = None
+    customers: SourceConfig | None = None
+    transactions: list[SourceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _complete_for_format(self) -> SourcesConfig:
+        needed = {
+            "seed": {
+                "product_data": self.product_data,
+                "events": self.events,
+                "user_answers": self.user_answers,
+            },
+            "hm": {
+                "articles": self.articles,
+                "customers": self.customers,
+                "transactions": self.transactions,
+            },
+        }
+        missing = [k for k, v in needed[self.format].items() if not v]
+        if missing:
+            raise ValueError(f"sources of format {self.format!r} need {missing}")
+        other = [k for f, keys in needed.items() if f != self.format for k, v in keys.items() if v]
+        if other:
+            raise ValueError(f"sources {other} do not belong to format {self.format!r}")
+        return self
+
+    def named(self) -> list[tuple[str, SourceConfig]]:
+        """Every source with the name the download manifest gives it (lists are numbered)."""
+        if self.format == "seed":
+            assert self.product_data is not None and self.user_answers is not None
+            named = [("product_data", self.product_data)]
+            named += [(f"events_{i}", s) for i, s in enumerate(self.events, start=1)]
+            return [*named, ("user_answers", self.user_answers)]
+        assert self.articles is not None and self.customers is not None
+        named = [("articles", self.articles), ("customers", self.customers)]
+        return named + [(f"transactions_{i}", s) for i, s in enumerate(self.transactions, 1)]
 
 
 class ProductColumns(_Strict):
@@ -356,6 +404,101 @@ class SimilarConfig(_Strict):
     image_robustness_sample: int = Field(default=200, ge=1)
 
 
+class UserCfConfig(_Strict):
+    """The seed's user-based CF; both similarities are evaluated every run."""
+
+    similarities: list[Literal["cosine", "pearson"]] = Field(
+        default_factory=lambda: ["cosine", "pearson"], min_length=1
+    )
+    n_neighbours: int = Field(default=200, ge=1)
+    # log1p damps repeat visits before similarities are computed; raw uses decayed weights.
+    weighting: Literal["raw", "log1p"] = "log1p"
+
+
+class ProfileConfig(_Strict):
+    """User = weighted mean of item embeddings; `vectors` names a similar-products model
+    (text_tfidf, always built, or an encoder when its embeddings exist in the run)."""
+
+    vectors: list[str] = Field(default_factory=lambda: ["text_tfidf", "fashion_clip"])
+
+
+class TwoTowerConfig(_Strict):
+    """Two-tower retrieval model (fashion_recs.personal.two_tower.TwoTowerParams)."""
+
+    enabled: bool = True
+    loss: Literal["sampled_softmax", "bpr", "mse"] = "sampled_softmax"
+    # Also trained and scored every run, to show in the metrics what the default beats.
+    compare_losses: list[Literal["sampled_softmax", "bpr", "mse"]] = Field(
+        default_factory=lambda: ["mse"]
+    )
+    dim: int = Field(default=32, ge=2)
+    hidden: int = Field(default=64, ge=2)
+    history_len: int = Field(default=10, ge=1)
+    temperature: float = Field(default=0.1, gt=0)
+    batch_size: int = Field(default=512, ge=8)
+    learning_rate: float = Field(default=0.01, gt=0)
+    max_epochs: int = Field(default=20, ge=1)
+    patience: int = Field(default=3, ge=1)
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    # Dense content features for the item tower: TF-IDF reduced by truncated SVD.
+    content_dim: int = Field(default=32, ge=0)
+
+
+class BlendConfig(_Strict):
+    """Candidate lists merged by priority; caps are items per source."""
+
+    priority: list[Literal["recent", "similar", "model", "segment_popularity"]] = Field(
+        default_factory=lambda: ["recent", "similar", "model", "segment_popularity"]
+    )
+    recent_items: int = Field(default=4, ge=1)
+    similar_per_item: int = Field(default=3, ge=1)
+    caps: dict[str, int] = Field(default_factory=lambda: {"recent": 4, "similar": 6})
+    # Learn the caps of these sources from the hold-out (cross-fitted over users) instead of
+    # using `caps`; an empty grid keeps the configured caps.
+    learn_caps: dict[str, list[int]] = Field(
+        default_factory=lambda: {"recent": [0, 2, 4, 8, 12], "similar": [0, 2, 4, 6]}
+    )
+
+
+class GateConfig(_Strict):
+    """A model serves existing users only if it beats popularity by `margin` (relative)."""
+
+    metric: Literal["map", "ndcg", "recall", "precision", "hit_rate"] = "map"
+    margin: float = Field(default=0.10, ge=0)
+    # Baselines are scored beside the models but are not themselves candidates for routing.
+    candidates: list[str] = Field(
+        default_factory=lambda: [
+            "user_cf_cosine",
+            "user_cf_pearson",
+            "embedding_profile_text_tfidf",
+            "embedding_profile_fashion_clip",
+            "two_tower",
+            "blend",
+        ]
+    )
+
+
+class RoutingConfig(_Strict):
+    """Users with fewer distinct products than `min_items_for_model` are routed like new
+    users with events (item-based lists from what they touched)."""
+
+    min_items_for_model: int = Field(default=2, ge=1)
+    item_candidates_per_product: int = Field(default=20, ge=1)
+
+
+class PersonalConfig(_Strict):
+    top_k: int = Field(default=12, ge=1)
+    # Fashion shoppers re-buy: set false to let models recommend items the user already has.
+    exclude_known: bool = True
+    user_cf: UserCfConfig = UserCfConfig()
+    item_knn_neighbours: int = Field(default=200, ge=1)
+    profiles: ProfileConfig = ProfileConfig()
+    two_tower: TwoTowerConfig = TwoTowerConfig()
+    blend: BlendConfig = BlendConfig()
+    gate: GateConfig = GateConfig()
+    routing: RoutingConfig = RoutingConfig()
+
+
 class RetailerConfig(_Strict):
     retailer: str = Field(default="demo", pattern=r"^[a-z][a-z0-9_]{0,39}$")
     data_root: str = "data"
@@ -372,6 +515,7 @@ class RetailerConfig(_Strict):
     publish: PublishConfig = PublishConfig()
     fbt: FbtConfig = FbtConfig()
     similar: SimilarConfig = SimilarConfig()
+    personal: PersonalConfig = PersonalConfig()
     base_dir: str = Field(default=".", description="Directory relative paths resolve against.")
 
     @model_validator(mode="after")

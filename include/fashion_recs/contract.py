@@ -28,6 +28,10 @@ class Artifact:
 
 TS = pa.timestamp("us", tz="UTC")
 
+# What a clean product id looks like in each source format: the seed retailer's ObjectIds
+# (24 hex digits) and H&M's article ids (10 digits, leading zero kept).
+PRODUCT_ID_PATTERNS = {"seed": r"^[0-9a-f]{24}$", "hm": r"^[0-9]{10}$"}
+
 PRODUCTS_SCHEMA = pa.schema(
     [
         pa.field("product_id", pa.string(), nullable=False),
@@ -237,6 +241,82 @@ FBT_CROSSCHECK_SCHEMA = pa.schema(
     ]
 )
 
+# One model's ranked lists: for hold-out users from the train fit (personal_eval_*) or for
+# every known user from the full fit (personal_lists_*).
+PERSONAL_LISTS_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        # Where a blended row came from (recent | similar | model | segment_popularity).
+        pa.field("source", pa.string()),
+    ]
+)
+
+# The quality gate: every candidate model against popularity on the run's hold-out.
+PERSONAL_GATE_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("k", pa.int32(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("popularity_value", pa.float64(), nullable=False),
+        pa.field("required_value", pa.float64(), nullable=False),
+        pa.field("passed", pa.bool_(), nullable=False),
+        pa.field("chosen", pa.bool_(), nullable=False),
+    ]
+)
+
+# What readers serve: one ranked list per user the run knows (events or demographics).
+USER_RECOMMENDATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        # The model or fallback that produced the row (a blend names its source).
+        pa.field("strategy", pa.string(), nullable=False),
+    ]
+)
+
+# The seed's process_user, materialised: which route and strategy each user gets.
+USER_ROUTES_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        # existing | new_with_events | new_without_events
+        pa.field("route", pa.string(), nullable=False),
+        pa.field("strategy", pa.string(), nullable=False),
+        pa.field("n_items", pa.int64(), nullable=False),
+        pa.field("age_group", pa.string()),
+        pa.field("region", pa.string()),
+    ]
+)
+
+# For shoppers the run has not seen: per product, what to show someone who touched it
+# (item-kNN co-interactions, FBT, similar products), merged in that priority.
+ITEM_CANDIDATES_SCHEMA = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("candidate_product_id", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+# interaction_log rows (results database) taken in by this run, in the events schema.
+INTERACTION_LOG_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("event_name", pa.string(), nullable=False),
+        pa.field("button_name", pa.string()),
+        pa.field("event_ts", TS, nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("product_slot", pa.string(), nullable=False),
+    ]
+)
+
 SOURCES = Artifact("sources", "01_raw", SOURCES_SCHEMA)
 PRODUCTS = Artifact("products", "03_primary", PRODUCTS_SCHEMA)
 PRICE_HISTORY = Artifact("price_history", "03_primary", PRICE_HISTORY_SCHEMA)
@@ -266,3 +346,26 @@ def similar_metrics(model: str) -> Artifact:
 def quarantine(stage: str) -> Artifact:
     """The quarantine file of a stage: the offending raw values as strings plus reason/column."""
     return Artifact(f"{stage}_quarantine", "09_quarantine", None)
+
+
+PERSONAL_GATE = Artifact("personal_gate", "08_reporting", PERSONAL_GATE_SCHEMA)
+USER_RECOMMENDATIONS = Artifact(
+    "user_recommendations", "07_model_output", USER_RECOMMENDATIONS_SCHEMA
+)
+USER_ROUTES = Artifact("user_routes", "07_model_output", USER_ROUTES_SCHEMA)
+ITEM_CANDIDATES = Artifact("item_candidates", "07_model_output", ITEM_CANDIDATES_SCHEMA)
+INTERACTION_LOG = Artifact("interaction_log", "01_raw", INTERACTION_LOG_SCHEMA)
+
+
+def personal_eval(model: str) -> Artifact:
+    """A model's lists for the hold-out users, fitted on the train part of the split."""
+    return Artifact(f"personal_eval_{model}", "07_model_output", PERSONAL_LISTS_SCHEMA)
+
+
+def personal_lists(model: str) -> Artifact:
+    """A model's lists for every known user, fitted on all interactions."""
+    return Artifact(f"personal_lists_{model}", "07_model_output", PERSONAL_LISTS_SCHEMA)
+
+
+def personal_metrics(step: str) -> Artifact:
+    return Artifact(f"personal_metrics_{step}", "08_reporting", METRICS_SCHEMA)

@@ -27,15 +27,22 @@ from fashion_recs.contract import (
     FBT_METRICS,
     FBT_RECOMMENDATIONS,
     FBT_RULES,
+    INTERACTION_LOG,
     INTERACTIONS,
+    ITEM_CANDIDATES,
     METRICS,
+    PERSONAL_GATE,
     POPULAR,
     PRICE_HISTORY,
     PRODUCTS,
     SOURCES,
     USER_ITEMS,
+    USER_RECOMMENDATIONS,
+    USER_ROUTES,
     USERS,
     Artifact,
+    personal_metrics,
+    quarantine,
     similar_metrics,
     similar_products,
 )
@@ -92,45 +99,128 @@ def download(ctx: RunContext) -> dict[str, Any]:
     )
 
 
-def _event_files(download_summary: dict[str, Any]) -> list[Path]:
+def _numbered_files(download_summary: dict[str, Any], prefix: str) -> list[Path]:
+    """The `<prefix>_<n>` sources of the manifest in their configured order."""
     files = download_summary["files"]
     names = sorted(
-        (k for k in files if k.startswith("events_")), key=lambda k: int(k.split("_")[1])
+        (k for k in files if k.startswith(f"{prefix}_")), key=lambda k: int(k.rsplit("_", 1)[1])
     )
     return [Path(files[k]) for k in names]
 
 
-def products(ctx: RunContext, download_summary: dict[str, Any]) -> dict[str, Any]:
-    from fashion_recs.stages.products import build_products
+def _is_hm(ctx: RunContext) -> bool:
+    return ctx.config.sources.format == "hm"
 
-    source = Path(download_summary["files"]["product_data"])
-    return ctx.save_summary("products", build_products(ctx.config, ctx.paths, source, ctx.as_of))
+
+def product_export(ctx: RunContext, download_summary: dict[str, Any]) -> Path:
+    """The catalogue file of the run's source format (image paths resolve beside it)."""
+    key = "articles" if _is_hm(ctx) else "product_data"
+    return Path(download_summary["files"][key])
+
+
+def products(ctx: RunContext, download_summary: dict[str, Any]) -> dict[str, Any]:
+    source = product_export(ctx, download_summary)
+    if _is_hm(ctx):
+        from fashion_recs.stages.hm_source import build_products_hm
+
+        transactions = _numbered_files(download_summary, "transactions")
+        summary = build_products_hm(ctx.config, ctx.paths, source, transactions, ctx.as_of)
+    else:
+        from fashion_recs.stages.products import build_products
+
+        summary = build_products(ctx.config, ctx.paths, source, ctx.as_of)
+    return ctx.save_summary("products", summary)
 
 
 def events(
     ctx: RunContext, download_summary: dict[str, Any], products_summary: dict[str, Any]
 ) -> dict[str, Any]:
-    from fashion_recs.stages.events import build_events
-
     catalogue = pq.read_table(products_summary["products"], columns=["product_id"])
     ids = catalogue.column("product_id").to_pylist()
-    summary = build_events(ctx.config, ctx.paths, _event_files(download_summary), ids, ctx.as_of)
+    if _is_hm(ctx):
+        from fashion_recs.stages.hm_source import build_events_hm
+
+        files = _numbered_files(download_summary, "transactions")
+        summary = build_events_hm(ctx.config, ctx.paths, files, ids, ctx.as_of)
+    else:
+        from fashion_recs.stages.events import build_events
+
+        files = _numbered_files(download_summary, "events")
+        summary = build_events(ctx.config, ctx.paths, files, ids, ctx.as_of)
     return ctx.save_summary("events", summary)
 
 
 def demographics(ctx: RunContext, download_summary: dict[str, Any]) -> dict[str, Any]:
-    from fashion_recs.stages.demographics import build_demographics
+    if _is_hm(ctx):
+        from fashion_recs.stages.hm_source import build_demographics_hm as build
+    else:
+        from fashion_recs.stages.demographics import build_demographics as build
 
-    source = Path(download_summary["files"]["user_answers"])
+    key = "customers" if _is_hm(ctx) else "user_answers"
+    source = Path(download_summary["files"][key])
+    return ctx.save_summary("demographics", build(ctx.config, ctx.paths, source, ctx.as_of))
+
+
+def ingest_interaction_log(
+    ctx: RunContext, url: str, products_summary: dict[str, Any]
+) -> dict[str, Any]:
+    """Take in the interaction_log rows (results database) up to the run's as-of time.
+
+    Rows on products the catalogue does not know are quarantined (`interaction_log` stage),
+    like the events stage's unknown ids; the rest become the INTERACTION_LOG artifact.
+    """
+    from datetime import timedelta
+
+    from fashion_recs.clock import as_of_timestamp
+    from fashion_recs.interaction_log import read_interaction_log
+    from fashion_recs.publish import make_engine
+    from fashion_recs.quality.quarantine import account_rows
+
+    until = as_of_timestamp(ctx.as_of)
+    since = until - timedelta(days=ctx.config.events.max_days_before_as_of)
+    engine = make_engine(url)
+    try:
+        table = read_interaction_log(engine, since, until).to_pandas()
+    finally:
+        engine.dispose()
+    catalogue = set(
+        pq.read_table(products_summary["products"], columns=["product_id"])[0].to_pylist()
+    )
+    known = table["product_id"].isin(catalogue).to_numpy()
+    rejected = table[~known].astype(str).assign(reason="unknown_product_id", column="product_id")
+    path = write_artifact(ctx.paths, INTERACTION_LOG, table[known].reset_index(drop=True))
+    counts = account_rows(
+        "interaction_log",
+        [rejected],
+        ctx.paths.path(quarantine("interaction_log")),
+        rows_in=len(table),
+        rows_out=int(known.sum()),
+    )
+    log.info(
+        "interaction log: %d rows up to %s, %d on unknown products",
+        len(table),
+        until,
+        (~known).sum(),
+    )
     return ctx.save_summary(
-        "demographics", build_demographics(ctx.config, ctx.paths, source, ctx.as_of)
+        "interaction_log",
+        {
+            "interaction_log": str(path),
+            "counts": counts.as_dict(),
+            "users": int(table["user_id"].nunique()),
+        },
     )
 
 
-def interactions(ctx: RunContext, events_summary: dict[str, Any]) -> dict[str, Any]:
+def interactions(
+    ctx: RunContext, events_summary: dict[str, Any], log_summary: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from fashion_recs.stages.interactions import build_interactions
 
-    summary = build_interactions(ctx.config, ctx.paths, Path(events_summary["events"]), ctx.as_of)
+    logged = Path(log_summary["interaction_log"]) if log_summary else None
+    summary = build_interactions(
+        ctx.config, ctx.paths, Path(events_summary["events"]), ctx.as_of, logged
+    )
     return ctx.save_summary("interactions", summary)
 
 
@@ -256,7 +346,7 @@ def similar_encoders(
     """Encoder and fused models; image paths resolve against the product export's folder."""
     from fashion_recs.stages.embeddings import encoders_stage
 
-    base_dir = Path(download_summary["files"]["product_data"]).parent
+    base_dir = product_export(ctx, download_summary).parent
     summary = encoders_stage(ctx.config, ctx.paths, Path(products_summary["products"]), base_dir)
     return ctx.save_summary("similar_encoders", summary)
 
@@ -270,6 +360,53 @@ def _similar_models(ctx: RunContext) -> list[str]:
     return sorted(models)
 
 
+# --- personalisation ---------------------------------------------------------------------------
+
+PERSONAL_MODEL_STEPS = ("personal_baselines", "user_cf", "embedding_profiles", "two_tower", "blend")
+
+
+def personal_model(
+    ctx: RunContext, step: str, interactions_summary: dict[str, Any]
+) -> dict[str, Any]:
+    """One personalisation model step: fit on the split and on everything, list, score."""
+    from fashion_recs.stages import personal
+
+    stages = {
+        "personal_baselines": personal.baselines_stage,
+        "user_cf": personal.user_cf_stage,
+        "embedding_profiles": personal.profiles_stage,
+        "two_tower": personal.two_tower_stage,
+        "blend": personal.blend_stage,
+    }
+    if step == "two_tower" and not ctx.config.personal.two_tower.enabled:
+        return ctx.save_summary(step, {"skipped": "personal.two_tower.enabled is false"})
+    inputs = personal.load_inputs(
+        ctx.config, ctx.paths, Path(interactions_summary["interactions"]), ctx.as_of
+    )
+    return ctx.save_summary(step, stages[step](ctx.config, inputs, ctx.paths))
+
+
+def quality_gate(ctx: RunContext) -> dict[str, Any]:
+    from fashion_recs.stages.personal import gate_stage
+
+    return ctx.save_summary("quality_gate", gate_stage(ctx.config, ctx.paths))
+
+
+def route_users(
+    ctx: RunContext, interactions_summary: dict[str, Any], gate_summary: dict[str, Any]
+) -> dict[str, Any]:
+    from fashion_recs.stages.personal import routing_stage
+
+    summary = routing_stage(
+        ctx.config,
+        ctx.paths,
+        Path(interactions_summary["interactions"]),
+        gate_summary,
+        ctx.paths.path(FBT_RECOMMENDATIONS),
+    )
+    return ctx.save_summary("route_users", summary)
+
+
 # --- quality checks ---------------------------------------------------------------------------
 
 QUALITY_DIR = "quality"
@@ -281,6 +418,7 @@ CHECKED = {
     "popular": [POPULAR],
     "baskets": [BASKETS],
     "fbt": [FBT_RULES, FBT_RECOMMENDATIONS],
+    "personal": [USER_RECOMMENDATIONS, USER_ROUTES, ITEM_CANDIDATES],
 }
 
 
@@ -360,7 +498,20 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
             ("product_id",),
         ),
     ]
+    tables += [
+        TableSpec(
+            "user_recommendations",
+            pq.read_table(ctx.paths.path(USER_RECOMMENDATIONS)),
+            ("user_id",),
+        ),
+        TableSpec("user_routes", pq.read_table(ctx.paths.path(USER_ROUTES)), ("user_id",)),
+        TableSpec(
+            "item_candidates", pq.read_table(ctx.paths.path(ITEM_CANDIDATES)), ("product_id",)
+        ),
+        TableSpec("personal_models", pq.read_table(ctx.paths.path(PERSONAL_GATE)), ("model",)),
+    ]
     summaries = ctx.summaries()
+    gate = summaries.get("quality_gate", {})
     run_summary = {
         "run_id": ctx.paths.run_id,
         "retailer": ctx.config.retailer,
@@ -369,6 +520,13 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
         "data_docs": summaries.get("quality_report", {}).get("data_docs"),
         "similar_models": _similar_models(ctx),
         "similar_skipped": summaries.get("similar_encoders", {}).get("skipped", {}),
+        "personal": {
+            "existing_users_model": gate.get("chosen"),
+            "fallback": gate.get("fallback"),
+            "passed_gate": gate.get("passed", []),
+            "failed_gate": gate.get("failed", []),
+            "routes": summaries.get("route_users", {}).get("routes", {}),
+        },
         "stages": {
             name: s["counts"]
             for name, s in summaries.items()
@@ -383,7 +541,12 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
         tables.append(TableSpec("similar_products", similar, ("product_id", "model")))
     metrics = [
         row
-        for artifact in (METRICS, FBT_METRICS, *(similar_metrics(m) for m in models))
+        for artifact in (
+            METRICS,
+            FBT_METRICS,
+            *(similar_metrics(m) for m in models),
+            *_personal_metric_artifacts(ctx),
+        )
         for row in pq.read_table(ctx.paths.path(artifact)).to_pylist()
     ]
     engine = make_engine(url)
@@ -404,6 +567,15 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
     return ctx.save_summary("publish", result)
 
 
+def _personal_metric_artifacts(ctx: RunContext) -> list[Artifact]:
+    """The personal_metrics_* artifacts the run's model steps wrote."""
+    folder = ctx.paths.path(personal_metrics("x")).parent
+    names = sorted(
+        p.stem.removeprefix("personal_metrics_") for p in folder.glob("personal_metrics_*.parquet")
+    )
+    return [personal_metrics(n) for n in names]
+
+
 def _redact(url: str) -> str:
     """The database URL without its password, for logs and summaries."""
     from sqlalchemy.engine import make_url
@@ -420,8 +592,10 @@ def run_all(ctx: RunContext, url: str) -> dict[str, Any]:
     check(ctx, "events")
     demo = demographics(ctx, dl)
     check(ctx, "users")
-    inter = interactions(ctx, ev)
-    check(ctx, "interactions", {"interactions": ev["events_out"], "user_items": ev["events_out"]})
+    logged = ingest_interaction_log(ctx, url, prod)
+    inter = interactions(ctx, ev, logged)
+    rows = inter["counts"]["rows_in"]
+    check(ctx, "interactions", {"interactions": rows, "user_items": rows})
     popular(ctx, inter, demo)
     check(ctx, "popular")
     evaluate(ctx, inter, demo, prod)
@@ -435,5 +609,10 @@ def run_all(ctx: RunContext, url: str) -> dict[str, Any]:
     similar_text(ctx, prod)
     similar_encoders(ctx, dl, prod)
     check(ctx, "similar")
+    for step in PERSONAL_MODEL_STEPS:
+        personal_model(ctx, step, inter)
+    gate = quality_gate(ctx)
+    route_users(ctx, inter, gate)
+    check(ctx, "personal")
     quality_report(ctx)
     return publish(ctx, url)

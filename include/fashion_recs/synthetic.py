@@ -127,6 +127,11 @@ class SyntheticSpec:
     n_event_files: int = 2
     images: bool = True
     currency: str = "EUR"
+    # Half of the non-bundle browsing follows the shopper's segment (age group x region) and
+    # a quarter of that their own few favourites: strong enough that personalised models and segment
+    # popularity clearly beat overall popularity, as on real fashion data.
+    taste_share: float = 0.5
+    personal_share: float = 0.25
     malformed: MalformedRates = field(default_factory=MalformedRates)
 
     def __post_init__(self) -> None:
@@ -153,6 +158,9 @@ class SyntheticSpec:
         }
         if bad_rates:
             problems.append(f"malformed rates outside [0, 0.2]: {bad_rates}")
+        for name in ("taste_share", "personal_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name}={getattr(self, name)} (need 0..1)")
         if problems:
             raise ValueError("invalid SyntheticSpec: " + "; ".join(problems))
 
@@ -480,7 +488,11 @@ BAD_TIMESTAMPS = ("not-a-date", "2026-13-45 25:61:00", "31/10/2026 25:00")
 P_BUNDLE_SESSION = 0.10
 P_ANOTHER_VISIT = 0.70
 MAX_VISITS = 12
-P_SEGMENT_PICK = 0.30
+# Taste (SyntheticSpec.taste_share / personal_share): the share of non-bundle visits that follow
+# the shopper's segment favourites, and the share of those that go to the shopper's own few
+# favourites among them (drawn from a stream of its own, so every other draw, and the expected
+# popularity of every product, stays the same).
+PERSONAL_FAVOURITES = 6
 P_SIMILAR = 0.12
 P_HEART = 0.06
 P_BAG = 0.08
@@ -1264,6 +1276,10 @@ class _Sampler:
     block_size: np.ndarray
     user_cum: np.ndarray
     user_segment: np.ndarray
+    user_favourites: np.ndarray  # (users, PERSONAL_FAVOURITES) product rows
+    taste_rng: np.random.Generator
+    taste_share: float
+    personal_share: float
 
     def popular(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return self.popular_rows[np.searchsorted(self.popular_cum, rng.random(n), side="right")]
@@ -1272,6 +1288,13 @@ class _Sampler:
         idx = np.searchsorted(self.segment_cum, segments + rng.random(len(segments)), side="right")
         idx = np.clip(idx, self.segment_bounds[segments], self.segment_bounds[segments + 1] - 1)
         return self.segment_members[idx]
+
+    def personal(self, users: np.ndarray, picks: np.ndarray) -> np.ndarray:
+        """Segment picks of `users`, a share of them replaced by the user's own favourites."""
+        rng = self.taste_rng
+        mine = rng.random(len(users)) < self.personal_share
+        slot = rng.integers(0, PERSONAL_FAVOURITES, len(users))
+        return np.where(mine, self.user_favourites[users, slot], picks)
 
     def similar(self, rng: np.random.Generator, rows: np.ndarray) -> np.ndarray:
         """A product shown as similar: a look-alike when there is one, else same audience+dept."""
@@ -1320,7 +1343,9 @@ def _grouped(
     return group_of, members, offsets, sizes
 
 
-def _build_sampler(catalogue: _Catalogue, structure: _Structure, users: _Users) -> _Sampler:
+def _build_sampler(
+    catalogue: _Catalogue, structure: _Structure, users: _Users, spec: SyntheticSpec
+) -> _Sampler:
     clean = catalogue.clean
     cs = np.cumsum(catalogue.weight[clean])
     seg_members, seg_cum, seg_bounds = _segment_table(structure)
@@ -1343,6 +1368,11 @@ def _build_sampler(catalogue: _Catalogue, structure: _Structure, users: _Users) 
     _, block_labels = np.unique(keys, return_inverse=True)
     block_of, block_members, block_offset, block_size = _grouped(block_labels, clean, catalogue.n)
     ucs = np.cumsum(users.activity)
+    taste_rng = np.random.default_rng([spec.seed, 2])
+    segments = np.repeat(users.segment, PERSONAL_FAVOURITES)
+    idx = np.searchsorted(seg_cum, segments + taste_rng.random(len(segments)), side="right")
+    idx = np.clip(idx, seg_bounds[segments], seg_bounds[segments + 1] - 1)
+    favourites = seg_members[idx].reshape(len(users.ids), PERSONAL_FAVOURITES)
     return _Sampler(
         popular_rows=clean,
         popular_cum=cs / cs[-1],
@@ -1363,6 +1393,10 @@ def _build_sampler(catalogue: _Catalogue, structure: _Structure, users: _Users) 
         block_size=block_size,
         user_cum=ucs / ucs[-1],
         user_segment=users.segment,
+        user_favourites=favourites,
+        taste_rng=taste_rng,
+        taste_share=spec.taste_share,
+        personal_share=spec.personal_share,
     )
 
 
@@ -1428,7 +1462,8 @@ def _draw_visits(n: int, sampler: _Sampler, rng: np.random.Generator) -> _Visits
     """Who browses and which products they open.
 
     A bundle session opens every product of one bundle (plus up to two others); other visits
-    follow the user's segment favourites or, more often, global popularity.
+    follow the user's segment favourites (often their own few favourites among them) or, more
+    often, global popularity.
     """
     user = np.searchsorted(sampler.user_cum, rng.random(n), side="right")
     n_bundles = len(sampler.bundle_size)
@@ -1449,9 +1484,12 @@ def _draw_visits(n: int, sampler: _Sampler, rng: np.random.Generator) -> _Visits
     b = np.nonzero(in_bundle)[0]
     product[b] = sampler.bundle_members[sampler.bundle_offset[bundle[session[b]]] + pos[b]]
     r = np.nonzero(~in_bundle)[0]
-    from_segment = rng.random(len(r)) < P_SEGMENT_PICK
+    from_segment = rng.random(len(r)) < sampler.taste_share
     seg_visits = r[from_segment]
-    product[seg_visits] = sampler.segment(rng, sampler.user_segment[user[session[seg_visits]]])
+    seg_users = user[session[seg_visits]]
+    product[seg_visits] = sampler.personal(
+        seg_users, sampler.segment(rng, sampler.user_segment[seg_users])
+    )
     product[r[~from_segment]] = sampler.popular(rng, int((~from_segment).sum()))
     return _Visits(user, is_bundle, n_visits, offset, session, product, in_bundle)
 
@@ -1922,7 +1960,7 @@ def generate(spec: SyntheticSpec, out_dir: Path) -> dict[str, Any]:
     files["user_answers.csv"] = _write_csv(answers.frame, out_dir / "user_answers.csv")
     log.info("answers: %d rows written (%.1fs)", answers.frame.height, time.perf_counter() - began)
 
-    sampler = _build_sampler(catalogue, structure, users)
+    sampler = _build_sampler(catalogue, structure, users, spec)
     events = _simulate_events(spec, sampler, rng_events)
     event_defects = _assign_event_defects(spec, events, rng_events)
     frame = _event_frame(

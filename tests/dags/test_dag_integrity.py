@@ -33,6 +33,15 @@ EXPECTED_TASKS = {
     "similar_products_text",
     "similar_products_encoders",
     "check_similar",
+    "ingest_interaction_log",
+    "personal_baselines",
+    "user_cf",
+    "embedding_profiles",
+    "two_tower",
+    "blend",
+    "quality_gate",
+    "route_users",
+    "check_personal",
     "build_data_docs",
     "publish_tables",
 }
@@ -63,7 +72,10 @@ def test_tasks_are_the_seed_stages_in_order(dagbag) -> None:
     upstream = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
     assert upstream["download_files"] == set()
     assert {"clean_products", "check_products", "download_files"} <= upstream["filter_events"]
-    assert {"check_events", "filter_events"} <= upstream["map_interactions"]
+    assert {"check_events", "filter_events", "ingest_interaction_log"} <= upstream[
+        "map_interactions"
+    ]
+    assert upstream["ingest_interaction_log"] == {"clean_products"}
     assert upstream["publish_tables"] >= {
         "build_data_docs",
         "evaluate_baselines",
@@ -77,7 +89,14 @@ def test_tasks_are_the_seed_stages_in_order(dagbag) -> None:
         "evaluate_fbt",
         "crosscheck_apriori_fpgrowth",
         "check_similar",
+        "check_personal",
     }
+    for model in ("personal_baselines", "user_cf", "embedding_profiles", "two_tower"):
+        assert {"map_interactions", "check_interactions", "check_similar"} <= upstream[model]
+    assert {"personal_baselines", "user_cf", "embedding_profiles", "two_tower"} <= upstream["blend"]
+    assert {"evaluate_baselines", "check_popular"} <= upstream["blend"]
+    assert upstream["quality_gate"] == {"blend"}
+    assert {"quality_gate", "check_fbt", "map_interactions"} <= upstream["route_users"]
     assert {"map_interactions", "check_interactions"} <= upstream["build_baskets"]
     assert {"build_baskets", "check_baskets"} <= upstream["mine_fbt_rules"]
     assert {"mine_fbt_rules", "build_baskets", "clean_products"} <= upstream["fbt_recommendations"]

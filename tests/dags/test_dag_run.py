@@ -73,6 +73,10 @@ def check_published(url: str, retailer: Path, data_root: Path) -> None:
         rules = pd.read_sql("SELECT * FROM fbt_rules", conn)
         fbt = pd.read_sql("SELECT * FROM fbt_recommendations", conn)
         similar = pd.read_sql("SELECT * FROM similar_products", conn)
+        user_lists = pd.read_sql("SELECT * FROM user_recommendations", conn)
+        routes = pd.read_sql("SELECT * FROM user_routes", conn)
+        models = pd.read_sql("SELECT * FROM personal_models", conn)
+        candidates = pd.read_sql("SELECT * FROM item_candidates", conn)
     engine.dispose()
     summary = json.loads(run.summary)
     stages = summary["stages"]
@@ -133,6 +137,34 @@ def check_published(url: str, retailer: Path, data_root: Path) -> None:
     assert metrics[("text_tfidf", "same_department")] > 0.5  # random lists: ~0.1
     assert Path(summary["artifacts"]).is_relative_to(data_root)
 
+    # Personalisation: every model and baseline scored, the gate recorded, one route and one
+    # full list per user, and the run says which model serves existing users (or that none
+    # passed and popularity does).
+    for model in (
+        "user_cf_cosine",
+        "user_cf_pearson",
+        "item_knn",
+        "repurchase",
+        "two_tower",
+        "two_tower_mse",
+        "embedding_profile_text_tfidf",
+        "blend",
+        "popularity_unseen",
+    ):
+        assert "map" in {m for (name, m) in metrics if name == model}, model
+    assert set(models["model"]) >= {"user_cf_cosine", "two_tower", "blend"}
+    assert routes["user_id"].is_unique
+    assert set(user_lists["user_id"]) == set(routes["user_id"])
+    assert set(segments["user_id"]) <= set(routes["user_id"])
+    assert user_lists.groupby("user_id").size().eq(12).all()
+    personal = summary["personal"]
+    chosen = models.loc[models["chosen"].astype(bool), "model"].tolist()
+    assert chosen == (
+        [personal["existing_users_model"]] if personal["existing_users_model"] else []
+    )
+    assert personal["fallback"] == (not chosen)
+    assert set(candidates["source"]) <= {"item_knn", "fbt", "similar"}
+
 
 def test_dag_run_publishes_to_sqlite_matching_the_planted_truth(
     dag, retailer, tmp_path, monkeypatch
@@ -181,3 +213,95 @@ def test_failing_stage_fails_the_run_and_publishes_nothing(dag, retailer, tmp_pa
     run_dir = tmp_path / "data" / "runs" / "demo" / run_key(failed.run_id)
     assert (run_dir / "09_quarantine" / "products_quarantine.parquet").is_file()
     assert not (run_dir / "run_summary.json").exists()
+
+
+@pytest.mark.postgres
+def test_logged_interactions_reach_the_next_run(dag, retailer, tmp_path, monkeypatch, postgres_url):
+    """The seed's log_user_interaction: a new shopper's clicks, logged between two runs into
+    the results database, are taken in by the next run, which routes the shopper by them."""
+    from fashion_recs.interaction_log import log_user_interaction
+
+    connection = pg_connection(postgres_url)
+    conf = overrides(retailer, tmp_path / "data", personal={"two_tower": {"enabled": False}})
+    first = run_dag(dag, monkeypatch, connection, conf)
+    assert first.state == "success"
+    engine = make_engine(postgres_url)
+    with engine.connect() as conn:
+        products = conn.exec_driver_sql("SELECT product_id FROM products").scalars().all()
+        known = conn.exec_driver_sql("SELECT user_id FROM user_routes").scalars().all()
+    assert "shopper-new" not in known
+    when = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+    log_user_interaction(engine, "shopper-new", products[0], "purchase", event_ts=when)
+    log_user_interaction(engine, "shopper-new", "not-in-the-catalogue", "purchase", event_ts=when)
+    # A click after the next run's as-of belongs to the run after it.
+    later = datetime(2026, 11, 5, tzinfo=UTC)
+    log_user_interaction(engine, "shopper-later", products[1], "purchase", event_ts=later)
+
+    second = run_dag(dag, monkeypatch, connection, conf, logical_date=LOGICAL_DATE.replace(day=2))
+    assert second.state == "success"
+    with engine.connect() as conn:
+        route = conn.exec_driver_sql(
+            "SELECT route, n_items FROM user_routes WHERE user_id = 'shopper-new'"
+        ).one()
+        items = pd.read_sql(
+            "SELECT * FROM user_recommendations WHERE user_id = 'shopper-new' ORDER BY rank", conn
+        )
+        later_known = conn.exec_driver_sql(
+            "SELECT count(*) FROM user_routes WHERE user_id = 'shopper-later'"
+        ).scalar_one()
+        summary = json.loads(conn.exec_driver_sql("SELECT summary FROM current_run").scalar_one())
+    engine.dispose()
+    assert tuple(route) == ("new_with_events", 1)
+    assert len(items) == 12 and products[0] not in set(items["product_id"])
+    assert items["strategy"].iloc[0].startswith("item_based_")
+    assert later_known == 0
+    assert summary["stages"]["interaction_log"]["rows_in"] == 2
+    assert summary["stages"]["interaction_log"]["reasons"] == {"unknown_product_id": 1}
+
+
+def test_dag_runs_unchanged_on_an_hm_export(dag, tmp_path, monkeypatch):
+    """The real-data adapter: the same DAG on a hand-written export in the public H&M schema
+    (config/hm_example.yaml) builds all three models, evaluates them and publishes."""
+    root = Path(__file__).resolve().parents[2]
+    fixture = root / "tests" / "fixtures" / "hm"
+    conf = {
+        "data_root": str(tmp_path / "data"),
+        "as_of": "2020-09-15",
+        "sources": {
+            "articles": {"uri": str(fixture / "articles.csv")},
+            "customers": {"uri": str(fixture / "customers.csv")},
+            "transactions": [{"uri": str(fixture / "transactions_train.csv")}],
+        },
+        # A few hundred baskets: keep pairs seen in at least three of them.
+        "fbt": {"mining": {"min_support": 0.005, "min_count": 3}, "lists": {"min_pair_count": 3}},
+    }
+    db = tmp_path / "hm.db"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FASHION_RECS_RESULTS", json.dumps({"conn_type": "sqlite", "host": str(db)})
+    )
+    dagrun = dag.test(
+        logical_date=LOGICAL_DATE,  # the export is a snapshot: as_of (above) is its last day
+        run_conf={"config_path": str(root / "config" / "hm_example.yaml"), "overrides": conf},
+    )
+    states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
+    assert dagrun.state == "success", states
+    assert set(states.values()) == {"success"}, states
+    engine = make_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        run = conn.exec_driver_sql("SELECT retailer, summary, metrics FROM current_run").one()
+        products = pd.read_sql("SELECT product_id FROM products", conn)
+        similar = pd.read_sql("SELECT * FROM similar_products", conn)
+        fbt = pd.read_sql("SELECT * FROM fbt_recommendations", conn)
+        lists = pd.read_sql("SELECT * FROM user_recommendations", conn)
+        routes = pd.read_sql("SELECT * FROM user_routes", conn)
+    engine.dispose()
+    assert run.retailer == "hm"
+    assert products["product_id"].str.fullmatch(r"[0-9]{10}").all()  # leading zeros kept
+    assert set(similar["product_id"]) == set(products["product_id"])
+    assert set(fbt["product_id"]) == set(products["product_id"])
+    assert routes["user_id"].str.fullmatch(r"[0-9a-f]{64}").all()
+    assert set(lists["user_id"]) == set(routes["user_id"])
+    models = {m["model"] for m in json.loads(run.metrics)}
+    assert {"popularity", "user_cf_cosine", "two_tower", "blend", "fbt", "text_tfidf"} <= models
+    summary = json.loads(run.summary)
+    assert summary["stages"]["events"]["rows_in"] > 0

@@ -253,6 +253,60 @@ def valid_frames() -> dict[str, pd.DataFrame]:
                 },
             ],
         ),
+        "user_recommendations": frame(
+            contract.USER_RECOMMENDATIONS_SCHEMA,
+            [
+                {"user_id": "u1", "rank": 1, "product_id": P2, "score": 0.9, "strategy": "blend"},
+                {"user_id": "u1", "rank": 2, "product_id": P3, "score": 0.5, "strategy": "blend"},
+                {
+                    "user_id": "u2",
+                    "rank": 1,
+                    "product_id": P2,
+                    "score": 3.0,
+                    "strategy": "popular_overall",
+                },
+            ],
+        ),
+        "user_routes": frame(
+            contract.USER_ROUTES_SCHEMA,
+            [
+                {
+                    "user_id": "u1",
+                    "route": "existing",
+                    "strategy": "blend",
+                    "n_items": 4,
+                    "age_group": "25-34",
+                    "region": "North",
+                },
+                {
+                    "user_id": "u2",
+                    "route": "new_without_events",
+                    "strategy": "popular_overall",
+                    "n_items": 0,
+                    "age_group": None,
+                    "region": None,
+                },
+            ],
+        ),
+        "item_candidates": frame(
+            contract.ITEM_CANDIDATES_SCHEMA,
+            [
+                {
+                    "product_id": P1,
+                    "rank": 1,
+                    "candidate_product_id": P2,
+                    "score": 1.0,
+                    "source": "item_knn",
+                },
+                {
+                    "product_id": P1,
+                    "rank": 2,
+                    "candidate_product_id": P3,
+                    "score": 0.5,
+                    "source": "fbt",
+                },
+            ],
+        ),
     }
 
 
@@ -327,6 +381,16 @@ DEFECTS = [
     ("user_items", _duplicate_first_row, "compound_columns", "columns 'user_id', 'product_id'"),
     ("user_items", _set("n_events", 0, 0), "to_be_between", "column 'n_events'"),
     ("popular_products", _set("rank", 0, 0), "to_be_between", "column 'rank'"),
+    ("user_recommendations", _set("product_id", 0, UNKNOWN_ID), "in_reference_set", "'product_id'"),
+    (
+        "user_recommendations",
+        _set("product_id", 1, P2),
+        "compound_columns",
+        "'user_id', 'product_id'",
+    ),
+    ("user_routes", _set("route", 0, "vip"), "to_be_in_set", "column 'route'"),
+    ("user_routes", _duplicate_first_row, "to_be_unique", "column 'user_id'"),
+    ("item_candidates", _set("source", 0, "guess"), "to_be_in_set", "column 'source'"),
     ("popular_products", _set("rank", 1, 4), "to_be_between", "column 'rank'"),
     ("popular_products", _set("rank", 1, 1), "compound_columns_to_be_unique", "'rank'"),
     ("popular_products", _set("product_id", 3, UNKNOWN_ID), "in_reference_set", "'product_id'"),

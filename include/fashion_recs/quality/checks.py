@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -43,7 +42,7 @@ from great_expectations.data_context.types.resource_identifiers import (
 )
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-from fashion_recs.artifacts import write_json
+from fashion_recs.artifacts import replace_dir, write_json
 from fashion_recs.errors import QualityCheckFailed
 
 __all__ = ["QUALITY_ARTIFACTS", "CheckContext", "build_data_docs", "run_check", "validate"]
@@ -337,13 +336,7 @@ def build_data_docs(results_dir: Path, docs_dir: Path) -> Path:
                 context.suites.add_or_update(_suite_of(result))
                 context.validation_results_store.set(_result_key(result), result)
             context.build_data_docs(site_names=[DOCS_SITE_NAME])
-        old_dir = None
-        if docs_dir.exists():
-            old_dir = Path(tempfile.mkdtemp(prefix=f".{docs_dir.name}.old.", dir=docs_dir.parent))
-            os.replace(docs_dir, old_dir / docs_dir.name)
-        os.replace(build_dir, docs_dir)
-        if old_dir is not None:
-            shutil.rmtree(old_dir, ignore_errors=True)
+        replace_dir(build_dir, docs_dir)
     finally:
         if build_dir.exists():
             shutil.rmtree(build_dir, ignore_errors=True)

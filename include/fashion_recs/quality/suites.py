@@ -55,6 +55,7 @@ from fashion_recs.config import (
     DemographicsConfig,
     EventsConfig,
     FbtListsConfig,
+    PersonalConfig,
     PopularityConfig,
     RetailerConfig,
     SimilarConfig,
@@ -65,7 +66,7 @@ from fashion_recs.stages.events import SLOT_NAMES
 if logging.getLogger("great_expectations").level >= logging.WARNING:
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
-PRODUCT_ID_PATTERN = r"^[0-9a-f]{24}$"
+PRODUCT_ID_PATTERN = contract.PRODUCT_ID_PATTERNS["seed"]
 AGE_SOURCES = ("answer", "user_fill", "regression", "none")
 LOCATION_SOURCES = ("reported", "user_fill", "city_region_map", "unknown")
 SEGMENT_TYPES = ("overall", "age_group", "region", "age_group_region")
@@ -103,6 +104,8 @@ class CheckContext:
     top_k: int = PopularityConfig().top_k
     fbt_top_k: int = FbtListsConfig().top_k
     similar_top_k: int = SimilarConfig().top_k
+    personal_top_k: int = PersonalConfig().top_k
+    product_id_pattern: str = PRODUCT_ID_PATTERN
     basket_categories: tuple[str, ...] = tuple(BasketConfig().categories)
     extra_user_columns: tuple[str, ...] = tuple(AnswerColumns().extra)
 
@@ -139,6 +142,8 @@ class CheckContext:
             top_k=config.popularity.top_k,
             fbt_top_k=config.fbt.lists.top_k,
             similar_top_k=config.similar.top_k,
+            personal_top_k=config.personal.top_k,
+            product_id_pattern=contract.PRODUCT_ID_PATTERNS[config.sources.format],
             basket_categories=tuple(config.fbt.baskets.categories),
             extra_user_columns=tuple(config.columns.answers.extra),
         )
@@ -298,13 +303,15 @@ def _suite(
 
 
 def products_suite(context: CheckContext) -> gx.ExpectationSuite:
-    """Clean catalogue: one row per 24-hex id, sane prices, ratings and discounts."""
+    """Clean catalogue: one row per well-formed id, sane prices, ratings and discounts."""
     return _suite(
         "products",
         contract.PRODUCTS_SCHEMA,
         [
             gxe.ExpectColumnValuesToBeUnique(column="product_id"),
-            gxe.ExpectColumnValuesToMatchRegex(column="product_id", regex=PRODUCT_ID_PATTERN),
+            gxe.ExpectColumnValuesToMatchRegex(
+                column="product_id", regex=context.product_id_pattern
+            ),
             gxe.ExpectColumnValuesToBeBetween(column="price", min_value=0, strict_min=True),
             gxe.ExpectColumnPairValuesAToBeGreaterThanB(
                 column_A="original_price",
@@ -551,6 +558,62 @@ def similar_products_suite(context: CheckContext) -> gx.ExpectationSuite:
     )
 
 
+def user_recommendations_suite(context: CheckContext) -> gx.ExpectationSuite:
+    """One list per user: catalogue products, ranks 1..top_k, no product twice, a strategy."""
+    context.require("user_recommendations", "catalogue_ids")
+    return _suite(
+        "user_recommendations",
+        contract.USER_RECOMMENDATIONS_SCHEMA,
+        [
+            _in_catalogue(context),
+            *_known_users(context),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="rank", min_value=1, max_value=context.personal_top_k
+            ),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "rank"]),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "product_id"]),
+            gxe.ExpectColumnValuesToNotBeNull(column="strategy"),
+            _row_count(1),
+        ],
+    )
+
+
+def user_routes_suite(context: CheckContext) -> gx.ExpectationSuite:
+    """One route per user, from the seed's three; existing users have interactions."""
+    from fashion_recs.personal.routing import ROUTES
+
+    return _suite(
+        "user_routes",
+        contract.USER_ROUTES_SCHEMA,
+        [
+            *_known_users(context),
+            gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+            gxe.ExpectColumnValuesToBeInSet(column="route", value_set=list(ROUTES)),
+            gxe.ExpectColumnValuesToBeBetween(column="n_items", min_value=0),
+            _row_count(1),
+        ],
+    )
+
+
+def item_candidates_suite(context: CheckContext) -> gx.ExpectationSuite:
+    """Per-product candidates for new shoppers: catalogue products, each at most once."""
+    context.require("item_candidates", "catalogue_ids")
+    return _suite(
+        "item_candidates",
+        contract.ITEM_CANDIDATES_SCHEMA,
+        [
+            _in_catalogue(context),
+            _in_catalogue(context, "candidate_product_id"),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["product_id", "candidate_product_id"]),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["product_id", "rank"]),
+            gxe.ExpectColumnValuesToBeInSet(
+                column="source", value_set=["item_knn", "fbt", "similar"]
+            ),
+            _row_count(0),
+        ],
+    )
+
+
 SUITE_BUILDERS: dict[str, Callable[[CheckContext], gx.ExpectationSuite]] = {
     contract.PRODUCTS.name: products_suite,
     contract.PRICE_HISTORY.name: price_history_suite,
@@ -564,6 +627,9 @@ SUITE_BUILDERS: dict[str, Callable[[CheckContext], gx.ExpectationSuite]] = {
     contract.FBT_RULES.name: fbt_rules_suite,
     contract.FBT_RECOMMENDATIONS.name: fbt_recommendations_suite,
     "similar_products": similar_products_suite,
+    contract.USER_RECOMMENDATIONS.name: user_recommendations_suite,
+    contract.USER_ROUTES.name: user_routes_suite,
+    contract.ITEM_CANDIDATES.name: item_candidates_suite,
 }
 
 QUALITY_ARTIFACTS: tuple[str, ...] = tuple(SUITE_BUILDERS)

@@ -100,12 +100,24 @@ def exact_neighbors(
         else:
             block = torch.from_numpy(np.ascontiguousarray(asked[take])) @ right
         block[torch.arange(len(q)), torch.from_numpy(q)] = -math.inf  # never yourself
-        top_v, top_i = torch.topk(block, kk, dim=1)
-        # Equal scores in index order, so the result does not depend on the selection.
-        order = np.lexsort((top_i.numpy(), -top_v.numpy()), axis=1)
-        indices[q, :kk] = np.take_along_axis(top_i.numpy(), order, axis=1)
-        scores[q, :kk] = np.take_along_axis(top_v.numpy(), order, axis=1)
+        indices[q, :kk], scores[q, :kk] = select_top_k(block, kk)
     return Neighbors(indices, scores, "exact", time.perf_counter() - started)
+
+
+def select_top_k(block: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best columns of each row of a score block (a torch tensor), best first.
+
+    Equal scores come back in column order, so the result does not depend on how
+    `torch.topk` happened to select them: exact retrieval and every recommender that ranks a
+    dense block of scores share this one tie rule. Columns scored -inf (excluded) can still
+    be returned when a row has fewer than k others; callers drop them.
+    """
+    import torch
+
+    top_v, top_i = torch.topk(block, k, dim=1)
+    values, cols = top_v.numpy(), top_i.numpy()
+    order = np.lexsort((cols, -values), axis=1)
+    return np.take_along_axis(cols, order, axis=1), np.take_along_axis(values, order, axis=1)
 
 
 @dataclass

@@ -147,9 +147,7 @@ def fetch_source(
 def download_sources(config: RetailerConfig) -> pd.DataFrame:
     """Stage entry point: every configured export, local and fingerprinted, as a manifest frame."""
     cache = FingerprintCache(config.data_root_path / "raw" / FINGERPRINT_CACHE)
-    named: list[tuple[str, SourceConfig]] = [("product_data", config.sources.product_data)]
-    named += [(f"events_{i}", s) for i, s in enumerate(config.sources.events, start=1)]
-    named.append(("user_answers", config.sources.user_answers))
+    named = config.sources.named()
     rows = []
     for name, source in named:
         local = fetch_source(name, source, config, cache)

@@ -103,10 +103,23 @@ def aggregate_user_items(
 
 
 def build_interactions(
-    config: RetailerConfig, paths: RunPaths, events_path: Path, as_of: date
+    config: RetailerConfig,
+    paths: RunPaths,
+    events_path: Path,
+    as_of: date,
+    logged_path: Path | None = None,
 ) -> dict:
-    """Stage entry point: weighted events and the user x product aggregate."""
+    """Stage entry point: weighted events and the user x product aggregate.
+
+    `logged_path` holds the interaction_log rows this run took in (the seed's
+    log_user_interaction); they are weighed exactly like exported events.
+    """
     events = pl.read_parquet(events_path)
+    n_logged = 0
+    if logged_path is not None:
+        logged = pl.read_parquet(logged_path).select(events.columns)
+        n_logged = logged.height
+        events = pl.concat([events, logged.cast(events.schema)])
     weighted, unmapped = weight_events(events, config.interactions.rules)
     weighted = weighted.sort("user_id", "event_ts", "product_id", maintain_order=True)
     as_of_ts = as_of_timestamp(as_of)
@@ -140,5 +153,6 @@ def build_interactions(
         "categories": {k: int(v) for k, v in by_category},
         "n_user_items": user_items.height,
         "n_users": weighted["user_id"].n_unique(),
+        "logged_events": n_logged,
         "as_of": as_of_ts.isoformat(),
     }

@@ -1,0 +1,123 @@
+"""The surface every matrix-based recommender shares: fit on a user x item matrix, then rank.
+
+After benfred/implicit: a model only has to say how it scores a block of users against every
+item (`score_block`); ranking, excluding known items, blocking for bounded memory and the
+output frame are written once here. A score of -inf means "no evidence" and never makes a
+list, so a model with nothing to say about a user leaves that user's list short and the
+routing or the blend tops it up from popularity, labelled as such.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from fashion_recs.personal.matrix import UserItemMatrix
+from fashion_recs.similar.retrieval import select_top_k
+
+log = logging.getLogger(__name__)
+
+RECOMMENDATION_COLUMNS = ["user_id", "product_id", "rank", "score"]
+# A score block is at most this many float32 cells (256 MiB), whatever the catalogue size.
+MAX_BLOCK_CELLS = 64 * 2**20
+
+
+def empty_recommendations() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": pd.Series([], dtype=object),
+            "product_id": pd.Series([], dtype=object),
+            "rank": pd.Series([], dtype=np.int32),
+            "score": pd.Series([], dtype=np.float64),
+        }
+    )
+
+
+def block_size(requested: int, width: int) -> int:
+    """Rows per block so that a dense block of `width` columns stays under the cell budget."""
+    return max(1, min(requested, MAX_BLOCK_CELLS // max(width, 1)))
+
+
+class Recommender(ABC):
+    """A model fitted on a `UserItemMatrix` that scores users against every item."""
+
+    name: str = "recommender"
+    # Repurchase-style models rank the user's own items and ignore `exclude_known`.
+    ranks_known_items: bool = False
+
+    def __init__(self, block_rows: int = 1024) -> None:
+        self.block_rows = block_rows
+        self._matrix: UserItemMatrix | None = None
+
+    @property
+    def matrix(self) -> UserItemMatrix:
+        if self._matrix is None:
+            raise RuntimeError(f"{self.name}: fit the model before asking it for scores")
+        return self._matrix
+
+    def fit(self, matrix: UserItemMatrix) -> Recommender:
+        self._matrix = matrix
+        self._fit(matrix)
+        return self
+
+    def _fit(self, matrix: UserItemMatrix) -> None:  # noqa: B027 - optional hook
+        """Precompute what scoring needs (similarities, profiles)."""
+
+    @abstractmethod
+    def score_block(self, rows: np.ndarray):  # -> torch.Tensor (len(rows), n_items) float32
+        """Scores of known users `rows` (matrix rows) for every item; -inf = no evidence."""
+
+    def recommend(
+        self, user_ids: Iterable[str], k: int, *, exclude_known: bool = True
+    ) -> pd.DataFrame:
+        """Top-k items per user as `user_id, product_id, rank, score`, users in the given
+        order; users the matrix does not know get no rows (routing handles them)."""
+        import torch
+
+        matrix = self.matrix
+        users = pd.Index(list(dict.fromkeys(user_ids)))
+        rows = matrix.user_rows(users)
+        known_users = np.nonzero(rows >= 0)[0]
+        kk = min(k, matrix.n_items)
+        if kk == 0 or len(known_users) == 0:
+            return empty_recommendations()
+        step = block_size(self.block_rows, matrix.n_items)
+        started, parts = time.perf_counter(), []
+        for n_done, lo in enumerate(range(0, len(known_users), step), start=1):
+            which = known_users[lo : lo + step]
+            block = self.score_block(rows[which])
+            if exclude_known and not self.ranks_known_items:
+                known = matrix.known(rows[which]).tocoo()
+                block[torch.from_numpy(known.row), torch.from_numpy(known.col)] = -math.inf
+            cols, scores = select_top_k(block, kk)
+            keep = np.isfinite(scores)
+            user_pos = np.repeat(which, kk).reshape(len(which), kk)
+            parts.append((user_pos[keep], cols[keep], scores[keep]))
+            if n_done % 20 == 0:
+                done = min(lo + step, len(known_users))
+                rate = done / (time.perf_counter() - started)
+                log.info(
+                    "%s: %d/%d users ranked (%.0f users/s, ~%.0f s left)",
+                    self.name,
+                    done,
+                    len(known_users),
+                    rate,
+                    (len(known_users) - done) / rate,
+                )
+        user_pos, cols, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
+        # Ranks count the kept items only, so a short list still starts at 1.
+        frame = pd.DataFrame(
+            {
+                "user_id": users.to_numpy()[user_pos],
+                "product_id": matrix.items.to_numpy()[cols],
+                "score": scores.astype(np.float64),
+            }
+        )
+        frame["rank"] = (frame.groupby("user_id", sort=False).cumcount() + 1).astype(np.int32)
+        return frame[RECOMMENDATION_COLUMNS].reset_index(drop=True)

@@ -1,0 +1,51 @@
+"""The hold-out every personalised model and baseline of a run is scored on.
+
+One temporal split per run (the evaluation config's `holdout_days`, the same cut as the
+popularity baselines of the `evaluate` stage), so every number in the metrics table answers
+the same question: given what happened before the cutoff, what did each user touch after it?
+Models are fitted on a matrix decayed to the cutoff, never to the run's as-of, so nothing from
+the hold-out leaks into training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from fashion_recs.evaluate import evaluate_all, relevant_items, temporal_split
+from fashion_recs.personal.matrix import UserItemMatrix, user_item_matrix
+
+
+@dataclass(frozen=True)
+class HoldoutSplit:
+    """Train interactions and matrix, and the truth of the warm hold-out users."""
+
+    train: pd.DataFrame
+    truth: pd.DataFrame
+    users: pd.Index
+    cutoff: pd.Timestamp
+    matrix: UserItemMatrix
+
+
+def holdout_split(
+    interactions: pd.DataFrame,
+    items: pd.Index,
+    *,
+    holdout_days: int,
+    half_life_days: float,
+) -> HoldoutSplit:
+    """Split at `max(event_ts) - holdout_days`; the matrix covers train users only."""
+    train, test = temporal_split(interactions, holdout_days)
+    truth = relevant_items(test)
+    cutoff = interactions["event_ts"].max() - pd.Timedelta(days=holdout_days)
+    matrix = user_item_matrix(train, items, as_of=cutoff, half_life_days=half_life_days)
+    users = pd.Index(truth["user_id"].drop_duplicates().sort_values(), name="user_id")
+    return HoldoutSplit(train, truth, users, cutoff, matrix)
+
+
+def score_lists(
+    lists: pd.DataFrame, split: HoldoutSplit, *, k: int, catalogue_size: int, model: str
+) -> pd.DataFrame:
+    """Metrics rows (METRICS schema) of one model's hold-out lists."""
+    return evaluate_all(split.truth, lists, k=k, catalogue_size=catalogue_size, model=model)

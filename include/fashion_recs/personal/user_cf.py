@@ -1,0 +1,121 @@
+"""User-based collaborative filtering: the seed's `recommend_for_existing_user`.
+
+A user's neighbours are the `n_neighbours` users whose item vectors are most similar (cosine,
+or Pearson: cosine of mean-centred observed weights); an item's score is the similarity-weighted
+sum of the neighbours' (unit-length) weights on it, and the user's own items are left out
+unless repurchase is allowed.
+
+The seed computed a dense users x users similarity matrix; at 100k users that is 40 GB. Here
+similarities are computed for one block of users at a time by a sparse product that keeps only
+the top neighbours as it goes (sparse_dot_topn), the neighbours are a sparse matrix with
+`n_neighbours` entries per row, and item scores are one more sparse product per block. Memory
+is bounded by the block, never by users squared (bench/personal.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from fashion_recs.personal.base import Recommender
+from fashion_recs.personal.matrix import WEIGHTINGS, UserItemMatrix, centred_rows, l2_rows
+
+log = logging.getLogger(__name__)
+
+Similarity = Literal["cosine", "pearson"]
+
+
+def user_neighbours(
+    vectors: sp.csr_matrix,
+    n_neighbours: int,
+    rows: np.ndarray,
+    block_rows: int = 10_000,
+    n_threads: int | None = None,
+) -> sp.csr_matrix:
+    """Top-`n_neighbours` most similar other rows of each of `rows` (unit-length `vectors`).
+
+    Returns a sparse (len(rows), n_rows) matrix of similarities; only positive similarities
+    are kept (a user who shares nothing with anyone has an empty row). The product and the
+    selection run together in sparse_dot_topn's multi-threaded kernel, which never holds more
+    than `n_neighbours + 1` results per row: with power-law item popularity a block of users
+    is similar to almost half of all users, so densifying it (or scipy's two-pass product)
+    costs ten times more (bench/personal.py).
+    """
+    from sparse_dot_topn import sp_matmul_topn
+
+    n = vectors.shape[0]
+    kk = min(n_neighbours, max(n - 1, 0))
+    if kk == 0 or len(rows) == 0:
+        return sp.csr_matrix((len(rows), n), dtype=np.float32)
+    threads = n_threads or os.cpu_count() or 1
+    left = sp.csr_matrix(vectors, dtype=np.float32)
+    right = sp.csr_matrix(left.T)
+    started, blocks = time.perf_counter(), []
+    for lo in range(0, len(rows), block_rows):
+        which = np.asarray(rows[lo : lo + block_rows])
+        found = sp_matmul_topn(
+            left[which], right, top_n=kk + 1, threshold=0.0, n_threads=threads
+        ).tocoo()
+        # Never yourself; then the best kk others, ties by row index (deterministic).
+        others = found.col != which[found.row]
+        r, c, v = found.row[others], found.col[others], found.data[others]
+        order = np.lexsort((c, -v, r))
+        r, c, v = r[order], c[order], v[order]
+        position = np.arange(len(r)) - np.searchsorted(r, r)
+        keep = position < kk
+        blocks.append(
+            sp.csr_matrix((v[keep], (r[keep], c[keep])), shape=(len(which), n), dtype=np.float32)
+        )
+        done = min(lo + block_rows, len(rows))
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        log.info(
+            "neighbours: %d/%d rows (%.0f rows/s, ~%.0f s left)",
+            done,
+            len(rows),
+            rate,
+            (len(rows) - done) / rate,
+        )
+    return sp.csr_matrix(sp.vstack(blocks, format="csr"))
+
+
+class UserCF(Recommender):
+    """User-based CF with cosine or Pearson similarity, neighbours found in blocks."""
+
+    def __init__(
+        self,
+        similarity: Similarity = "cosine",
+        n_neighbours: int = 200,
+        weighting: str = "log1p",
+        block_rows: int = 1024,
+    ) -> None:
+        super().__init__(block_rows)
+        self.weighting = WEIGHTINGS[weighting]
+        if similarity not in ("cosine", "pearson"):
+            raise ValueError(f"similarity must be cosine or pearson, got {similarity!r}")
+        self.similarity = similarity
+        self.n_neighbours = n_neighbours
+        self.name = f"user_cf_{similarity}"
+
+    def _fit(self, matrix: UserItemMatrix) -> None:
+        values = self.weighting(matrix.values)
+        base = centred_rows(values) if self.similarity == "pearson" else values
+        self._similarity_vectors = l2_rows(base)
+        # Neighbours vote with their unit-length weights, so a heavy user is not a louder one.
+        self._votes = l2_rows(values)
+
+    def neighbours(self, rows: np.ndarray) -> sp.csr_matrix:
+        return user_neighbours(self._similarity_vectors, self.n_neighbours, rows)
+
+    def score_block(self, rows: np.ndarray):
+        import torch
+
+        scores = (self.neighbours(rows) @ self._votes).toarray().astype(np.float32)
+        block = torch.from_numpy(scores)
+        block[block <= 0] = -math.inf  # no neighbour touched it: no evidence
+        return block

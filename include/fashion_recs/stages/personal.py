@@ -1,0 +1,584 @@
+"""Personalisation stages: every model and baseline scored on one hold-out, a quality gate,
+and the routing that materialises what each shopper is served.
+
+Each model step fits its models twice: on the train part of the run's temporal split (lists
+for the hold-out users, scored beside the baselines) and on all interactions (lists for every
+known user, which routing may serve). Lists, metrics and the gate are Parquet artifacts; the
+steps pass only their paths and headline numbers on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from fashion_recs.artifacts import RunPaths, write_artifact
+from fashion_recs.clock import as_of_timestamp
+from fashion_recs.config import RetailerConfig
+from fashion_recs.contract import (
+    ITEM_CANDIDATES,
+    METRICS,
+    PERSONAL_GATE,
+    PRODUCTS,
+    USER_RECOMMENDATIONS,
+    USER_ROUTES,
+    USERS,
+    Artifact,
+    personal_eval,
+    personal_lists,
+    personal_metrics,
+)
+from fashion_recs.errors import FashionRecsError
+from fashion_recs.evaluate import segment_popularity_predictions
+from fashion_recs.personal.base import Recommender
+from fashion_recs.personal.evaluation import HoldoutSplit, holdout_split, score_lists
+from fashion_recs.personal.matrix import UserItemMatrix, user_item_matrix
+
+log = logging.getLogger(__name__)
+
+SEGMENT_COLUMNS = ["age_group", "region"]
+ITEM_KNN_SIMILAR = Artifact("item_knn_similar", "06_models", None)
+
+
+@dataclass
+class PersonalInputs:
+    """What every personalisation step reads: interactions, the catalogue and its split."""
+
+    interactions: pd.DataFrame
+    products: pd.DataFrame
+    items: pd.Index
+    split: HoldoutSplit
+    full: UserItemMatrix
+
+    @property
+    def catalogue_size(self) -> int:
+        return len(self.items)
+
+
+def load_inputs(
+    config: RetailerConfig, paths: RunPaths, interactions_path: Path, as_of: date
+) -> PersonalInputs:
+    interactions = pd.read_parquet(
+        interactions_path, columns=["user_id", "product_id", "event_ts", "weight"]
+    )
+    products = pd.read_parquet(
+        paths.path(PRODUCTS),
+        columns=["product_id", "title", "department", "color", "target_audience"],
+    )
+    items = pd.Index(products["product_id"], name="product_id")
+    half_life = config.interactions.half_life_days
+    split = holdout_split(
+        interactions,
+        items,
+        holdout_days=config.evaluation.holdout_days,
+        half_life_days=half_life,
+    )
+    full = user_item_matrix(
+        interactions, items, as_of=as_of_timestamp(as_of), half_life_days=half_life
+    )
+    return PersonalInputs(interactions, products, items, split, full)
+
+
+def _lists_table(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame[["user_id", "product_id", "rank", "score"]].copy()
+    out["source"] = frame.get("source", None)
+    return out
+
+
+def _metric(metrics: pd.DataFrame, model: str, metric: str) -> float:
+    row = metrics[(metrics["model"] == model) & (metrics["metric"] == metric)]
+    return float(row["value"].iloc[0]) if len(row) else float("nan")
+
+
+def run_models(
+    config: RetailerConfig,
+    paths: RunPaths,
+    step: str,
+    inputs: PersonalInputs,
+    factories: dict[str, Callable[[], Recommender]],
+    *,
+    full_lists: bool = True,
+) -> dict[str, Any]:
+    """Fit, list and score each model on the split; refit on everything for the full lists."""
+    cfg = config.personal
+    k = cfg.top_k
+    metrics, timings = [], {}
+    for name, make in factories.items():
+        started = time.perf_counter()
+        model = make().fit(inputs.split.matrix)
+        lists = model.recommend(inputs.split.users, k, exclude_known=cfg.exclude_known)
+        write_artifact(paths, personal_eval(name), _lists_table(lists))
+        metrics.append(
+            score_lists(lists, inputs.split, k=k, catalogue_size=inputs.catalogue_size, model=name)
+        )
+        if full_lists:
+            model = make().fit(inputs.full)
+            lists = model.recommend(inputs.full.users, k, exclude_known=cfg.exclude_known)
+            write_artifact(paths, personal_lists(name), _lists_table(lists))
+        timings[name] = round(time.perf_counter() - started, 2)
+        log.info(
+            "%s: map@%d %.4f, recall@%d %.4f (%.1f s)",
+            name,
+            k,
+            _metric(metrics[-1], name, "map"),
+            k,
+            _metric(metrics[-1], name, "recall"),
+            timings[name],
+        )
+    return _save_metrics(paths, step, metrics, timings)
+
+
+def _save_metrics(
+    paths: RunPaths, step: str, metrics: list[pd.DataFrame], timings: dict[str, float]
+) -> dict[str, Any]:
+    table = pd.concat(metrics, ignore_index=True)
+    path = write_artifact(paths, personal_metrics(step), table)
+    values = {f"{r.model}/{r.metric}@{r.k}": round(float(r.value), 5) for r in table.itertuples()}
+    return {
+        "metrics": str(path),
+        "models": list(dict.fromkeys(table["model"])),
+        "values": values,
+        "seconds": timings,
+    }
+
+
+# --- the steps -------------------------------------------------------------------------------
+
+
+def baselines_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths) -> dict:
+    """Repurchase, item-kNN (and popularity without known items when models exclude them),
+    and item-kNN's per-product lists for routing new users."""
+    from fashion_recs.personal.item_knn import ItemKNN
+    from fashion_recs.personal.popularity import Popularity
+    from fashion_recs.personal.repurchase import Repurchase
+
+    n = config.personal.item_knn_neighbours
+    weighting = config.personal.user_cf.weighting
+    factories: dict[str, Callable[[], Recommender]] = {
+        "repurchase": Repurchase,
+        "item_knn": lambda: ItemKNN(n, weighting),
+    }
+    if config.personal.exclude_known:
+        factories["popularity_unseen"] = Popularity
+    summary = run_models(config, paths, "baselines", inputs, factories)
+    knn = ItemKNN(n, weighting).fit(inputs.full)
+    similar = knn.similar_items(
+        list(inputs.items), config.personal.routing.item_candidates_per_product
+    ).rename(columns={"similar_product_id": "candidate_product_id"})
+    similar["source"] = "item_knn"
+    write_artifact(paths, ITEM_KNN_SIMILAR, similar.astype({"rank": np.int32}))
+    return summary
+
+
+def user_cf_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths) -> dict:
+    from fashion_recs.personal.user_cf import UserCF
+
+    cfg = config.personal.user_cf
+    factories: dict[str, Callable[[], Recommender]] = {
+        f"user_cf_{s}": (lambda s=s: UserCF(s, cfg.n_neighbours, cfg.weighting))
+        for s in cfg.similarities
+    }
+    return run_models(config, paths, "user_cf", inputs, factories)
+
+
+def item_vectors(
+    config: RetailerConfig, paths: RunPaths, model: str, products: pd.DataFrame
+) -> np.ndarray | Any | None:
+    """Vectors of a similar-products model aligned to the catalogue, or None when this run
+    has none (an encoder whose weights were not available)."""
+    if model == "text_tfidf":
+        from fashion_recs.similar.text import fit_text_model
+
+        full = pd.read_parquet(paths.path(PRODUCTS))
+        text = config.similar.text
+        fitted = fit_text_model(
+            full,
+            max_features=text.max_features,
+            text_weight=text.text_weight,
+            attribute_weight=text.attribute_weight,
+            ngram_max=text.ngram_max,
+        )
+        return fitted.transform(full)
+    from fashion_recs.stages.embeddings import embeddings_artifact
+
+    path = paths.path(embeddings_artifact(model))
+    if not path.exists():
+        return None
+    table = pd.read_parquet(path, columns=["product_id", "vector"])
+    vectors = np.stack(table["vector"].to_numpy()).astype(np.float32)
+    aligned = np.zeros((len(products), vectors.shape[1]), dtype=np.float32)
+    rows = pd.Index(table["product_id"]).get_indexer(products["product_id"])
+    aligned[rows >= 0] = vectors[rows[rows >= 0]]
+    return aligned
+
+
+def profiles_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths) -> dict:
+    """Embedding profiles for each configured vector model this run has vectors for."""
+    from fashion_recs.personal.profiles import EmbeddingProfile
+
+    factories: dict[str, Callable[[], Recommender]] = {}
+    skipped: dict[str, str] = {}
+    for model in config.personal.profiles.vectors:
+        vectors = item_vectors(config, paths, model, inputs.products)
+        if vectors is None:
+            skipped[model] = f"no {model} embeddings in this run (encoder weights unavailable)"
+            log.warning("embedding profile %s skipped: %s", model, skipped[model])
+            continue
+        factories[f"embedding_profile_{model}"] = lambda v=vectors, m=model: EmbeddingProfile(v, m)
+    if not factories:
+        raise FashionRecsError("embedding profiles: no configured vector model has vectors")
+    summary = run_models(config, paths, "profiles", inputs, factories)
+    return {**summary, "skipped": skipped}
+
+
+def _two_tower_params(config: RetailerConfig, loss: str) -> Any:
+    from fashion_recs.personal.two_tower import TwoTowerParams
+
+    tt = config.personal.two_tower
+    return TwoTowerParams(
+        dim=tt.dim,
+        hidden=tt.hidden,
+        history_len=tt.history_len,
+        loss=loss,
+        temperature=tt.temperature,
+        batch_size=tt.batch_size,
+        learning_rate=tt.learning_rate,
+        max_epochs=tt.max_epochs,
+        patience=tt.patience,
+        val_fraction=tt.val_fraction,
+        val_k=config.personal.top_k,
+        seed=config.seed,
+    )
+
+
+def _content_features(config: RetailerConfig, paths: RunPaths, products: pd.DataFrame):
+    """TF-IDF + one-hot vectors reduced to `content_dim` by a seeded truncated SVD."""
+    dim = config.personal.two_tower.content_dim
+    if dim == 0:
+        return None
+    from sklearn.decomposition import TruncatedSVD
+
+    vectors = item_vectors(config, paths, "text_tfidf", products)
+    dim = min(dim, vectors.shape[1] - 1, vectors.shape[0] - 1)
+    svd = TruncatedSVD(n_components=dim, random_state=config.seed)
+    return svd.fit_transform(vectors).astype(np.float32)
+
+
+def two_tower_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths) -> dict:
+    """The two-tower model with the configured loss, plus the comparison losses (scored only)."""
+    from fashion_recs.personal.two_tower import TwoTowerModel
+
+    cfg = config.personal
+    k = cfg.top_k
+    users = pd.read_parquet(paths.path(USERS), columns=["user_id", *SEGMENT_COLUMNS])
+    items = inputs.products[["product_id", "department", "color", "target_audience"]]
+    content = _content_features(config, paths, inputs.products)
+    losses = [cfg.two_tower.loss] + [
+        x for x in cfg.two_tower.compare_losses if x != cfg.two_tower.loss
+    ]
+    metrics, timings, histories = [], {}, {}
+    for loss in losses:
+        name = "two_tower" if loss == cfg.two_tower.loss else f"two_tower_{loss}"
+        started = time.perf_counter()
+        params = _two_tower_params(config, loss)
+        model = TwoTowerModel.fit(inputs.split.train, users, items, params, item_content=content)
+        lists = model.recommend(list(inputs.split.users), k, exclude_known=cfg.exclude_known)
+        write_artifact(paths, personal_eval(name), _lists_table(lists))
+        metrics.append(
+            score_lists(lists, inputs.split, k=k, catalogue_size=inputs.catalogue_size, model=name)
+        )
+        histories[name] = _history(model)
+        if name == "two_tower":
+            model = TwoTowerModel.fit(
+                inputs.interactions, users, items, params, item_content=content
+            )
+            lists = model.recommend(list(inputs.full.users), k, exclude_known=cfg.exclude_known)
+            write_artifact(paths, personal_lists(name), _lists_table(lists))
+            model.save(paths.file("06_models", "two_tower"))
+        timings[name] = round(time.perf_counter() - started, 2)
+        log.info(
+            "%s: map@%d %.4f (%.1f s)", name, k, _metric(metrics[-1], name, "map"), timings[name]
+        )
+    return {**_save_metrics(paths, "two_tower", metrics, timings), "training": histories}
+
+
+def _history(model: Any) -> dict[str, Any]:
+    h = model.history
+    keep = ("best_epoch", "stopped_early", "examples_per_s", "seconds")
+    out = {key: getattr(h, key) for key in keep if hasattr(h, key)}
+    for key in ("train_loss", "val_recall"):
+        if hasattr(h, key):
+            out[key] = [round(float(v), 5) for v in getattr(h, key)]
+    return out
+
+
+def _read_metrics(paths: RunPaths) -> pd.DataFrame:
+    """Every personal_metrics_* artifact of the run, plus the popularity baselines."""
+    frames = [pd.read_parquet(paths.path(METRICS))]
+    folder = paths.path(personal_metrics("x")).parent
+    frames += [pd.read_parquet(p) for p in sorted(folder.glob("personal_metrics_*.parquet"))]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _best_model(config: RetailerConfig, metrics: pd.DataFrame, exclude: set[str]) -> str | None:
+    gate = config.personal.gate
+    rows = metrics[
+        (metrics["metric"] == gate.metric)
+        & metrics["model"].isin([m for m in gate.candidates if m not in exclude])
+    ]
+    if rows.empty:
+        return None
+    return str(rows.sort_values(["value", "model"], ascending=[False, True])["model"].iloc[0])
+
+
+def _segments(paths: RunPaths, user_ids: pd.Index, unknown: str) -> pd.DataFrame:
+    users = pd.read_parquet(paths.path(USERS), columns=["user_id", *SEGMENT_COLUMNS])
+    frame = pd.DataFrame({"user_id": user_ids}).merge(users, on="user_id", how="left")
+    return frame.replace({unknown: np.nan})
+
+
+def _default_similar(config: RetailerConfig, paths: RunPaths) -> pd.DataFrame:
+    from fashion_recs.contract import similar_products
+
+    table = pd.read_parquet(paths.path(similar_products(config.similar.default_model)))
+    return table[["product_id", "rank", "similar_product_id", "score"]]
+
+
+def blend_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths) -> dict:
+    """The blend on the split and for every user; its `model` source is the best candidate."""
+    from fashion_recs.personal.blend import blend, learn_caps, similar_of_recent
+    from fashion_recs.personal.repurchase import Repurchase
+    from fashion_recs.personal.routing import segment_popular_lists
+
+    cfg = config.personal
+    bc = cfg.blend
+    k = cfg.top_k
+    unknown = config.demographics.unknown_label
+    started = time.perf_counter()
+    metrics = _read_metrics(paths)
+    model = _best_model(config, metrics, exclude={"blend"})
+    if model is None:
+        raise FashionRecsError("blend: no candidate model has metrics in this run")
+    similar = _default_similar(config, paths)
+    caps = {**bc.caps, "model": k, "segment_popularity": k}
+
+    def candidates(matrix: UserItemMatrix, users: pd.Index, model_lists: pd.DataFrame, popular):
+        recent = Repurchase().fit(matrix).recommend(users, bc.recent_items)
+        near = similar_of_recent(recent, similar, bc.recent_items, bc.similar_per_item)
+        return {
+            "recent": recent,
+            "similar": near,
+            "model": model_lists,
+            "segment_popularity": popular,
+        }
+
+    split = inputs.split
+    segments = _segments(paths, split.users, unknown)
+    pop_eval = segment_popularity_predictions(split.train, segments, SEGMENT_COLUMNS, k)
+    eval_model = pd.read_parquet(paths.path(personal_eval(model)))
+    eval_candidates = candidates(split.matrix, split.users, eval_model, pop_eval)
+    learned = None
+    if bc.learn_caps:
+        learned = learn_caps(
+            split.users, eval_candidates, bc.priority, bc.learn_caps, split.truth, k
+        )
+        caps = {**caps, **learned.caps}
+        lists = learned.lists
+    else:
+        lists = blend(split.users, eval_candidates, bc.priority, caps, k)
+    write_artifact(paths, personal_eval("blend"), lists)
+    scored = score_lists(lists, split, k=k, catalogue_size=inputs.catalogue_size, model="blend")
+
+    users = inputs.full.users
+    popular = pd.read_parquet(paths.path(_popular()))
+    user_frame = pd.read_parquet(paths.path(USERS), columns=["user_id", *SEGMENT_COLUMNS])
+    user_frame = pd.DataFrame({"user_id": users}).merge(user_frame, on="user_id", how="left")
+    pop_full = segment_popular_lists(user_frame, popular, k, unknown)
+    full_model = pd.read_parquet(paths.path(personal_lists(model)))
+    full = blend(users, candidates(inputs.full, users, full_model, pop_full), bc.priority, caps, k)
+    write_artifact(paths, personal_lists("blend"), full)
+    timings = {"blend": round(time.perf_counter() - started, 2)}
+    shares = {
+        str(s): round(float(v), 4) for s, v in lists["source"].value_counts(normalize=True).items()
+    }
+    log.info(
+        "blend (model source %s): map@%d %.4f; sources %s",
+        model,
+        k,
+        _metric(scored, "blend", "map"),
+        shares,
+    )
+    return {
+        **_save_metrics(paths, "blend", [scored], timings),
+        "model_source": model,
+        "source_shares": shares,
+    }
+
+
+def _popular() -> Artifact:
+    from fashion_recs.contract import POPULAR
+
+    return POPULAR
+
+
+def reference_model(config: RetailerConfig) -> str:
+    """The popularity list a model must beat: like the models, with or without known items."""
+    return "popularity_unseen" if config.personal.exclude_known else "popularity"
+
+
+def gate_stage(config: RetailerConfig, paths: RunPaths) -> dict:
+    """Which candidates beat popularity by the margin, and which one routing serves."""
+    gate = config.personal.gate
+    k = config.personal.top_k
+    metrics = _read_metrics(paths)
+    at_k = metrics[(metrics["metric"] == gate.metric) & (metrics["k"] == k)]
+    popularity = at_k[at_k["model"] == reference_model(config)]
+    if popularity.empty:
+        raise FashionRecsError(
+            f"quality gate: no popularity {gate.metric}@{k} in this run's metrics; the "
+            "evaluate stage must run before the gate"
+        )
+    reference = float(popularity["value"].iloc[0])
+    required = reference * (1 + gate.margin)
+    rows = at_k[at_k["model"].isin(gate.candidates)].copy()
+    rows["popularity_value"] = reference
+    rows["required_value"] = required
+    rows["passed"] = rows["value"] > required
+    passed = rows[rows["passed"]].sort_values(["value", "model"], ascending=[False, True])
+    chosen = str(passed["model"].iloc[0]) if len(passed) else None
+    rows["chosen"] = rows["model"] == chosen
+    table = rows[
+        ["model", "metric", "k", "value", "popularity_value", "required_value", "passed", "chosen"]
+    ].sort_values("model")
+    path = write_artifact(paths, PERSONAL_GATE, table.reset_index(drop=True))
+    if chosen is None:
+        log.warning(
+            "quality gate: no model beats popularity %s@%d %.4f by %.0f%%; existing users get "
+            "segment popularity this run",
+            gate.metric,
+            k,
+            reference,
+            100 * gate.margin,
+        )
+    else:
+        log.info(
+            "quality gate: %s serves existing users (%s@%d %.4f vs popularity %.4f)",
+            chosen,
+            gate.metric,
+            k,
+            float(passed["value"].iloc[0]),
+            reference,
+        )
+    return {
+        "gate": str(path),
+        "reference": reference_model(config),
+        "chosen": chosen,
+        "fallback": chosen is None,
+        "popularity": reference,
+        "required": required,
+        "passed": sorted(passed["model"]),
+        "failed": sorted(rows.loc[~rows["passed"], "model"]),
+    }
+
+
+def routing_stage(
+    config: RetailerConfig,
+    paths: RunPaths,
+    interactions_path: Path,
+    gate_summary: dict[str, Any],
+    fbt_path: Path | None,
+) -> dict:
+    """Materialise the seed's process_user for every user the run knows."""
+    from fashion_recs.personal.routing import (
+        item_candidates,
+        new_user_lists,
+        segment_popular_lists,
+        top_up,
+    )
+
+    cfg = config.personal
+    k = cfg.top_k
+    unknown = config.demographics.unknown_label
+    interactions = pd.read_parquet(interactions_path, columns=["user_id", "product_id", "event_ts"])
+    users = pd.read_parquet(paths.path(USERS), columns=["user_id", *SEGMENT_COLUMNS])
+    popular = pd.read_parquet(paths.path(_popular()))
+
+    sources = {"item_knn": pd.read_parquet(paths.path(ITEM_KNN_SIMILAR))}
+    if fbt_path is not None and fbt_path.exists():
+        fbt = pd.read_parquet(fbt_path, columns=["product_id", "rank", "recommended_product_id"])
+        sources["fbt"] = fbt.rename(columns={"recommended_product_id": "candidate_product_id"})
+    similar = _default_similar(config, paths)
+    sources["similar"] = similar.rename(columns={"similar_product_id": "candidate_product_id"})
+    candidates = item_candidates(
+        sources, ["item_knn", "fbt", "similar"], cfg.routing.item_candidates_per_product
+    )
+
+    # Users' distinct products, most recent first.
+    last = (
+        interactions.groupby(["user_id", "product_id"], as_index=False)["event_ts"]
+        .max()
+        .sort_values(["user_id", "event_ts", "product_id"], ascending=[True, False, True])
+    )
+    last["recency"] = last.groupby("user_id").cumcount() + 1
+    n_items = last.groupby("user_id").size()
+    all_users = pd.Index(sorted(set(users["user_id"]) | set(n_items.index)), name="user_id")
+    frame = pd.DataFrame({"user_id": all_users}).merge(users, on="user_id", how="left")
+    frame["n_items"] = n_items.reindex(all_users).fillna(0).astype(np.int64).to_numpy()
+    enough = frame["n_items"] >= cfg.routing.min_items_for_model
+    frame["route"] = np.where(
+        enough, "existing", np.where(frame["n_items"] > 0, "new_with_events", "new_without_events")
+    )
+    fallback = segment_popular_lists(frame, popular, k, unknown)
+
+    chosen = gate_summary.get("chosen")
+    existing = frame.loc[frame["route"] == "existing", "user_id"]
+    if chosen:
+        model_lists = pd.read_parquet(paths.path(personal_lists(chosen)))
+        model_lists = model_lists[model_lists["user_id"].isin(existing)]
+        strategy = (
+            model_lists["source"].map(lambda s: f"{chosen}:{s}")
+            if model_lists["source"].notna().any()
+            else pd.Series(chosen, index=model_lists.index)
+        )
+        model_lists = model_lists.assign(strategy=strategy.to_numpy())
+    else:
+        model_lists = fallback.iloc[0:0]
+    new_users = frame.loc[frame["route"] == "new_with_events", "user_id"]
+    item_based = new_user_lists(last[last["user_id"].isin(new_users)], candidates, k)
+    lists = top_up(pd.concat([model_lists[fallback.columns], item_based]), fallback, k)
+
+    main = lists[lists["rank"] == 1].set_index("user_id")["strategy"]
+    frame["strategy"] = main.reindex(frame["user_id"]).fillna("none").to_numpy()
+    routes = frame[["user_id", "route", "strategy", "n_items", *SEGMENT_COLUMNS]]
+    write_artifact(
+        paths, USER_RECOMMENDATIONS, lists[["user_id", "rank", "product_id", "score", "strategy"]]
+    )
+    write_artifact(paths, USER_ROUTES, routes)
+    write_artifact(paths, ITEM_CANDIDATES, candidates)
+    by_route = {str(r): int(n) for r, n in frame["route"].value_counts().sort_index().items()}
+    strategies = {
+        str(s): int(n) for s, n in lists["strategy"].str.split(":").str[0].value_counts().items()
+    }
+    log.info("routing: users by route %s; rows by strategy %s", by_route, strategies)
+    return {
+        "user_recommendations": str(paths.path(USER_RECOMMENDATIONS)),
+        "user_routes": str(paths.path(USER_ROUTES)),
+        "item_candidates": str(paths.path(ITEM_CANDIDATES)),
+        "existing_users_served_by": chosen or "segment_popularity (no model passed the gate)",
+        "routes": by_route,
+        "strategies": strategies,
+        "rows": len(lists),
+    }
+
+
+def read_gate(paths: RunPaths) -> pd.DataFrame:
+    return pq.read_table(paths.path(PERSONAL_GATE)).to_pandas()

@@ -1,0 +1,194 @@
+"""The personalisation steps on a synthetic retailer with planted taste segments.
+
+One run of the upstream steps (module scope) feeds every test: the models are scored on the
+run's hold-out, the gate must let through models that beat popularity by the margin, the
+planted segment favourites must show up in the lists, and the routing tables must give every
+user exactly one route and list.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from fashion_recs import pipeline
+from fashion_recs.contract import (
+    PERSONAL_GATE,
+    POPULAR,
+    USER_RECOMMENDATIONS,
+    USER_ROUTES,
+    personal_lists,
+)
+from fashion_recs.personal.routing import process_user
+from fashion_recs.synthetic import SyntheticSpec, generate
+from tests.conftest import retailer_overrides
+
+TASTE_SPEC = SyntheticSpec(
+    n_products=500,
+    n_users=3000,
+    n_events=200_000,
+    n_answers=3750,
+    seed=11,
+    end_date=date(2026, 11, 1),
+    days=30,
+    images=False,
+)
+MARGIN = 0.2
+
+
+@pytest.fixture(scope="module")
+def taste_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Generate the retailer and run every step the personalisation steps depend on."""
+    raw = tmp_path_factory.mktemp("taste_retailer")
+    generate(TASTE_SPEC, raw)
+    overrides = retailer_overrides(
+        raw,
+        tmp_path_factory.mktemp("taste_data"),
+        personal={"gate": {"margin": MARGIN}, "two_tower": {"max_epochs": 8}},
+    )
+    ctx = pipeline.make_context("taste", TASTE_SPEC.end_date, None, overrides)
+    dl = pipeline.download(ctx)
+    prod = pipeline.products(ctx, dl)
+    ev = pipeline.events(ctx, dl, prod)
+    demo = pipeline.demographics(ctx, dl)
+    inter = pipeline.interactions(ctx, ev)
+    pipeline.popular(ctx, inter, demo)
+    evaluate = pipeline.evaluate(ctx, inter, demo, prod)
+    bask = pipeline.baskets(ctx, inter, prod)
+    rules = pipeline.fbt_rules(ctx, bask)
+    pipeline.fbt_recommendations(ctx, rules, bask, prod)
+    pipeline.similar_text(ctx, prod)
+    steps = {s: pipeline.personal_model(ctx, s, inter) for s in pipeline.PERSONAL_MODEL_STEPS}
+    gate = pipeline.quality_gate(ctx)
+    routes = pipeline.route_users(ctx, inter, gate)
+    return {
+        "ctx": ctx,
+        "raw": raw,
+        "inter": inter,
+        "steps": steps,
+        "evaluate": evaluate,
+        "gate": gate,
+        "routes": routes,
+    }
+
+
+def _value(run: dict[str, Any], model: str, metric: str = "map") -> float:
+    for summary in [*run["steps"].values(), run["evaluate"]]:
+        key = f"{model}/{metric}@12"
+        if key in summary.get("values", {}):
+            return summary["values"][key]
+    raise KeyError(model)
+
+
+def test_models_beat_popularity_by_the_margin_and_the_gate_picks_the_best(taste_run) -> None:
+    reference = _value(taste_run, "popularity_unseen")
+    assert _value(taste_run, "user_cf_cosine") > reference * (1 + MARGIN)
+    assert _value(taste_run, "two_tower") > reference * (1 + MARGIN / 2)
+    # Segment popularity (the new users' fallback) recovers the planted segments too.
+    assert _value(taste_run, "segment_popularity", "recall") > 1.2 * _value(
+        taste_run, "popularity", "recall"
+    )
+    gate = pd.read_parquet(taste_run["ctx"].paths.path(PERSONAL_GATE))
+    assert gate["popularity_value"].to_numpy() == pytest.approx(reference, abs=1e-5)
+    assert gate["passed"].eq(gate["value"] > gate["required_value"]).all()
+    chosen = gate[gate["chosen"]]
+    assert len(chosen) == 1 and chosen["value"].item() == gate.loc[gate["passed"], "value"].max()
+    assert taste_run["gate"]["chosen"] == chosen["model"].item()
+    assert not taste_run["gate"]["fallback"]
+
+
+def test_mse_two_tower_is_scored_and_loses_to_the_default_loss(taste_run) -> None:
+    """The seed's MSE on observed pairs has no negatives: the metrics show why it is not used."""
+    assert _value(taste_run, "two_tower_mse") < 0.5 * _value(taste_run, "two_tower")
+    training = taste_run["steps"]["two_tower"]["training"]["two_tower"]
+    assert training["best_epoch"] >= 1 and len(training["val_recall"]) >= training["best_epoch"]
+
+
+def test_planted_taste_segments_are_recovered(taste_run) -> None:
+    """Users' lists hold their own segment's planted favourites far more often than popularity's."""
+    raw: Path = taste_run["raw"]
+    ctx = taste_run["ctx"]
+    truth_users = pd.read_parquet(raw / "truth" / "users.parquet", columns=["user_id", "segment"])
+    favourites = pd.read_parquet(raw / "truth" / "segments.parquet")
+    favourites["segment"] = favourites["age_group"] + "|" + favourites["region"]
+    liked = set(zip(favourites["segment"], favourites["product_id"], strict=True))
+    popular = pd.read_parquet(ctx.paths.path(POPULAR))
+    overall = popular[popular["segment_type"] == "overall"].nsmallest(12, "rank")["product_id"]
+
+    def share(lists: pd.DataFrame) -> float:
+        rows = lists.merge(truth_users, on="user_id")
+        hits = [(s, p) in liked for s, p in zip(rows["segment"], rows["product_id"], strict=True)]
+        return sum(hits) / len(hits)
+
+    baseline = share(
+        truth_users[["user_id"]].merge(pd.DataFrame({"product_id": overall}), how="cross")
+    )
+    for model in ("user_cf_cosine", "two_tower"):
+        lists = pd.read_parquet(ctx.paths.path(personal_lists(model)))
+        assert share(lists) > 3 * baseline + 0.05, model
+
+
+def test_every_user_gets_one_route_and_one_list(taste_run) -> None:
+    ctx = taste_run["ctx"]
+    routes = pd.read_parquet(ctx.paths.path(USER_ROUTES))
+    lists = pd.read_parquet(ctx.paths.path(USER_RECOMMENDATIONS))
+    assert routes["user_id"].is_unique
+    assert set(lists["user_id"]) == set(routes["user_id"])
+    assert set(routes["route"]) == {"existing", "new_with_events", "new_without_events"}
+    assert lists.groupby("user_id")["rank"].apply(lambda r: sorted(r) == list(range(1, 13))).all()
+    assert not lists.duplicated(["user_id", "product_id"]).any()
+    chosen = taste_run["gate"]["chosen"]
+    existing = lists.merge(routes[routes["route"] == "existing"], on="user_id")
+    assert existing["strategy_x"].str.startswith(chosen).mean() > 0.95
+    fresh = lists.merge(routes[routes["route"] == "new_without_events"], on="user_id")
+    assert fresh["strategy_x"].str.startswith("popular_").all()
+    with_events = lists.merge(routes[routes["route"] == "new_with_events"], on="user_id")
+    assert with_events["strategy_x"].str.startswith("item_based_").mean() > 0.5
+    summary = pipeline.check(ctx, "personal")
+    assert all(r["success"] for r in summary["checks"])
+
+
+def test_rerunning_routing_gives_identical_artifacts(taste_run) -> None:
+    ctx = taste_run["ctx"]
+    before = {a: pq.read_table(ctx.paths.path(a)) for a in (USER_RECOMMENDATIONS, USER_ROUTES)}
+    pipeline.route_users(ctx, taste_run["inter"], taste_run["gate"])
+    for artifact, table in before.items():
+        assert pq.read_table(ctx.paths.path(artifact)).equals(table)
+
+
+def test_process_user_routes_like_the_seed(taste_run) -> None:
+    ctx = taste_run["ctx"]
+    lists = pd.read_parquet(ctx.paths.path(USER_RECOMMENDATIONS))
+    routes = pd.read_parquet(ctx.paths.path(USER_ROUTES))
+    popular = pd.read_parquet(ctx.paths.path(POPULAR))
+    from fashion_recs.contract import ITEM_CANDIDATES
+
+    candidates = pd.read_parquet(ctx.paths.path(ITEM_CANDIDATES))
+    common = {"user_lists": lists, "candidates": candidates, "popular": popular, "k": 12}
+
+    user = routes[routes["route"] == "existing"]["user_id"].iloc[0]
+    routed = process_user(user, **common)
+    assert routed.route == "existing"
+    expected = lists[lists["user_id"] == user].sort_values("rank")["product_id"].tolist()
+    assert routed.items["product_id"].tolist() == expected
+
+    product = candidates["product_id"].iloc[0]
+    routed = process_user("someone-new", product_ids=[product], **common)
+    assert routed.route == "new_with_events"
+    assert product not in set(routed.items["product_id"])
+    assert routed.items["strategy"].iloc[0].startswith("item_based_")
+    assert len(routed.items) == 12
+
+    segment = popular[popular["segment_type"] == "age_group_region"].iloc[0]
+    routed = process_user(
+        "someone-new", age_group=segment["age_group"], region=segment["region"], **common
+    )
+    assert routed.route == "new_without_events"
+    assert routed.strategy == "popular_age_group_region"
+    routed = process_user("someone-new", age_group="unknown", **common)
+    assert routed.strategy == "popular_overall"
