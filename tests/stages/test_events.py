@@ -209,3 +209,31 @@ def test_invalid_utf8_is_read_lossily_and_a_broken_quote_is_a_source_error(tmp_p
     broken.write_text(header + f'U1,purchase,,{TS},"{A},\n' + f"U2,purchase,,{TS},{B},\n" * 3)
     with pytest.raises(SourceError, match=r"events_2\.csv"):
         build_events(config, run_paths(config, "other"), [broken], CATALOGUE)
+
+
+def test_blocks_cut_at_record_ends_read_like_the_whole_file(tmp_path) -> None:
+    """Quoted line breaks, empty lines and ragged lines survive any block size, with the
+    file's own row numbers."""
+    import polars as pl
+
+    from fashion_recs.stages.events import read_blocks
+
+    lines = [",".join(HEADER)]
+    for i in range(40):
+        cell = f'"[""{A}"",\n""{B}""]"' if i % 3 == 0 else f"p:{C}"
+        lines.append(f"U{i},purchase,,{TS},{cell},")
+        if i % 7 == 0:
+            lines.append("")
+        if i % 11 == 0:
+            lines.append(f"U{i},purchase,,{TS},{A},,extra,fields")
+    path = tmp_path / "events_1.csv"
+    path.write_text("\n".join(lines) + "\n")
+    whole = pl.read_csv(
+        path, infer_schema=False, truncate_ragged_lines=True, empty_string_is_null=False
+    ).select(pl.col(c).fill_null("") for c in HEADER)
+    for block_bytes in (16, 100, 1 << 20):
+        blocks = [block for block, _ in read_blocks(path, HEADER, block_bytes)]
+        joined = pl.concat(blocks)
+        assert joined["row_number"].to_list() == list(range(whole.height))
+        assert joined.drop("row_number").equals(whole)
+        assert len(blocks) > 1 or block_bytes == 1 << 20
