@@ -47,7 +47,7 @@ airflow: venv $(AIRFLOW_HOME)/airflow.db
 	PATH="$(CURDIR)/$(BIN):$$PATH" airflow standalone
 
 bench: venv
-	$(BIN)/python bench/events.py
+	for b in events fbt similar personal; do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf data .airflow

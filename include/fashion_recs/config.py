@@ -431,6 +431,7 @@ class TwoTowerConfig(_Strict):
     compare_losses: list[Literal["sampled_softmax", "bpr", "mse"]] = Field(
         default_factory=lambda: ["mse"]
     )
+    compare_max_epochs: int = Field(default=2, ge=1)
     dim: int = Field(default=32, ge=2)
     hidden: int = Field(default=64, ge=2)
     history_len: int = Field(default=10, ge=1)

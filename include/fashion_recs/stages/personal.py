@@ -1,10 +1,11 @@
 """Personalisation stages: every model and baseline scored on one hold-out, a quality gate,
 and the routing that materialises what each shopper is served.
 
-Each model step fits its models twice: on the train part of the run's temporal split (lists
-for the hold-out users, scored beside the baselines) and on all interactions (lists for every
-known user, which routing may serve). Lists, metrics and the gate are Parquet artifacts; the
-steps pass only their paths and headline numbers on.
+Each model step fits its models on the train part of the run's temporal split (lists for the
+hold-out users, scored beside the baselines) and, for the matrix models, again on all
+interactions (lists for every known user, which routing may serve; the two-tower model serves
+them from their full history without a second training). Lists, metrics and the gate are
+Parquet artifacts; the steps pass only their paths and headline numbers on.
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ def profiles_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPat
     return {**summary, "skipped": skipped}
 
 
-def _two_tower_params(config: RetailerConfig, loss: str) -> Any:
+def _two_tower_params(config: RetailerConfig, loss: str, max_epochs: int | None = None) -> Any:
     from fashion_recs.personal.two_tower import TwoTowerParams
 
     tt = config.personal.two_tower
@@ -252,7 +253,7 @@ def _two_tower_params(config: RetailerConfig, loss: str) -> Any:
         temperature=tt.temperature,
         batch_size=tt.batch_size,
         learning_rate=tt.learning_rate,
-        max_epochs=tt.max_epochs,
+        max_epochs=max_epochs or tt.max_epochs,
         patience=tt.patience,
         val_fraction=tt.val_fraction,
         val_k=config.personal.top_k,
@@ -274,22 +275,30 @@ def _content_features(config: RetailerConfig, paths: RunPaths, products: pd.Data
 
 
 def two_tower_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths) -> dict:
-    """The two-tower model with the configured loss, plus the comparison losses (scored only)."""
+    """The two-tower model with the configured loss, plus the comparison losses (scored only).
+
+    The model is trained once, on the interactions before the hold-out cutoff (with its own
+    temporal validation split for early stopping), scored on the hold-out, and then serves
+    every user from their full history: the towers read a user's recent items, so the last
+    days' interactions shape the published lists without a second training (the next run
+    trains on them). Comparison losses train for at most `compare_max_epochs`.
+    """
     from fashion_recs.personal.two_tower import TwoTowerModel
 
     cfg = config.personal
+    tt = cfg.two_tower
     k = cfg.top_k
     users = pd.read_parquet(paths.path(USERS), columns=["user_id", *SEGMENT_COLUMNS])
     items = inputs.products[["product_id", "department", "color", "target_audience"]]
     content = _content_features(config, paths, inputs.products)
-    losses = [cfg.two_tower.loss] + [
-        x for x in cfg.two_tower.compare_losses if x != cfg.two_tower.loss
-    ]
+    losses = [tt.loss] + [x for x in tt.compare_losses if x != tt.loss]
     metrics, timings, histories = [], {}, {}
     for loss in losses:
-        name = "two_tower" if loss == cfg.two_tower.loss else f"two_tower_{loss}"
+        name = "two_tower" if loss == tt.loss else f"two_tower_{loss}"
         started = time.perf_counter()
-        params = _two_tower_params(config, loss)
+        params = _two_tower_params(
+            config, loss, None if name == "two_tower" else tt.compare_max_epochs
+        )
         model = TwoTowerModel.fit(inputs.split.train, users, items, params, item_content=content)
         lists = model.recommend(list(inputs.split.users), k, exclude_known=cfg.exclude_known)
         write_artifact(paths, personal_eval(name), _lists_table(lists))
@@ -298,10 +307,13 @@ def two_tower_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPa
         )
         histories[name] = _history(model)
         if name == "two_tower":
-            model = TwoTowerModel.fit(
-                inputs.interactions, users, items, params, item_content=content
+            lists = model.recommend(
+                list(inputs.full.users),
+                k,
+                exclude_known=cfg.exclude_known,
+                users=users,
+                interactions=inputs.interactions,
             )
-            lists = model.recommend(list(inputs.full.users), k, exclude_known=cfg.exclude_known)
             write_artifact(paths, personal_lists(name), _lists_table(lists))
             model.save(paths.file("06_models", "two_tower"))
         timings[name] = round(time.perf_counter() - started, 2)
@@ -453,7 +465,9 @@ def gate_stage(config: RetailerConfig, paths: RunPaths) -> dict:
     rows["popularity_value"] = reference
     rows["required_value"] = required
     rows["passed"] = rows["value"] > required
-    passed = rows[rows["passed"]].sort_values(["value", "model"], ascending=[False, True])
+    # Ties go to the candidate listed first (the blend, listed last, only wins by adding value).
+    rows["_order"] = [gate.candidates.index(m) for m in rows["model"]]
+    passed = rows[rows["passed"]].sort_values(["value", "_order"], ascending=[False, True])
     chosen = str(passed["model"].iloc[0]) if len(passed) else None
     rows["chosen"] = rows["model"] == chosen
     table = rows[
