@@ -263,3 +263,28 @@ def test_learned_caps_follow_the_truth_and_are_cross_fitted() -> None:
     assert learned.grid_scores["recent=0"] > learned.grid_scores["recent=3"]
     assert set(learned.lists["source"]) == {"model"}
     assert learned.lists["user_id"].drop_duplicates().tolist() == users
+
+
+def test_profile_vectors_come_from_an_encoders_embeddings_artifact(tmp_path) -> None:
+    """Any similar-products encoder works: its embeddings artifact is aligned to the
+    catalogue, products it has no vector for get a zero row (no evidence), and a run without
+    the artifact says so with None."""
+    from fashion_recs.artifacts import write_artifact
+    from fashion_recs.stages.embeddings import embeddings_artifact
+    from fashion_recs.stages.personal import item_vectors
+    from tests.helpers import make_config, run_paths
+
+    config = make_config(tmp_path)
+    paths = run_paths(config)
+    products = pd.DataFrame({"product_id": ["a", "b", "c"]})
+    assert item_vectors(config, paths, "fashion_clip", products) is None
+    embeddings = pd.DataFrame(
+        {
+            "product_id": ["c", "a"],
+            "model": "fashion_clip",
+            "vector": [[0.0, 1.0], [1.0, 0.0]],
+        }
+    )
+    write_artifact(paths, embeddings_artifact("fashion_clip"), embeddings)
+    vectors = item_vectors(config, paths, "fashion_clip", products)
+    np.testing.assert_array_equal(vectors, [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])

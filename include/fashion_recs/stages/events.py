@@ -289,7 +289,7 @@ def events_of(
     return events.select(EVENTS_SCHEMA.names), mentioned
 
 
-def _readable(chunks: Iterator[pl.DataFrame], source: Path) -> Iterator[pl.DataFrame]:
+def readable_batches(chunks: Iterator[pl.DataFrame], source: Path) -> Iterator[pl.DataFrame]:
     """Chunks of a file, with a CSV the reader cannot parse reported as a source error."""
     try:
         yield from chunks
@@ -312,7 +312,8 @@ def count_data_rows(path: Path) -> int:
         ) from None
 
 
-def _merge_id_counts(frames: list[pl.DataFrame]) -> pl.DataFrame:
+def merge_id_counts(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Sum per-chunk (product_id, n_events) counts into one table (kept small while reading)."""
     if not frames:
         return pl.DataFrame(schema={"product_id": pl.String, "n_events": pl.Int64})
     return (
@@ -413,7 +414,7 @@ def filter_events(
 
         for source in sources:
             file_bytes = 0
-            for block, read_bytes in _readable(
+            for block, read_bytes in readable_batches(
                 _ahead(read_blocks(source, cols.raw_columns, block_bytes), reader), source
             ):
                 rows_in += block.height
@@ -437,7 +438,7 @@ def filter_events(
                 pending = writer.submit(write, events, rejected)
                 id_counts.append(mentioned)
                 if len(id_counts) > 64:  # keep the per-id tallies small
-                    id_counts = [_merge_id_counts(id_counts)]
+                    id_counts = [merge_id_counts(id_counts)]
                 if time.monotonic() - last_log > PROGRESS_EVERY_S:
                     last_log = time.monotonic()
                     progress = (done_bytes + file_bytes) / max(total_bytes, 1)
@@ -453,7 +454,7 @@ def filter_events(
             done_bytes += file_bytes
         if pending is not None:
             pending.result()
-    merged = _merge_id_counts(id_counts).with_columns(
+    merged = merge_id_counts(id_counts).with_columns(
         pl.col("product_id").is_in(known.implode()).alias("in_catalogue")
     )
     return rows_in, verdicts, n_events, merged

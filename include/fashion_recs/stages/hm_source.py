@@ -59,9 +59,9 @@ from fashion_recs.stages.events import (
     PROGRESS_EVERY_S,
     SLOT_NAMES,
     WRITE_OPTIONS,
-    _merge_id_counts,
-    _readable,
     count_data_rows,
+    merge_id_counts,
+    readable_batches,
 )
 from fashion_recs.stages.raw_csv import header_of, read_raw_csv, require_columns
 
@@ -459,7 +459,7 @@ def filter_transactions(
     ):
         for source in sources:
             query = scan_transactions(source, cfg, as_of).with_columns(verdict)
-            for chunk in _readable(query.collect_batches(chunk_size=cfg.chunk_size), source):
+            for chunk in readable_batches(query.collect_batches(chunk_size=cfg.chunk_size), source):
                 for reason, n in chunk.group_by(pl.col("reason").fill_null("kept")).len().rows():
                     verdicts[reason] = verdicts.get(reason, 0) + n
                 rejected = chunk.filter(
@@ -493,7 +493,7 @@ def filter_transactions(
                 )
                 id_counts.append(mentioned.with_columns(pl.col("n_events").cast(pl.Int64)))
                 if len(id_counts) > 64:  # keep the per-id tallies small
-                    id_counts = [_merge_id_counts(id_counts)]
+                    id_counts = [merge_id_counts(id_counts)]
                 if time.monotonic() - last_log > PROGRESS_EVERY_S:
                     last_log = time.monotonic()
                     log.info(
@@ -502,7 +502,7 @@ def filter_transactions(
                         f"{n_events:,}",
                         last_log - started,
                     )
-    merged = _merge_id_counts(id_counts).with_columns(
+    merged = merge_id_counts(id_counts).with_columns(
         pl.col("product_id").is_in(known.implode()).alias("in_catalogue")
     )
     return verdicts, n_events, merged
