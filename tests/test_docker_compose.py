@@ -322,6 +322,19 @@ def test_results_connection_points_at_results_db(env: dict[str, str]) -> None:
     assert url.hostname != METADATA_DB
 
 
+def test_reference_service_reads_the_same_results_db_as_airflow_writes() -> None:
+    """The recs-service container runs `fashion-recs serve` from the project image against
+    the database the DAG publishes to, once that database is healthy."""
+    compose = load_compose({"RESULTS_DB_PASSWORD": "s3cret"})
+    service = compose["services"]["recs-service"]
+    assert service["image"] == compose["x-airflow-common"]["image"]
+    assert service["entrypoint"][:2] == ["fashion-recs", "serve"]
+    db = next(a.split("=", 1)[1] for a in service["entrypoint"] if a.startswith("--db="))
+    airflow = env_of(compose["x-airflow-common"])["AIRFLOW_CONN_FASHION_RECS_RESULTS"]
+    assert db == airflow and "s3cret" in db
+    assert service["depends_on"][RESULTS_DB]["condition"] == "service_healthy"
+
+
 # --------------------------------------------------------------------------------------------
 # Volumes
 # --------------------------------------------------------------------------------------------

@@ -76,6 +76,18 @@ def _show(url: str) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Run the FastAPI reference service with uvicorn."""
+    import uvicorn
+
+    from fashion_recs.publish import make_engine
+    from fashion_recs.service import create_app
+
+    app = create_app(make_engine(args.db))
+    uvicorn.run(app, host=args.host, port=args.port, workers=args.workers, log_level="info")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from fashion_recs.pipeline import make_context, run_all
     from fashion_recs.publish import default_results_url
@@ -99,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--db", default=None, help="SQLAlchemy URL (default: the config's)")
     show = sub.add_parser("show", help="print the run the results database currently serves")
     show.add_argument("--db", required=True, help="SQLAlchemy URL of the results database")
+    serve = sub.add_parser("serve", help="the reference service over the published tables")
+    serve.add_argument("--db", required=True, help="SQLAlchemy URL of the results database")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "generate":
@@ -110,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "show":
             return _show(args.db)
+        if args.command == "serve":
+            return _serve(args)
         return _run(args)
     except FashionRecsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -366,6 +366,7 @@ def _load_and_switch(
 
         _before_switch(seq)
         with engine.begin() as conn:
+            _lock_current_run(conn)
             row = conn.execute(
                 sa.select(runs.c.seq, runs.c.run_id)
                 .where(runs.c.seq > seq, runs.c.status.in_(_LIVE_STATUSES))
@@ -430,6 +431,23 @@ def _load_and_switch(
             f"publishing run {run_id!r} failed ({exc}); readers still see the previous run, "
             "partial tables were removed"
         ) from exc
+
+
+def _lock_current_run(conn: Connection) -> None:
+    """PostgreSQL: take `current_run` before any other view of the switch.
+
+    Readers (the reference service) open a request's transaction by reading `current_run` and
+    then the views they need; the switch re-creates those views and `current_run` last. If a
+    reader held `current_run` while waiting for a view the switch had already taken, and the
+    switch waited for `current_run`, one of them would die of a deadlock. Taking
+    `current_run` first makes the switch wait for in-flight requests instead.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    if sa.inspect(conn).has_table(CURRENT_RUN_VIEW) or CURRENT_RUN_VIEW in (
+        sa.inspect(conn).get_view_names()
+    ):
+        conn.exec_driver_sql(f'LOCK TABLE "{CURRENT_RUN_VIEW}" IN ACCESS EXCLUSIVE MODE')
 
 
 def _physical_tables(conn: Connection) -> dict[int, list[str]]:
