@@ -78,13 +78,23 @@ def _show(url: str) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     """Run the FastAPI reference service with uvicorn."""
+    import os
+
     import uvicorn
 
-    from fashion_recs.publish import make_engine
-    from fashion_recs.service import create_app
+    from fashion_recs.service import DB_ENV
 
-    app = create_app(make_engine(args.db))
-    uvicorn.run(app, host=args.host, port=args.port, workers=args.workers, log_level="info")
+    # Worker processes build their own app (and engine) from the URL: an import string and a
+    # factory, which is what uvicorn needs to start more than one worker.
+    os.environ[DB_ENV] = args.db
+    uvicorn.run(
+        "fashion_recs.service:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+    )
     return 0
 
 

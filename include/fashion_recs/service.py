@@ -30,6 +30,7 @@ from fashion_recs.personal.routing import new_user_lists, segment_level_keys
 
 log = logging.getLogger(__name__)
 
+DB_ENV = "FASHION_RECS_RESULTS_URL"
 MAX_K = 50
 RECENT_PRODUCTS = 10
 K = Annotated[int, Query(ge=1, le=MAX_K)]
@@ -127,13 +128,10 @@ def create_app(engine: Engine, unknown_label: str = "unknown") -> FastAPI:
     app = FastAPI(title="fashion-recs reference service", version="1")
     app.state.reader = reader
     app.state.published = False
+    app.state.has_log = False
 
     def run_id(conn: Connection) -> str:
-        inspector = sa.inspect(conn)
-        published = inspector.has_table("current_run") or "current_run" in (
-            inspector.get_view_names()
-        )
-        rows = _rows(conn, "SELECT run_id FROM current_run") if published else []
+        rows = _rows(conn, "SELECT run_id FROM current_run") if _published(app.state) else []
         if not rows:
             raise HTTPException(503, "nothing is published yet: run the pipeline first")
         return str(rows[0]["run_id"])
@@ -206,7 +204,7 @@ def create_app(engine: Engine, unknown_label: str = "unknown") -> FastAPI:
             "GROUP BY product_id ORDER BY ts DESC LIMIT :n",
             u=user_id,
             n=RECENT_PRODUCTS,
-        ) if _has_log(conn) else []  # fmt: skip
+        ) if _has_log(app.state) else []  # fmt: skip
         if not recent:
             return Recommendations(
                 user_id=user_id, route="new_without_events", strategy=strategy, run_id=current,
@@ -332,5 +330,22 @@ def create_app(engine: Engine, unknown_label: str = "unknown") -> FastAPI:
     return app
 
 
-def _has_log(conn: Connection) -> bool:
-    return sa.inspect(conn).has_table("interaction_log")
+def _has_log(state: Any) -> bool:
+    """Whether interaction_log exists (created by the first logged interaction, never dropped),
+    checked on a connection of its own and remembered once true."""
+    if not state.has_log:
+        with state.reader.connect() as conn:
+            state.has_log = sa.inspect(conn).has_table("interaction_log")
+    return bool(state.has_log)
+
+
+def app_from_env() -> FastAPI:
+    """The app over the database named by FASHION_RECS_RESULTS_URL (`fashion-recs serve`)."""
+    import os
+
+    from fashion_recs.publish import make_engine
+
+    url = os.environ.get(DB_ENV)
+    if not url:
+        raise FashionRecsError(f"set {DB_ENV} to the results database's SQLAlchemy URL")
+    return create_app(make_engine(url))
