@@ -79,6 +79,20 @@ def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest
     return postgres_server.create_database(name)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An empty results database, once on SQLite and once on the real PostgreSQL."""
+    from fashion_recs.publish import make_engine
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'results.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    eng = make_engine(url)
+    yield eng
+    eng.dispose()
+
+
 def _airflow_env() -> None:
     """Point Airflow at a private home before anything imports it."""
     import tempfile

@@ -10,20 +10,8 @@ import pytest
 from fashion_recs.contract import INTERACTION_LOG_SCHEMA
 from fashion_recs.errors import FashionRecsError
 from fashion_recs.interaction_log import LOG_SLOT, log_user_interaction, read_interaction_log
-from fashion_recs.publish import make_engine
 
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'results.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    eng = make_engine(url)
-    yield eng
-    eng.dispose()
 
 
 def test_logged_rows_read_back_by_time_window(engine) -> None:

@@ -47,17 +47,6 @@ def tables(run: int) -> list[TableSpec]:
 METRICS = [{"model": "popularity", "metric": "map_at_k", "k": 12, "value": 0.1, "n_users": 10}]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'results.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    eng = make_engine(url)
-    yield eng
-    eng.dispose()
-
-
 def current_products(engine) -> list[str]:
     return sorted(r["product_id"] for r in read_table(engine, "popular_products"))
 

@@ -101,17 +101,6 @@ def publish(engine, run_id: str, generation: int = 0) -> None:
     )  # fmt: skip
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'results.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    eng = make_engine(url)
-    yield eng
-    eng.dispose()
-
-
 @pytest.fixture
 def client(engine) -> TestClient:
     publish(engine, "run-1")

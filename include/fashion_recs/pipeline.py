@@ -41,7 +41,6 @@ from fashion_recs.contract import (
     USER_ROUTES,
     USERS,
     Artifact,
-    personal_metrics,
     quarantine,
     similar_metrics,
     similar_products,
@@ -482,6 +481,7 @@ def quality_report(ctx: RunContext) -> dict[str, Any]:
 def publish(ctx: RunContext, url: str) -> dict[str, Any]:
     """Publish the run's reader-facing tables and record the run and its metrics."""
     from fashion_recs.publish import TableSpec, make_engine, publish_run
+    from fashion_recs.stages.personal import personal_metric_artifacts
 
     users = pq.read_table(
         ctx.paths.path(USERS),
@@ -545,7 +545,7 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
             METRICS,
             FBT_METRICS,
             *(similar_metrics(m) for m in models),
-            *_personal_metric_artifacts(ctx),
+            *personal_metric_artifacts(ctx.paths),
         )
         for row in pq.read_table(ctx.paths.path(artifact)).to_pylist()
     ]
@@ -565,15 +565,6 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
     result = {**run_summary, "publish": record, "database": _redact(url)}
     write_json(result, ctx.paths.file("run_summary.json"))
     return ctx.save_summary("publish", result)
-
-
-def _personal_metric_artifacts(ctx: RunContext) -> list[Artifact]:
-    """The personal_metrics_* artifacts the run's model steps wrote."""
-    folder = ctx.paths.path(personal_metrics("x")).parent
-    names = sorted(
-        p.stem.removeprefix("personal_metrics_") for p in folder.glob("personal_metrics_*.parquet")
-    )
-    return [personal_metrics(n) for n in names]
 
 
 def _redact(url: str) -> str:

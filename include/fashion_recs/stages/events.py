@@ -482,20 +482,9 @@ def build_events(
         sources, config.columns.events, config.events, catalogue_ids, events_path, q_path, as_of_ts
     )
     elapsed = time.monotonic() - started
-    kept = verdicts.pop("kept", 0)
-    after_as_of = verdicts.pop(AFTER_AS_OF, 0)
-    verdicts = dict(sorted(verdicts.items()))
-    ids_path = write_artifact(paths, EVENT_PRODUCT_IDS, ids.to_arrow())
+    counts, after_as_of = count_verdicts(STAGE, rows_in, verdicts, q_path)
+    kept, verdicts = counts.rows_out, counts.reasons
     unknown = ids.filter(~pl.col("in_catalogue"))
-    counts = StageCounts(
-        stage=STAGE,
-        rows_in=rows_in,
-        rows_out=kept,
-        rows_quarantined=sum(verdicts.values()),
-        rows_filtered=rows_in - kept - sum(verdicts.values()),
-        reasons=verdicts,
-        quarantine_path=str(q_path),
-    )
     log.info(
         "events: %s rows in %.1f s (%s rows/s): %s kept -> %s events, %s filtered, "
         "%s quarantined %s; %d distinct unknown ids",
@@ -509,11 +498,52 @@ def build_events(
         verdicts,
         unknown.height,
     )
-    if counts.reject_rate > config.quality.threshold(STAGE):
-        rejected = pq.read_table(q_path, columns=["reason", "column"]).to_pandas()
-        enforce_reject_rate(counts, config.quality.threshold(STAGE), rejected)
+    return finish_events(config, paths, counts, ids, events_out, after_as_of)
+
+
+def count_verdicts(
+    stage: str, rows_in: int, verdicts: dict[str, int], q_path: Path
+) -> tuple[StageCounts, int]:
+    """The stage's row accounting from its per-reason verdicts; also the rows after as-of.
+
+    `kept` rows are the output, rows after the as-of time are filtered (left to later runs),
+    every other verdict is a quarantine reason.
+    """
+    verdicts = dict(verdicts)
+    kept = verdicts.pop("kept", 0)
+    after_as_of = verdicts.pop(AFTER_AS_OF, 0)
+    reasons = dict(sorted(verdicts.items()))
+    quarantined = sum(reasons.values())
+    counts = StageCounts(
+        stage=stage,
+        rows_in=rows_in,
+        rows_out=kept,
+        rows_quarantined=quarantined,
+        rows_filtered=rows_in - kept - quarantined,
+        reasons=reasons,
+        quarantine_path=str(q_path),
+    )
+    return counts, after_as_of
+
+
+def finish_events(
+    config: RetailerConfig,
+    paths: RunPaths,
+    counts: StageCounts,
+    ids: pl.DataFrame,
+    events_out: int,
+    after_as_of: int,
+) -> dict:
+    """Write the per-id counts, enforce the reject rate and return the stage's summary
+    (shared by every source format's events stage)."""
+    ids_path = write_artifact(paths, EVENT_PRODUCT_IDS, ids.to_arrow())
+    unknown = ids.filter(~pl.col("in_catalogue"))
+    threshold = config.quality.threshold(counts.stage)
+    if counts.reject_rate > threshold:
+        rejected = pq.read_table(counts.quarantine_path, columns=["reason", "column"]).to_pandas()
+        enforce_reject_rate(counts, threshold, rejected)
     return {
-        "events": str(events_path),
+        "events": str(paths.path(EVENTS)),
         "event_product_ids": str(ids_path),
         "counts": counts.as_dict(),
         "events_out": events_out,

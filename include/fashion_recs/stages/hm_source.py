@@ -37,7 +37,6 @@ from fashion_recs.artifacts import RunPaths, atomic_path, write_artifact, write_
 from fashion_recs.clock import as_of_timestamp
 from fashion_recs.config import DemographicsConfig, EventsConfig, RetailerConfig
 from fashion_recs.contract import (
-    EVENT_PRODUCT_IDS,
     EVENTS,
     EVENTS_SCHEMA,
     PRICE_HISTORY,
@@ -48,7 +47,6 @@ from fashion_recs.contract import (
 )
 from fashion_recs.errors import FashionRecsError
 from fashion_recs.quality.quarantine import (
-    StageCounts,
     account_rows,
     enforce_reject_rate,
     quarantine_frame,
@@ -60,6 +58,8 @@ from fashion_recs.stages.events import (
     SLOT_NAMES,
     WRITE_OPTIONS,
     count_data_rows,
+    count_verdicts,
+    finish_events,
     merge_id_counts,
     readable_batches,
 )
@@ -534,20 +534,9 @@ def build_events_hm(
         transactions, config.events, catalogue_ids, events_path, q_path, as_of_timestamp(as_of)
     )
     elapsed = time.monotonic() - started
-    kept = verdicts.pop("kept", 0)
-    after_as_of = verdicts.pop(AFTER_AS_OF, 0)
-    verdicts = dict(sorted(verdicts.items()))
-    ids_path = write_artifact(paths, EVENT_PRODUCT_IDS, ids.to_arrow())
+    counts, after_as_of = count_verdicts(EVENTS_STAGE, rows_in, verdicts, q_path)
+    kept, verdicts = counts.rows_out, counts.reasons
     unknown = ids.filter(~pl.col("in_catalogue"))
-    counts = StageCounts(
-        stage=EVENTS_STAGE,
-        rows_in=rows_in,
-        rows_out=kept,
-        rows_quarantined=sum(verdicts.values()),
-        rows_filtered=rows_in - kept - sum(verdicts.values()),
-        reasons=verdicts,
-        quarantine_path=str(q_path),
-    )
     log.info(
         "events: %s transactions in %.1f s (%s rows/s): %s purchases, %s after as-of, "
         "%s quarantined %s; %d distinct unknown ids",
@@ -560,20 +549,7 @@ def build_events_hm(
         verdicts,
         unknown.height,
     )
-    if counts.reject_rate > config.quality.threshold(EVENTS_STAGE):
-        rejected = pq.read_table(q_path, columns=["reason", "column"]).to_pandas()
-        enforce_reject_rate(counts, config.quality.threshold(EVENTS_STAGE), rejected)
-    return {
-        "events": str(events_path),
-        "event_product_ids": str(ids_path),
-        "counts": counts.as_dict(),
-        "events_out": events_out,
-        "unknown_ids": {
-            "distinct": unknown.height,
-            "mentions": int(unknown["n_events"].sum() or 0),
-        },
-        "rows_after_as_of": after_as_of,
-    }
+    return finish_events(config, paths, counts, ids, events_out, after_as_of)
 
 
 # --- demographics ------------------------------------------------------------------------------

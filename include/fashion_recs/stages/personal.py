@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from fashion_recs.artifacts import RunPaths, write_artifact
 from fashion_recs.clock import as_of_timestamp
@@ -29,6 +28,7 @@ from fashion_recs.contract import (
     ITEM_CANDIDATES,
     METRICS,
     PERSONAL_GATE,
+    POPULAR,
     PRODUCTS,
     USER_RECOMMENDATIONS,
     USER_ROUTES,
@@ -333,12 +333,18 @@ def _history(model: Any) -> dict[str, Any]:
     return out
 
 
+def personal_metric_artifacts(paths: RunPaths) -> list[Artifact]:
+    """The personal_metrics_* artifacts the run's model steps wrote."""
+    folder = paths.path(personal_metrics("x")).parent
+    prefix = "personal_metrics_"
+    names = sorted(p.stem.removeprefix(prefix) for p in folder.glob(f"{prefix}*.parquet"))
+    return [personal_metrics(n) for n in names]
+
+
 def _read_metrics(paths: RunPaths) -> pd.DataFrame:
     """Every personal_metrics_* artifact of the run, plus the popularity baselines."""
-    frames = [pd.read_parquet(paths.path(METRICS))]
-    folder = paths.path(personal_metrics("x")).parent
-    frames += [pd.read_parquet(p) for p in sorted(folder.glob("personal_metrics_*.parquet"))]
-    return pd.concat(frames, ignore_index=True)
+    artifacts = [METRICS, *personal_metric_artifacts(paths)]
+    return pd.concat([pd.read_parquet(paths.path(a)) for a in artifacts], ignore_index=True)
 
 
 def _best_model(config: RetailerConfig, metrics: pd.DataFrame, exclude: set[str]) -> str | None:
@@ -411,7 +417,7 @@ def blend_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths)
     scored = score_lists(lists, split, k=k, catalogue_size=inputs.catalogue_size, model="blend")
 
     users = inputs.full.users
-    popular = pd.read_parquet(paths.path(_popular()))
+    popular = pd.read_parquet(paths.path(POPULAR))
     user_frame = pd.read_parquet(paths.path(USERS), columns=["user_id", *SEGMENT_COLUMNS])
     user_frame = pd.DataFrame({"user_id": users}).merge(user_frame, on="user_id", how="left")
     pop_full = segment_popular_lists(user_frame, popular, k, unknown)
@@ -434,12 +440,6 @@ def blend_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths)
         "model_source": model,
         "source_shares": shares,
     }
-
-
-def _popular() -> Artifact:
-    from fashion_recs.contract import POPULAR
-
-    return POPULAR
 
 
 def reference_model(config: RetailerConfig) -> str:
@@ -524,7 +524,7 @@ def routing_stage(
     unknown = config.demographics.unknown_label
     interactions = pd.read_parquet(interactions_path, columns=["user_id", "product_id", "event_ts"])
     users = pd.read_parquet(paths.path(USERS), columns=["user_id", *SEGMENT_COLUMNS])
-    popular = pd.read_parquet(paths.path(_popular()))
+    popular = pd.read_parquet(paths.path(POPULAR))
 
     sources = {"item_knn": pd.read_parquet(paths.path(ITEM_KNN_SIMILAR))}
     if fbt_path is not None and fbt_path.exists():
@@ -592,7 +592,3 @@ def routing_stage(
         "strategies": strategies,
         "rows": len(lists),
     }
-
-
-def read_gate(paths: RunPaths) -> pd.DataFrame:
-    return pq.read_table(paths.path(PERSONAL_GATE)).to_pandas()
