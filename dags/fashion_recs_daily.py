@@ -36,6 +36,10 @@ Daily. Each task calls one step of `fashion_recs.pipeline` and passes on only pa
   new users with nothing → `user_recommendations`, `user_routes`, `item_candidates`
 * **check_*** – Great Expectations suites between stages; **build_data_docs** renders them
 * **publish_tables** – atomic switch of the results database's stable views to this run
+* **run_report** – the run's HTML report (`report.html` in the run directory, and in the
+  Airflow UI under *Fashion recs reports* and each run's *Run report* tab): tasks with row
+  counts and timings, quarantine samples, checks, model metrics vs baselines, examples; runs
+  after failures too, and fails the run when nothing was published
 
 Bad rows are quarantined under `<data_root>/runs/<retailer>/<run>/09_quarantine/`; a stage
 whose reject rate passes `quality.max_reject_rate` fails without retries, naming the file,
@@ -71,7 +75,8 @@ def _context() -> Any:
 
 
 def _step(name: str, *args: Any) -> dict[str, Any]:
-    """Run a pipeline step; bad data fails the task at once (retrying cannot fix data).
+    """Run a pipeline step as this task; bad data fails the task at once (retrying cannot fix
+    data). The step's record (status, timing, counts) is kept for the run report.
 
     A callable argument is called with the run's config first (one config load per task).
     """
@@ -80,10 +85,11 @@ def _step(name: str, *args: Any) -> dict[str, Any]:
     from fashion_recs import pipeline
     from fashion_recs.errors import FashionRecsError
 
+    ti = get_current_context()["ti"]
     try:
         ctx = _context()
         resolved = [a(ctx.config) if callable(a) else a for a in args]
-        return getattr(pipeline, name)(ctx, *resolved)
+        return pipeline.run_step(ctx, ti.task_id, name, *resolved, try_number=ti.try_number)
     except FashionRecsError as exc:
         raise AirflowFailException(str(exc)) from None
 
@@ -256,6 +262,19 @@ def fashion_recs() -> None:
     def publish_tables() -> dict:
         return _step("publish", _results_url)
 
+    @task(trigger_rule="all_done")
+    def run_report() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from fashion_recs import pipeline
+        from fashion_recs.errors import FashionRecsError
+
+        task_ids = [t for t in get_current_context()["dag"].task_ids if t != "run_report"]
+        try:
+            return pipeline.run_report(_context(), task_ids)
+        except FashionRecsError as exc:
+            raise AirflowFailException(str(exc)) from None
+
     download = download_files()
     products = clean_products(download)
     products_ok = check_products(products)
@@ -316,7 +335,13 @@ def fashion_recs() -> None:
     ]
     docs = build_data_docs()
     checks >> docs
-    [docs, metrics, fbt_metrics, crosscheck, *checks] >> publish_tables()
+    published = publish_tables()
+    [docs, metrics, fbt_metrics, crosscheck, *checks] >> published
+    # The report waits for every other task, so it shows the whole run even after a failure.
+    report = run_report().operator
+    for other in report.dag.tasks:
+        if other is not report:
+            other >> report
 
 
 fashion_recs()

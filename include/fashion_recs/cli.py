@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fashion_recs.contract import REPORT_FILE
 from fashion_recs.errors import FashionRecsError
 
 
@@ -72,6 +73,7 @@ def _show(url: str) -> int:
     print(f"artifacts       {artifacts}")
     print(f"quarantine      {artifacts / '09_quarantine'}")
     print(f"quality report  {summary.get('data_docs')}")
+    print(f"run report      {artifacts / REPORT_FILE}")
     print("recent publishes: " + ", ".join(f"{s}:{r} ({st})" for s, r, st in history))
     return 0
 

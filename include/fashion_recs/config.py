@@ -500,6 +500,19 @@ class PersonalConfig(_Strict):
     routing: RoutingConfig = RoutingConfig()
 
 
+class ReportConfig(_Strict):
+    """How much of each example the run report shows (it is read by people, not machines)."""
+
+    top_rules: int = Field(default=12, ge=1, le=200)
+    similar_products: int = Field(default=4, ge=1, le=50)
+    similar_k: int = Field(default=6, ge=1, le=50)
+    users_per_route: int = Field(default=2, ge=1, le=20)
+    history_items: int = Field(default=8, ge=1, le=50)
+    recommended_items: int = Field(default=8, ge=1, le=50)
+    quarantine_samples: int = Field(default=5, ge=0, le=100)
+    thumbnail_px: int = Field(default=96, ge=16, le=512)
+
+
 class RetailerConfig(_Strict):
     retailer: str = Field(default="demo", pattern=r"^[a-z][a-z0-9_]{0,39}$")
     data_root: str = "data"
@@ -517,6 +530,7 @@ class RetailerConfig(_Strict):
     fbt: FbtConfig = FbtConfig()
     similar: SimilarConfig = SimilarConfig()
     personal: PersonalConfig = PersonalConfig()
+    report: ReportConfig = ReportConfig()
     base_dir: str = Field(default=".", description="Directory relative paths resolve against.")
 
     @model_validator(mode="after")

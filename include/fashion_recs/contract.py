@@ -357,6 +357,30 @@ ITEM_CANDIDATES = Artifact("item_candidates", "07_model_output", ITEM_CANDIDATES
 INTERACTION_LOG = Artifact("interaction_log", "01_raw", INTERACTION_LOG_SCHEMA)
 
 
+# The run's other files (JSON and HTML beside the Parquet layers).
+SUMMARY_DIR = "summaries"  # each step's small summary, `<step>.json`
+TASKS_DIR = "tasks"  # each task's record (status, timing, counts), `<task_id>.json`
+QUALITY_DIR = "quality"  # each Great Expectations result, `<artifact>.json`
+REPORT_FILE = "report.html"  # the self-contained run report
+
+RUN_TASKS_SCHEMA = pa.schema(
+    [
+        ("task_id", pa.string()),
+        ("step", pa.string()),
+        ("status", pa.string()),
+        ("try_number", pa.int64()),
+        ("started", TS),
+        ("seconds", pa.float64()),
+        ("rows_in", pa.int64()),
+        ("rows_out", pa.int64()),
+        ("rows_quarantined", pa.int64()),
+        ("rows_filtered", pa.int64()),
+        ("error", pa.string()),
+    ]
+)
+RUN_TASKS = Artifact("run_tasks", "08_reporting", RUN_TASKS_SCHEMA)
+
+
 def personal_eval(model: str) -> Artifact:
     """A model's lists for the hold-out users, fitted on the train part of the split."""
     return Artifact(f"personal_eval_{model}", "07_model_output", PERSONAL_LISTS_SCHEMA)

@@ -32,3 +32,7 @@ class ResourceLimitExceeded(FashionRecsError):
 
 class EngineMismatch(FashionRecsError):
     """Two mining engines disagreed on the same baskets: a bug, never a data problem."""
+
+
+class RunNotPublished(FashionRecsError):
+    """A run ended without publishing; its report says which tasks failed or never ran."""

@@ -9,6 +9,8 @@ same steps without Airflow (`run_all`).
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -35,7 +37,10 @@ from fashion_recs.contract import (
     POPULAR,
     PRICE_HISTORY,
     PRODUCTS,
+    QUALITY_DIR,
     SOURCES,
+    SUMMARY_DIR,
+    TASKS_DIR,
     USER_ITEMS,
     USER_RECOMMENDATIONS,
     USER_ROUTES,
@@ -47,8 +52,6 @@ from fashion_recs.contract import (
 )
 
 log = logging.getLogger(__name__)
-
-SUMMARY_DIR = "summaries"
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,30 @@ def make_context(
     config = load_config(config_path, overrides)
     paths = RunPaths(config.data_root_path, config.retailer, run_id)
     return RunContext(config, paths, config.as_of or logical_date)
+
+
+def run_step(
+    ctx: RunContext, task_id: str, step: str, *args: Any, try_number: int = 1
+) -> dict[str, Any]:
+    """Run one step as task `task_id` and keep a record of it with the run.
+
+    The record (status, start, seconds, try, the step's row counts, the error if it failed)
+    is `tasks/<task_id>.json`: the run report's stage table, which must also show the task
+    that failed and how far the run got. A rerun of the task replaces its record.
+    """
+    started = time.time()
+    clock = time.perf_counter()
+    record: dict[str, Any] = {"task_id": task_id, "step": step, "try_number": try_number}
+    try:
+        result = getattr(sys.modules[__name__], step)(ctx, *args)
+        record.update(status="success", counts=result.get("counts"))
+        return result
+    except Exception as exc:
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    finally:
+        record.update(started=started, seconds=round(time.perf_counter() - clock, 3))
+        write_json(record, ctx.paths.file(TASKS_DIR, f"{task_id}.json"))
 
 
 def download(ctx: RunContext) -> dict[str, Any]:
@@ -408,7 +435,6 @@ def route_users(
 
 # --- quality checks ---------------------------------------------------------------------------
 
-QUALITY_DIR = "quality"
 CHECKED = {
     "products": [PRODUCTS, PRICE_HISTORY],
     "events": [EVENTS, EVENT_PRODUCT_IDS],
@@ -567,6 +593,29 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
     return ctx.save_summary("publish", result)
 
 
+def run_report(ctx: RunContext, task_ids: list[str] | None = None) -> dict[str, Any]:
+    """Write the run report, whatever the run got to, then fail if the run did not publish.
+
+    The last task of the DAG: it runs after failures too (that is when the page matters most),
+    and failing here when nothing was published keeps the run's own state honest.
+    """
+    from fashion_recs.errors import RunNotPublished
+    from fashion_recs.report import write_run_report
+
+    download = ctx.summaries().get("download")
+    base_dir = product_export(ctx, download).parent if download else None
+    result = write_run_report(ctx.config, ctx.paths, task_ids, base_dir)
+    summary = ctx.save_summary("run_report", result.summary())
+    if not result.published:
+        failed = ", ".join(result.failed_tasks) or "none recorded"
+        raise RunNotPublished(
+            f"run {ctx.paths.run_id} did not publish (failed tasks: {failed}; "
+            f"{len(result.not_run_tasks)} did not run). The run report says what ran, what "
+            f"was quarantined and which checks failed: {result.path}"
+        )
+    return summary
+
+
 def _redact(url: str) -> str:
     """The database URL without its password, for logs and summaries."""
     from sqlalchemy.engine import make_url
@@ -575,35 +624,42 @@ def _redact(url: str) -> str:
 
 
 def run_all(ctx: RunContext, url: str) -> dict[str, Any]:
-    """Every step in dependency order, without Airflow (CLI and fast tests)."""
-    dl = download(ctx)
-    prod = products(ctx, dl)
-    check(ctx, "products", {"products": prod["counts"]["rows_in"]})
-    ev = events(ctx, dl, prod)
-    check(ctx, "events")
-    demo = demographics(ctx, dl)
-    check(ctx, "users")
-    logged = ingest_interaction_log(ctx, url, prod)
-    inter = interactions(ctx, ev, logged)
+    """Every step in dependency order, without Airflow (CLI and fast tests), under the DAG's
+    task ids, ending with the run report."""
+
+    def step(task_id: str, name: str, *args: Any) -> dict[str, Any]:
+        return run_step(ctx, task_id, name, *args)
+
+    dl = step("download_files", "download")
+    prod = step("clean_products", "products", dl)
+    step("check_products", "check", "products", {"products": prod["counts"]["rows_in"]})
+    ev = step("filter_events", "events", dl, prod)
+    step("check_events", "check", "events")
+    demo = step("preprocess_demographics", "demographics", dl)
+    step("check_users", "check", "users")
+    logged = step("ingest_interaction_log", "ingest_interaction_log", url, prod)
+    inter = step("map_interactions", "interactions", ev, logged)
     rows = inter["counts"]["rows_in"]
-    check(ctx, "interactions", {"interactions": rows, "user_items": rows})
-    popular(ctx, inter, demo)
-    check(ctx, "popular")
-    evaluate(ctx, inter, demo, prod)
-    bask = baskets(ctx, inter, prod)
-    check(ctx, "baskets", {"baskets": bask["stats"]["rows_in"]})
-    rules = fbt_rules(ctx, bask)
-    fbt_crosscheck(ctx, bask)
-    fbt_recommendations(ctx, rules, bask, prod)
-    check(ctx, "fbt")
-    fbt_evaluate(ctx, rules, bask, prod)
-    similar_text(ctx, prod)
-    similar_encoders(ctx, dl, prod)
-    check(ctx, "similar")
-    for step in PERSONAL_MODEL_STEPS:
-        personal_model(ctx, step, inter)
-    gate = quality_gate(ctx)
-    route_users(ctx, inter, gate)
-    check(ctx, "personal")
-    quality_report(ctx)
-    return publish(ctx, url)
+    step("check_interactions", "check", "interactions", {"interactions": rows, "user_items": rows})
+    step("popular_items", "popular", inter, demo)
+    step("check_popular", "check", "popular")
+    step("evaluate_baselines", "evaluate", inter, demo, prod)
+    bask = step("build_baskets", "baskets", inter, prod)
+    step("check_baskets", "check", "baskets", {"baskets": bask["stats"]["rows_in"]})
+    rules = step("mine_fbt_rules", "fbt_rules", bask)
+    step("crosscheck_apriori_fpgrowth", "fbt_crosscheck", bask)
+    step("fbt_recommendations", "fbt_recommendations", rules, bask, prod)
+    step("check_fbt", "check", "fbt")
+    step("evaluate_fbt", "fbt_evaluate", rules, bask, prod)
+    step("similar_products_text", "similar_text", prod)
+    step("similar_products_encoders", "similar_encoders", dl, prod)
+    step("check_similar", "check", "similar")
+    for name in PERSONAL_MODEL_STEPS:
+        step(name, "personal_model", name, inter)
+    gate = step("quality_gate", "quality_gate")
+    step("route_users", "route_users", inter, gate)
+    step("check_personal", "check", "personal")
+    step("build_data_docs", "quality_report")
+    published = step("publish_tables", "publish", url)
+    run_report(ctx)
+    return published

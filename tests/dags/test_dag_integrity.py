@@ -44,6 +44,7 @@ EXPECTED_TASKS = {
     "check_personal",
     "build_data_docs",
     "publish_tables",
+    "run_report",
 }
 
 
@@ -100,6 +101,9 @@ def test_tasks_are_the_seed_stages_in_order(dagbag) -> None:
     assert {"map_interactions", "check_interactions"} <= upstream["build_baskets"]
     assert {"build_baskets", "check_baskets"} <= upstream["mine_fbt_rules"]
     assert {"mine_fbt_rules", "build_baskets", "clean_products"} <= upstream["fbt_recommendations"]
+    # The report is last, waits for every task and runs after failures too.
+    assert upstream["run_report"] == EXPECTED_TASKS - {"run_report"}
+    assert dag.get_task("run_report").trigger_rule == "all_done"
     assert dag.tasks[0].dag.params["overrides"] == {}
 
 

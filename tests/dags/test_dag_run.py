@@ -178,6 +178,22 @@ def test_dag_run_publishes_to_sqlite_matching_the_planted_truth(
     )
     assert dagrun.state == "success"
     check_published(f"sqlite:///{db}", retailer, tmp_path / "data")
+    check_report(tmp_path / "data" / "runs" / "demo" / run_key(dagrun.run_id), dag)
+
+
+def check_report(run_dir: Path, dag) -> None:
+    """The last task wrote the run's report: every task with its record, every section."""
+    page = (run_dir / "report.html").read_text()
+    for section in ("outcome", "tasks", "quarantine", "checks", "models", "fbt", "similar"):
+        assert f'<section id="{section}">' in page, section
+    assert "badge published" in page and "not published" not in page
+    tasks = pd.read_parquet(run_dir / "08_reporting" / "run_tasks.parquet")
+    assert set(tasks["task_id"]) == set(dag.task_ids) - {"run_report"}
+    assert (tasks["status"] == "success").all() and (tasks["seconds"] >= 0).all()
+    clean = tasks.set_index("task_id").loc["clean_products"]
+    assert clean["rows_in"] == SPEC.n_products and clean["rows_quarantined"] > 0
+    assert page.count('<div class="user">') >= 4  # existing and new users beside their lists
+    assert page.count("data:image/png;base64,") >= 4  # charts; thumbnails: tests/browser
 
 
 @pytest.mark.postgres
@@ -203,6 +219,7 @@ def test_failing_stage_fails_the_run_and_publishes_nothing(dag, retailer, tmp_pa
     assert states["clean_products"] == "failed"
     assert states["publish_tables"] != "success"
     assert states["build_data_docs"] == "success"  # the report still renders what ran
+    assert states["run_report"] == "failed"  # written, then fails: nothing was published
     engine = make_engine(f"sqlite:///{db}")
     with engine.connect() as c:
         published = c.exec_driver_sql("SELECT run_id FROM current_run").scalar_one()
@@ -213,6 +230,12 @@ def test_failing_stage_fails_the_run_and_publishes_nothing(dag, retailer, tmp_pa
     run_dir = tmp_path / "data" / "runs" / "demo" / run_key(failed.run_id)
     assert (run_dir / "09_quarantine" / "products_quarantine.parquet").is_file()
     assert not (run_dir / "run_summary.json").exists()
+    page = (run_dir / "report.html").read_text()
+    assert "not published" in page and 'href="#task-clean_products"' in page
+    assert "RejectRateExceeded" in page  # the failed task's error, in its row
+    tasks = pd.read_parquet(run_dir / "08_reporting" / "run_tasks.parquet").set_index("task_id")
+    assert tasks.loc["clean_products", "status"] == "failed"
+    assert tasks.loc["publish_tables", "status"] == "not run"
 
 
 @pytest.mark.postgres
