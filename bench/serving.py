@@ -18,9 +18,13 @@ the generator (and that wait counts in their latency).
 
 CPU is accounted over the measured window: the service's processes, the PostgreSQL backends
 that serve it (by application_name), the rest of PostgreSQL (the publishes' COPY and index
-builds, background work), the generator, the publisher processes, and the whole machine (what
-none of these used is someone else's). `--pin` puts the service on one core and the generator
-on the other (PostgreSQL and the publisher float).
+builds, autovacuum), the generator, the publisher, and the whole machine (what none of these
+used is someone else's); per request, with the kernel's share, and how long the service, its
+backends and the generator were ready to run but waited for a CPU. The service and the
+publisher each run in a session of their own, as daemons do (with autogroup scheduling a
+session shares CPU as one group). `--pin` puts the service on one core and the generator on
+the other (PostgreSQL and the publisher float); `--publisher-nice` lowers the publisher's
+priority. On 2 cores one uvicorn worker did better than two, and pinning did not help.
 
     python bench/serving.py [--rate 500] [--seconds 30] [--workers 1] [--publish-every 5]
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -371,7 +376,6 @@ async def load(host: str, port: int, rate: float, seconds: float, connections: i
     gc.collect()
     gc.freeze()
     gc.disable()
-    cpu_started = time.process_time()
     try:
         start = time.perf_counter() + 0.2
         for i, job in enumerate(plan):
@@ -391,7 +395,6 @@ async def load(host: str, port: int, rate: float, seconds: float, connections: i
     finally:
         gc.enable()
         gc.unfreeze()
-    cpu = time.process_time() - cpu_started
     if timed_out:
         state.why["timeout"] = state.why.get("timeout", 0) + timed_out
     per = {}
@@ -418,7 +421,6 @@ async def load(host: str, port: int, rate: float, seconds: float, connections: i
         "errors": int(sum(state.errors.values())) + timed_out,
         "error_kinds": state.why,
         "elapsed_s": elapsed,
-        "generator_cpu_s": cpu,
         "generator": {
             "connections_opened": state.opened,
             "dispatch_lag_p99_ms": round(float(np.percentile(lag, 99)), 2),
@@ -436,66 +438,75 @@ def _run_load(host: str, port: int, rate: float, seconds: float, connections: in
         return asyncio.run(load(host, port, rate, seconds, connections))
 
 
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds of a process, its reaped children, and its live children."""
+def _times(procs: list[Any]) -> tuple[float, float, float]:
+    """(user, system, run-queue wait) seconds of processes: what they ran, and how long their
+    threads were ready to run but waited for a CPU (/proc/<pid>/task/<tid>/schedstat)."""
+    import psutil
+
+    user = system = wait = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            user, system = user + t.user, system + t.system
+            for tid in os.listdir(f"/proc/{proc.pid}/task"):
+                schedstat = Path(f"/proc/{proc.pid}/task/{tid}/schedstat").read_text().split()
+                wait += int(schedstat[1]) / 1e9
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+            pass
+    return user, system, wait
+
+
+def _tree(pid: int) -> list[Any]:
     import psutil
 
     proc = psutil.Process(pid)
-    t = proc.cpu_times()
-    total = t.user + t.system + t.children_user + t.children_system
-    for child in proc.children(recursive=True):
-        try:
-            c = child.cpu_times()
-            total += c.user + c.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    return [proc, *proc.children(recursive=True)]
 
 
-def _pid_cpu(pids: list[int]) -> dict[int, float]:
+def _reaped_children_cpu(pid: int) -> float:
+    """CPU seconds of a process's children that exited (PostgreSQL's finished backends)."""
     import psutil
 
-    out = {}
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[pid] = t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return out
+    t = psutil.Process(pid).cpu_times()
+    return t.children_user + t.children_system
 
 
-def _machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot."""
+def _machine_busy() -> float:
+    """Busy CPU seconds of the whole machine since boot."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
     idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / tick, sum(fields[:8]) / tick
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
 class CpuMeter:
-    """CPU used by each party between `start()` and `stop()`."""
+    """CPU used by each party between `start()` and `stop()`, and how long each waited for a
+    CPU while ready to run (the machine's contention, as each party felt it)."""
 
     service_pid: int
     postmaster_pid: int
     url: str
     marks: dict[str, Any] = field(default_factory=dict)
 
-    def _serving_backends(self) -> list[int]:
+    def _serving_backends(self) -> list[Any]:
+        import psutil
         import psycopg
 
         with psycopg.connect(self.url, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (SERVICE_APP_NAME,)
             ).fetchall()
-        return [r[0] for r in rows]
+        return [psutil.Process(r[0]) for r in rows]
 
     def sample(self) -> dict[str, Any]:
+        import psutil
+
+        postgres = _tree(self.postmaster_pid)
         return {
-            "service": _tree_cpu(self.service_pid),
-            "postgres": _tree_cpu(self.postmaster_pid),
-            "backends": _pid_cpu(self._serving_backends()),
+            "service": _times(_tree(self.service_pid)),
+            "postgres": sum(_times(postgres)[:2]) + _reaped_children_cpu(self.postmaster_pid),
+            "backends": {p.pid: _times([p]) for p in self._serving_backends()},
+            "generator": _times([psutil.Process()]),
             "machine": _machine_busy(),
             "wall": time.perf_counter(),
         }
@@ -506,30 +517,54 @@ class CpuMeter:
     def stop(self) -> None:
         self.marks["stop"] = self.sample()
 
-    def report(self, requests: int, generator_s: float, publisher_s: float) -> dict[str, Any]:
+    def report(self, requests: int, publisher_s: float) -> dict[str, Any]:
         a, b = self.marks["start"], self.marks["stop"]
-        service = b["service"] - a["service"]
-        postgres = b["postgres"] - a["postgres"]
-        serving = sum(v - a["backends"].get(pid, 0.0) for pid, v in b["backends"].items())
-        busy = b["machine"][0] - a["machine"][0]
         wall = b["wall"] - a["wall"]
+
+        def delta(x: tuple[float, ...], y: tuple[float, ...]) -> list[float]:
+            return [j - i for i, j in zip(x, y, strict=True)]
+
+        zero = (0.0, 0.0, 0.0)
+        service = delta(a["service"], b["service"])
+        generator = delta(a["generator"], b["generator"])
+        backends = [0.0, 0.0, 0.0]
+        for pid, times in b["backends"].items():
+            backends = [
+                t + d
+                for t, d in zip(backends, delta(a["backends"].get(pid, zero), times), strict=True)
+            ]
+        postgres = b["postgres"] - a["postgres"]
+        busy = b["machine"] - a["machine"]
+        cpu = {
+            name: v[0] + v[1]
+            for name, v in (("service", service), ("serving", backends), ("generator", generator))
+        }
         per = 1000 / max(requests, 1)
-        ours = service + postgres + generator_s + publisher_s
+        ours = cpu["service"] + postgres + cpu["generator"] + publisher_s
         return {
             "window_s": round(wall, 1),
             "ms_per_request": {
-                "service": round(service * per, 3),
-                "postgres_for_requests": round(serving * per, 3),
-                "generator": round(generator_s * per, 3),
+                "service": round(cpu["service"] * per, 3),
+                "postgres_for_requests": round(cpu["serving"] * per, 3),
+                "generator": round(cpu["generator"] * per, 3),
+            },
+            "kernel_share": {
+                "service": round(service[1] / max(cpu["service"], 1e-9), 2),
+                "generator": round(generator[1] / max(cpu["generator"], 1e-9), 2),
             },
             "cores_busy": {
-                "service": round(service / wall, 3),
-                "postgres_for_requests": round(serving / wall, 3),
-                "postgres_other": round((postgres - serving) / wall, 3),
-                "generator": round(generator_s / wall, 3),
+                "service": round(cpu["service"] / wall, 3),
+                "postgres_for_requests": round(cpu["serving"] / wall, 3),
+                "postgres_other": round((postgres - cpu["serving"]) / wall, 3),
+                "generator": round(cpu["generator"] / wall, 3),
                 "publisher_processes": round(publisher_s / wall, 3),
                 "machine": round(busy / wall, 3),
                 "not_ours": round(max(busy - ours, 0.0) / wall, 3),
+            },
+            "runqueue_wait_ms_per_s": {
+                "service": round(1000 * service[2] / wall, 1),
+                "postgres_for_requests": round(1000 * backends[2] / wall, 1),
+                "generator": round(1000 * generator[2] / wall, 1),
             },
         }
 
@@ -618,6 +653,11 @@ def main() -> int:
             publisher_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
             start_new_session=True,
         )  # fmt: skip
+        if args.publisher_nice:
+            # In a session of its own, niceness only ranks it against its own session: the
+            # session's autogroup niceness is what ranks it against the service.
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{publisher.pid}/autogroup").write_text(str(args.publisher_nice))
         reader = threading.Thread(target=read_publishes, args=(publisher.stdout,))
         reader.start()
         try:
@@ -643,6 +683,8 @@ def main() -> int:
     import uvicorn
     import uvloop
 
+    from fashion_recs.service import POOL_SIZE
+
     publishes = len(publish_seconds) - 1
     report = {
         "summary": {
@@ -657,7 +699,7 @@ def main() -> int:
         },
         "endpoints": result["endpoints"],
         "error_kinds": result["error_kinds"],
-        "cpu": meter.report(result["requests"], result["generator_cpu_s"], publisher_cpu),
+        "cpu": meter.report(result["requests"], publisher_cpu),
         "generator": result["generator"],
         "publish_seconds": [round(s, 2) for s in publish_seconds],
         "parameters": {
@@ -675,6 +717,7 @@ def main() -> int:
             "pinned": "service on CPU 0, generator on CPU 1" if args.pin else "no",
             "sessions": "service, publisher and PostgreSQL each in a session of their own "
             "(autogroup scheduling), the generator in the bench's",
+            "service_pool": f"asyncpg, {POOL_SIZE} connections per worker",
             "load": (
                 "open loop on the same machine: one asyncio (uvloop) process, keep-alive "
                 "HTTP/1.1, httptools parser; latency from each request's scheduled time"

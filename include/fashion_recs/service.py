@@ -28,7 +28,7 @@ On SQLite one statement, or one transaction, reads one WAL snapshot, schema incl
 
 PostgreSQL is read with asyncpg (prepared statements, a small pool per worker process, opened
 and closed by the app's lifespan) from `async` endpoints, and answers are encoded with msgspec:
-a request costs a fraction of a millisecond of CPU, so one uvicorn worker answers hundreds a
+a request costs well under a millisecond of CPU, so one uvicorn worker answers hundreds a
 second. SQLite goes through the SQLAlchemy engine in worker threads.
 
     fashion-recs serve --db postgresql://... --port 8000
@@ -89,6 +89,8 @@ class Item(BaseModel):
 
 
 class Recommendations(BaseModel):
+    """The answer's shape, for the OpenAPI schema; endpoints build it as a dict (`_answer`)."""
+
     user_id: str | None = None
     product_id: str | None = None
     route: str | None = None
