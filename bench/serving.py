@@ -62,39 +62,45 @@ MAX_IDLE_S = 2.0
 
 
 def tables(generation: int):
-    """Published tables; user lists differ by generation so answers can be checked."""
+    """Published tables; user lists differ by generation so answers can be checked.
+
+    Built with Arrow's `take` from id arrays (no Python object per row): the publisher builds
+    a run before each publish, and that is data making for the benchmark, not the publish
+    whose effect on the service is being measured."""
     import pyarrow as pa
 
     from fashion_recs import contract
     from fashion_recs.publish import TableSpec
 
     rng = np.random.default_rng(generation)
-    products = [f"{i:024x}" for i in range(N_PRODUCTS)]
-    ids = np.asarray(products, dtype=object)
-    users = np.asarray([f"U{u:07d}" for u in range(N_USERS)], dtype=object)
+    ids = pa.array([f"{i:024x}" for i in range(N_PRODUCTS)])
+    users = pa.array([f"U{u:07d}" for u in range(N_USERS)])
 
     def lists(n_keys: int, width: int) -> np.ndarray:
         return rng.integers(0, N_PRODUCTS, (n_keys, width))
 
+    def constant(value: str, n: int) -> pa.Array:
+        return pa.array([value]).take(np.zeros(n, dtype=np.int64))
+
     own = (np.arange(N_USERS)[:, None] * 7 + np.arange(K) + generation * 5) % N_PRODUCTS
     user_recs = pa.table(
         {
-            "user_id": np.repeat(users, K),
+            "user_id": users.take(np.repeat(np.arange(N_USERS), K)),
             "rank": np.tile(np.arange(1, K + 1, dtype=np.int32), N_USERS),
-            "product_id": ids[own.ravel()],
+            "product_id": ids.take(own.ravel()),
             "score": np.tile(np.linspace(1, 0.1, K), N_USERS),
-            "strategy": np.full(N_USERS * K, f"gen{generation}", dtype=object),
+            "strategy": constant(f"gen{generation}", N_USERS * K),
         },
         schema=contract.USER_RECOMMENDATIONS_SCHEMA,
     )
 
     def per_product(width: int, other: str, extra: dict) -> dict:
         return {
-            "product_id": np.repeat(ids, width),
+            "product_id": ids.take(np.repeat(np.arange(N_PRODUCTS), width)),
             "rank": np.tile(np.arange(1, width + 1, dtype=np.int32), N_PRODUCTS),
-            other: ids[lists(N_PRODUCTS, width).ravel()],
+            other: ids.take(lists(N_PRODUCTS, width).ravel()),
             "score": np.tile(np.linspace(1, 0.1, width), N_PRODUCTS),
-            **{k: np.full(N_PRODUCTS * width, v, dtype=object) for k, v in extra.items()},
+            **{k: constant(v, N_PRODUCTS * width) for k, v in extra.items()},
         }
 
     similar = per_product(K, "similar_product_id", {"model": "text_tfidf"})
@@ -157,7 +163,8 @@ def expected_user_list(user: int, generation: int) -> list[str]:
 def publisher_loop(url: str, every: float) -> None:
     """Publish generation 1, 2, ... every `every` seconds until stdin says stop (or closes);
     print each publish's seconds. One long-lived process: a fresh one per publish would add
-    the imports' CPU to every publish, which no real publisher pays every few seconds."""
+    the imports' CPU to every publish, which no real publisher pays every few seconds.
+    Each line: the publish's start and end (wall clock) and its seconds."""
     import select
 
     generation = 1
@@ -165,7 +172,9 @@ def publisher_loop(url: str, every: float) -> None:
         ready, _, _ = select.select([sys.stdin], [], [], every)
         if ready:
             return
-        print(publish(url, generation), flush=True)
+        started = time.time()
+        seconds = publish(url, generation)
+        print(started, time.time(), seconds, flush=True)
         generation += 1
 
 
@@ -295,6 +304,7 @@ class Load:
     why: dict[str, int] = field(default_factory=dict)
     outstanding: int = 0
     dispatch_lag: list[float] = field(default_factory=list)
+    timeline: list[tuple[float, float]] = field(default_factory=list)  # (due, latency)
     opening: set[asyncio.Future] = field(default_factory=set)
 
     def submit(self, job: Job) -> None:
@@ -357,7 +367,9 @@ class Load:
 
     def record(self, job: Job, *, ok: bool, why: str = "") -> None:
         self.outstanding -= 1
-        self.latencies.setdefault(job.name, []).append(time.perf_counter() - job.due)
+        latency = time.perf_counter() - job.due
+        self.latencies.setdefault(job.name, []).append(latency)
+        self.timeline.append((job.due, latency))
         if not ok:
             self.errors[job.name] = self.errors.get(job.name, 0) + 1
             self.why[why] = self.why.get(why, 0) + 1
@@ -410,6 +422,8 @@ async def load(host: str, port: int, rate: float, seconds: float, connections: i
         }
     every = np.concatenate([np.asarray(v) for v in state.latencies.values()]) * 1000
     lag = np.asarray(state.dispatch_lag) * 1000
+    timeline = np.asarray(state.timeline).reshape(-1, 2)
+    timeline[:, 0] += time.time() - time.perf_counter()  # due times on the wall clock
     return {
         "endpoints": per,
         "requests": len(every) + timed_out,
@@ -421,6 +435,7 @@ async def load(host: str, port: int, rate: float, seconds: float, connections: i
         "errors": int(sum(state.errors.values())) + timed_out,
         "error_kinds": state.why,
         "elapsed_s": elapsed,
+        "timeline": timeline,  # (due, wall clock; latency, s) per answered request
         "generator": {
             "connections_opened": state.opened,
             "dispatch_lag_p99_ms": round(float(np.percentile(lag, 99)), 2),
@@ -569,6 +584,23 @@ class CpuMeter:
         }
 
 
+def split_by_publishes(
+    timeline: np.ndarray, windows: list[tuple[float, float]]
+) -> dict[str, float]:
+    """p50/p99 of the requests due while a publish was running (from its start to its end)
+    and of the rest: where the tail comes from."""
+    due, latency = timeline[:, 0], timeline[:, 1] * 1000
+    during = np.zeros(len(due), dtype=bool)
+    for started, ended in windows:
+        during |= (due >= started) & (due <= ended)
+    out: dict[str, float] = {"share_due_during_publishes": round(float(during.mean()), 3)}
+    for name, mask in (("during_publishes", during), ("outside_publishes", ~during)):
+        if mask.any():
+            out[f"p50_ms_{name}"] = round(float(np.percentile(latency[mask], 50)), 2)
+            out[f"p99_ms_{name}"] = round(float(np.percentile(latency[mask], 99)), 2)
+    return out
+
+
 def wait_until_up(base: str, proc: subprocess.Popen) -> None:
     import httpx
 
@@ -640,9 +672,13 @@ def main() -> int:
     if args.pin:
         publisher_cmd = ["taskset", "-c", "0,1", *publisher_cmd]
 
+    windows: list[tuple[float, float]] = []
+
     def read_publishes(stream: Any) -> None:
         for line in stream:
-            publish_seconds.append(float(line))
+            started, ended, seconds = (float(v) for v in line.split())
+            windows.append((started, ended))
+            publish_seconds.append(seconds)
 
     try:
         wait_until_up(f"http://{host}:{port}", proc)
@@ -696,6 +732,7 @@ def main() -> int:
             "errors": result["errors"],
             "target_rate": args.rate,
             "publishes_during_load": publishes,
+            **split_by_publishes(result["timeline"], windows),
         },
         "endpoints": result["endpoints"],
         "error_kinds": result["error_kinds"],
