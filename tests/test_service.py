@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -10,16 +11,19 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fashion_recs import contract
-from fashion_recs.publish import TableSpec, make_engine, publish_run
-from fashion_recs.service import create_app
+from fashion_recs.publish import CURRENT_RUN_VIEW, TableSpec, make_engine, publish_run
+from fashion_recs.service import create_app, sql
 
 P = [f"{i:024x}" for i in range(1, 9)]
 
 
 def tables(generation: int = 0) -> list[TableSpec]:
-    """A tiny published run; `generation` 1 serves the existing user other products, so a
-    reader can tell which run an answer came from."""
+    """A tiny published run; `generation` 1 serves other products on every list (the existing
+    user's, a segment's popularity, similar products and FBT), so a reader can tell which run
+    an answer came from."""
     own = [P[0], P[1], P[2]] if generation == 0 else [P[5], P[6], P[7]]
+    shift = 3 * generation  # segment popularity P[2:5], or P[5:8]
+    similar_to_p0, fbt_of_p0 = (P[1], [P[1], P[2]]) if generation == 0 else (P[6], [P[6], P[7]])
     products = pa.table(
         {"product_id": P, "title": [f"product {i}" for i in range(len(P))]},
     )
@@ -31,7 +35,7 @@ def tables(generation: int = 0) -> list[TableSpec]:
         ]
         + [
             {"segment_type": "age_group_region", "age_group": "25-34", "region": "North",
-             "rank": r + 1, "product_id": P[r + 2], "score": 5.0 - r, "n_users": 3}
+             "rank": r + 1, "product_id": P[r + 2 + shift], "score": 5.0 - r, "n_users": 3}
             for r in range(3)
         ]
         + [
@@ -63,7 +67,7 @@ def tables(generation: int = 0) -> list[TableSpec]:
     )  # fmt: skip
     similar = pa.Table.from_pylist(
         [
-            {"product_id": P[0], "rank": 1, "similar_product_id": P[1], "score": 0.9,
+            {"product_id": P[0], "rank": 1, "similar_product_id": similar_to_p0, "score": 0.9,
              "model": "text_tfidf", "is_default": True},
             {"product_id": P[0], "rank": 1, "similar_product_id": P[2], "score": 0.8,
              "model": "fashion_clip", "is_default": False},
@@ -72,10 +76,10 @@ def tables(generation: int = 0) -> list[TableSpec]:
     )  # fmt: skip
     fbt = pa.Table.from_pylist(
         [
-            {"product_id": P[0], "rank": 1, "recommended_product_id": P[1], "score": 0.7,
-             "source": "rules"},
-            {"product_id": P[0], "rank": 2, "recommended_product_id": P[2], "score": 0.5,
-             "source": "rules"},
+            {"product_id": P[0], "rank": 1, "recommended_product_id": fbt_of_p0[0],
+             "score": 0.7, "source": "rules"},
+            {"product_id": P[0], "rank": 2, "recommended_product_id": fbt_of_p0[1],
+             "score": 0.5, "source": "rules"},
             {"product_id": P[1], "rank": 1, "recommended_product_id": P[0], "score": 0.7,
              "source": "rules"},
             {"product_id": P[1], "rank": 2, "recommended_product_id": P[3], "score": 0.2,
@@ -102,9 +106,10 @@ def publish(engine, run_id: str, generation: int = 0) -> None:
 
 
 @pytest.fixture
-def client(engine) -> TestClient:
+def client(engine) -> Iterator[TestClient]:
     publish(engine, "run-1")
-    return TestClient(create_app(engine))
+    with TestClient(create_app(engine)) as client:  # runs the lifespan: the database pool
+        yield client
 
 
 def test_existing_user_gets_the_published_list(client) -> None:
@@ -172,40 +177,67 @@ def test_unknown_ids_are_404_and_bad_bodies_422(client) -> None:
 
 
 def test_nothing_published_is_a_clear_503(engine) -> None:
-    response = TestClient(create_app(engine)).get("/health")
+    with TestClient(create_app(engine)) as client:
+        response = client.get("/health")
     assert response.status_code == 503 and "nothing is published" in response.json()["detail"]
+
+
+# What concurrent readers ask for: the one-statement answers and a new user's snapshot route.
+READS = [
+    ("GET", "/users/old/recommendations", None),
+    ("GET", "/users/surveyed/recommendations", None),
+    ("GET", f"/products/{P[0]}/similar", None),
+    ("GET", f"/products/{P[0]}/fbt", None),
+    ("POST", "/cart/fbt", {"product_ids": [P[0], P[1]]}),
+    ("GET", "/popular?age_group=25-34&region=North", None),
+]
+
+
+def _items(body: dict) -> list[str]:
+    return [i["product_id"] for i in body["items"]]
 
 
 @pytest.mark.postgres
 def test_readers_during_publishes_see_one_run_or_the_other(postgres_url) -> None:
-    """Concurrent readers while runs are published back to back: no errors, and every answer
-    is entirely the run it names."""
+    """Concurrent readers of every endpoint while runs are published back to back: no errors,
+    and every answer is entirely the run it names."""
     engine = make_engine(postgres_url)
-    publish(engine, "run-0", 0)
     app = create_app(engine)
-    expected = {0: P[0:3], 1: P[5:8]}
+    expected: dict[int, dict[str, list[str]]] = {}
+    for generation in (0, 1):
+        publish(engine, f"run-{generation}", generation)
+        with TestClient(app) as client:
+            expected[generation] = {
+                path: _items(client.request(method, path, json=body).json())
+                for method, path, body in READS
+            }
+    for _, path, _ in READS:  # each answer tells the two runs apart
+        assert expected[0][path] != expected[1][path], path
     errors: list[str] = []
     seen: set[str] = set()
     stop = threading.Event()
 
-    def read() -> None:
-        client = TestClient(app)
-        while not stop.is_set():
-            response = client.get("/users/old/recommendations")
-            if response.status_code != 200:
-                errors.append(f"{response.status_code} {response.text}")
-                continue
-            body = response.json()
-            generation = int(body["run_id"].split("-")[1]) % 2
-            seen.add(body["run_id"])
-            if [i["product_id"] for i in body["items"]] != expected[generation]:
-                errors.append(f"mixed answer from {body['run_id']}: {body['items']}")
+    def read(offset: int) -> None:
+        with TestClient(app) as client:
+            n = offset
+            while not stop.is_set():
+                method, path, body = READS[n % len(READS)]
+                n += 1
+                response = client.request(method, path, json=body)
+                if response.status_code != 200:
+                    errors.append(f"{path}: {response.status_code} {response.text}")
+                    continue
+                answer = response.json()
+                seen.add(answer["run_id"])
+                generation = int(answer["run_id"].split("-")[1]) % 2
+                if _items(answer) != expected[generation][path]:
+                    errors.append(f"{path}: mixed answer from {answer['run_id']}: {answer}")
 
-    readers = [threading.Thread(target=read) for _ in range(4)]
+    readers = [threading.Thread(target=read, args=(i,)) for i in range(4)]
     for t in readers:
         t.start()
     try:
-        for n in range(1, 7):
+        for n in range(2, 8):
             publish(engine, f"run-{n}", n % 2)
     finally:
         stop.set()
@@ -214,6 +246,129 @@ def test_readers_during_publishes_see_one_run_or_the_other(postgres_url) -> None
         engine.dispose()
     assert errors == []
     assert len(seen) >= 2  # the readers really straddled publishes
+
+
+@pytest.mark.postgres
+def test_one_statement_takes_current_run_first(postgres_url) -> None:
+    """The one-statement reads are safe only because PostgreSQL locks `current_run` (their
+    first FROM item) before any other view: while a switch holds the other views, a reader
+    must already hold `current_run`, or reader and switch would deadlock. Checked when the
+    statement is parsed, when its prepared plan is reused, and after a publish re-created the
+    views under it."""
+    import asyncio
+
+    import asyncpg
+
+    from fashion_recs.personal.routing import segment_level_keys
+    from fashion_recs.service import CART, FBT, SERVER_SETTINGS, SIMILAR, USER_LIST
+    from fashion_recs.service import _popular_query as popular_query
+
+    engine = make_engine(postgres_url)
+    publish(engine, "run-1")
+    statements = {
+        "user": (USER_LIST, ("old", 12)),
+        "similar": (SIMILAR[False], (P[0], 12)),
+        "similar by model": (SIMILAR[True], (P[0], 12, "fashion_clip")),
+        "fbt": (FBT, (P[0], 12)),
+        "cart": (CART, ([P[0], P[1]],)),
+    }
+    for name, keys in {
+        "popular": segment_level_keys(None, None, "unknown"),
+        "popular by segment": segment_level_keys("25-34", "North", "unknown"),
+    }.items():
+        query, args = popular_query(keys, 12, with_run=True)
+        statements[name] = (query, tuple(args))
+    views = [t.name for t in tables()]
+
+    async def locks_while_blocked(reader, holder, query, args) -> list[tuple[str, bool]]:
+        pid = await reader.fetchval("SELECT pg_backend_pid()")
+        await holder.execute(
+            f"BEGIN; LOCK TABLE {', '.join(views)} IN ACCESS EXCLUSIVE MODE"
+        )  # fmt: skip
+        task = asyncio.ensure_future(reader.fetch(query.postgres, *args))
+
+        async def reader_locks() -> list[tuple[str, bool]]:
+            rows = await holder.fetch(
+                "SELECT relation::regclass::text AS rel, granted FROM pg_locks "
+                "WHERE pid = $1 AND locktype = 'relation'",
+                pid,
+            )
+            return [(rel, granted) for rel, granted in rows]
+
+        try:
+            for _ in range(500):
+                if any(not granted for _, granted in await reader_locks()):
+                    # pg_locks reads each backend's fast-path locks (the reader's share lock
+                    # on current_run is one) before the main lock table, so a look taken while
+                    # the reader was still parsing can miss a lock it took just before it began
+                    # to wait. Now that it waits, a second look sees all it holds.
+                    return await reader_locks()
+                await asyncio.sleep(0.01)
+            raise AssertionError("the reader never waited for the switched views")
+        finally:
+            await holder.execute("ROLLBACK")
+            await task
+
+    async def check() -> None:
+        dsn = postgres_url
+        reader = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
+        holder = await asyncpg.connect(dsn)
+        try:
+            for when in ("parsed", "prepared", "after a publish"):
+                if when == "after a publish":
+                    publish(engine, "run-2", 1)
+                for name, (query, args) in statements.items():
+                    locks = await locks_while_blocked(reader, holder, query, args)
+                    assert (CURRENT_RUN_VIEW, True) in locks, (name, when, locks)
+        finally:
+            await reader.close()
+            await holder.close()
+
+    try:
+        asyncio.run(check())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_dead_connection_is_replaced(postgres_url) -> None:
+    """A pooled connection the server ended (a restart, an administrator) costs no request:
+    the read runs again on a fresh one."""
+    import psycopg
+
+    engine = make_engine(postgres_url)
+    publish(engine, "run-1")
+    try:
+        with TestClient(create_app(engine)) as client:
+            assert client.get("/users/old/recommendations").status_code == 200
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                ended = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'fashion-recs serve'"
+                ).fetchall()
+            assert ended
+            for path in ("/users/old/recommendations", "/users/surveyed/recommendations"):
+                assert client.get(path).status_code == 200, path
+    finally:
+        engine.dispose()
+
+
+def test_statements_are_written_once_for_both_databases() -> None:
+    query = sql("SELECT a FROM t WHERE b = ANY($1) AND c = $2 LIMIT $2")
+    assert query.postgres == "SELECT a FROM t WHERE b = ANY($1) AND c = $2 LIMIT $2"
+    assert query.sqlite == (
+        "SELECT a FROM t WHERE b IN (SELECT value FROM json_each(?1)) AND c = ?2 LIMIT ?2"
+    )
+
+
+def test_the_app_opens_its_database_in_its_lifespan(tmp_path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'results.db'}")
+    publish(engine, "run-1")
+    with pytest.raises(RuntimeError, match="lifespan"):
+        TestClient(create_app(engine)).get("/health")
+    with TestClient(create_app(engine)) as client:
+        assert client.get("/health").json() == {"status": "ok", "run_id": "run-1"}
+    engine.dispose()
 
 
 def test_log_timestamps_keep_their_zone(client, engine) -> None:

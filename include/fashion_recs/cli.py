@@ -87,7 +87,9 @@ def _serve(args: argparse.Namespace) -> int:
     from fashion_recs.service import DB_ENV
 
     # Worker processes build their own app (and engine) from the URL: an import string and a
-    # factory, which is what uvicorn needs to start more than one worker.
+    # factory, which is what uvicorn needs to start more than one worker. uvicorn picks uvloop
+    # and httptools when they are installed (both are pinned); no access log, whose line per
+    # request would cost more CPU than answering it.
     os.environ[DB_ENV] = args.db
     uvicorn.run(
         "fashion_recs.service:app_from_env",
@@ -96,6 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level="warning",
+        access_log=False,
     )
     return 0
 
