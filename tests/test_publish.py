@@ -70,6 +70,56 @@ def test_publish_switches_views_and_records_the_run(engine) -> None:
     assert row["images"] == '["img0.png"]'  # lists travel as JSON text
 
 
+def test_every_value_survives_the_load_exactly(engine) -> None:
+    """PostgreSQL loads Arrow-written CSV through COPY, SQLite takes rows: both must store
+    the same values, including the awkward ones (quotes, commas, line breaks, empty string
+    against NULL, NaN, extreme doubles, time zones, lists)."""
+    when = datetime(2026, 11, 1, 9, 30, 15, 123456, tzinfo=UTC)
+    awkward = pa.table(
+        {
+            "product_id": ['a "quoted", text', "line\nbreak", "", None, "ünïcode ✓"],
+            "rank": pa.array([1, 2, 3, 4, 2**40], pa.int64()),
+            "score": [0.1, float("nan"), 1e-300, -1.7976931348623157e308, None],
+            "flag": [True, False, None, True, False],
+            "at": pa.array([when, None, when, when, when], pa.timestamp("us", tz="UTC")),
+            "images": [["x,y.png"], [], None, ['q"uote.png', "b.png"], ["\\back"]],
+        }
+    )
+    publish_run(
+        engine,
+        run_id="r1",
+        retailer="demo",
+        tables=[TableSpec("popular_products", awkward, ("product_id",))],
+        summary={},
+        metrics=[],
+    )
+    rows = sorted(read_table(engine, "popular_products"), key=lambda r: r["rank"])
+    assert [r["product_id"] for r in rows] == [
+        'a "quoted", text',
+        "line\nbreak",
+        "",
+        None,
+        "ünïcode ✓",
+    ]
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 2**40]
+    assert [r["score"] for r in rows] == [0.1, None, 1e-300, -1.7976931348623157e308, None]
+    assert [None if r["flag"] is None else bool(r["flag"]) for r in rows] == [
+        True, False, None, True, False
+    ]  # fmt: skip
+    stamps = [r["at"] for r in rows]
+    assert stamps[1] is None
+    for stamp in (stamps[0], stamps[2]):
+        parsed = datetime.fromisoformat(stamp) if isinstance(stamp, str) else stamp
+        assert parsed.replace(tzinfo=parsed.tzinfo or UTC) == when
+    assert [r["images"] for r in rows] == [
+        '["x,y.png"]',
+        "[]",
+        None,
+        '["q\\"uote.png", "b.png"]',
+        '["\\\\back"]',
+    ]
+
+
 def test_old_runs_beyond_keep_runs_are_dropped(engine) -> None:
     for run in range(1, 5):
         publish_run(

@@ -54,7 +54,9 @@ def ensure_table(engine: Engine) -> sa.Table:
     return table
 
 
-def _text(name: str, value: Any, *, required: bool = True) -> str | None:
+def checked_text(name: str, value: Any, *, required: bool = True) -> str | None:
+    """An id or name as the log stores it (stripped), or the error a caller reports: one rule
+    for the library's `log_user_interaction` and the service's POST /interactions."""
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_LENGTH:
@@ -80,10 +82,10 @@ def log_user_interaction(
             "log_user_interaction: event_ts needs a timezone (use datetime.now(UTC))"
         )
     row = {
-        "user_id": _text("user_id", user_id),
-        "product_id": _text("product_id", product_id),
-        "event_name": _text("event_name", event_name),
-        "button_name": _text("button_name", button_name, required=False),
+        "user_id": checked_text("user_id", user_id),
+        "product_id": checked_text("product_id", product_id),
+        "event_name": checked_text("event_name", event_name),
+        "button_name": checked_text("button_name", button_name, required=False),
         "event_ts": when.astimezone(UTC),
         "logged_at": datetime.now(UTC),
     }

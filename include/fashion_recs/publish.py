@@ -35,7 +35,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -44,6 +43,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -121,29 +122,54 @@ def _sql_table(name: str, schema: pa.Schema, metadata: sa.MetaData) -> sa.Table:
     return sa.Table(name, metadata, *columns)
 
 
-def _rows(table: pa.Table) -> Iterable[tuple[Any, ...]]:
-    """Rows as Python values; list columns become JSON text, NaN becomes NULL."""
+def _is_list(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)
+
+
+def _json_text(column: pa.ChunkedArray) -> pa.Array:
+    return pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
+
+
+def _loadable(table: pa.Table) -> pa.Table:
+    """The table as the database stores it: list columns as JSON text, NaN as NULL."""
     columns = []
     for field, column in zip(table.schema, table.columns, strict=True):
-        values = column.to_pylist()
-        if pa.types.is_list(field.type) or pa.types.is_large_list(field.type):
-            values = [None if v is None else json.dumps(v) for v in values]
+        if _is_list(field.type):
+            column = _json_text(column)
         elif pa.types.is_floating(field.type):
-            values = [None if v is None or math.isnan(v) else v for v in values]
-        columns.append(values)
-    return zip(*columns, strict=True)
+            column = pc.if_else(pc.is_nan(column), pa.scalar(None, field.type), column)
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
+
+
+def _rows(table: pa.Table) -> Iterable[tuple[Any, ...]]:
+    """Rows as Python values (SQLite's executemany)."""
+    return zip(*(column.to_pylist() for column in _loadable(table).columns), strict=True)
+
+
+def _csv_blocks(table: pa.Table, rows_per_block: int = 50_000) -> Iterator[bytes]:
+    """The table as PostgreSQL COPY CSV, a block at a time. Arrow quotes every string, so an
+    empty string stays "" while NULL is an empty field, and writes floats so they parse
+    back to the same double."""
+    options = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
+    for offset in range(0, table.num_rows, rows_per_block):
+        sink = pa.BufferOutputStream()
+        pa_csv.write_csv(table.slice(offset, rows_per_block), sink, options)
+        yield sink.getvalue().to_pybytes()
 
 
 def _bulk_load(conn: Connection, table: sa.Table, data: pa.Table) -> None:
+    """Load `data` into `table`: on PostgreSQL one COPY of Arrow-written CSV (no per-row
+    Python work, so a publish takes little CPU from the services reading the database)."""
     if data.num_rows == 0:
         return
     if conn.dialect.name == "postgresql":
         names = ", ".join(f'"{c.name}"' for c in table.columns)
         driver_conn = conn.connection.driver_connection
-        sql = f'COPY "{table.name}" ({names}) FROM STDIN'
+        sql = f'COPY "{table.name}" ({names}) FROM STDIN (FORMAT csv)'
         with driver_conn.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
-            for row in _rows(data):
-                copy.write_row(row)
+            for block in _csv_blocks(_loadable(data)):
+                copy.write(block)
         return
     keys = [c.name for c in table.columns]
     conn.execute(table.insert(), [dict(zip(keys, row, strict=True)) for row in _rows(data)])
@@ -379,11 +405,18 @@ def _load_and_switch(
                     f"run {row.run_id!r} (seq {row.seq}) went live while this publish (seq {seq}) "
                     "was loading; switching now would take readers back to older data"
                 )
-            for spec in tables:
-                conn.exec_driver_sql(f'DROP VIEW IF EXISTS "{spec.name}"')
-                conn.exec_driver_sql(
-                    f'CREATE VIEW "{spec.name}" AS SELECT * FROM "{physical_name(spec.name, seq)}"'
-                )
+            _execute_all(
+                conn,
+                [
+                    statement
+                    for spec in tables
+                    for statement in (
+                        f'DROP VIEW IF EXISTS "{spec.name}"',
+                        f'CREATE VIEW "{spec.name}" AS SELECT * FROM '
+                        f'"{physical_name(spec.name, seq)}"',
+                    )
+                ],
+            )
             conn.execute(
                 runs.update()
                 .where(runs.c.seq == seq)
@@ -409,10 +442,13 @@ def _load_and_switch(
                     run_metrics.insert(),
                     [{"seq": seq, "run_id": run_id, **dict(m)} for m in metrics],
                 )
-            conn.exec_driver_sql(f'DROP VIEW IF EXISTS "{CURRENT_RUN_VIEW}"')
-            conn.exec_driver_sql(
-                f'CREATE VIEW "{CURRENT_RUN_VIEW}" AS SELECT * FROM "{RUNS_TABLE}" '
-                f"WHERE status = 'published' ORDER BY seq DESC LIMIT 1"
+            _execute_all(
+                conn,
+                [
+                    f'DROP VIEW IF EXISTS "{CURRENT_RUN_VIEW}"',
+                    f'CREATE VIEW "{CURRENT_RUN_VIEW}" AS SELECT * FROM "{RUNS_TABLE}" '
+                    f"WHERE status = 'published' ORDER BY seq DESC LIMIT 1",
+                ],
             )
     except Exception as exc:
         _drop_tables(engine, created)
@@ -431,6 +467,16 @@ def _load_and_switch(
             f"publishing run {run_id!r} failed ({exc}); readers still see the previous run, "
             "partial tables were removed"
         ) from exc
+
+
+def _execute_all(conn: Connection, statements: list[str]) -> None:
+    """Run parameterless statements in order; on PostgreSQL in one round trip, so the switch
+    holds `current_run` (and keeps readers waiting) for as short a time as possible."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("; ".join(statements))
+        return
+    for statement in statements:
+        conn.exec_driver_sql(statement)
 
 
 def _lock_current_run(conn: Connection) -> None:

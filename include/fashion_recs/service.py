@@ -56,7 +56,7 @@ from sqlalchemy.engine import Engine
 
 from fashion_recs.errors import FashionRecsError
 from fashion_recs.interaction_log import TABLE as LOG_TABLE
-from fashion_recs.interaction_log import _text, ensure_table, log_user_interaction
+from fashion_recs.interaction_log import checked_text, ensure_table, log_user_interaction
 from fashion_recs.personal.routing import new_user_lists, segment_level_keys
 from fashion_recs.publish import CURRENT_RUN_VIEW
 
@@ -739,10 +739,10 @@ def _interaction_row(body: Interaction) -> dict[str, Any]:
         raise FashionRecsError("event_ts needs a timezone offset, e.g. 2026-11-02T10:00Z")
     now = datetime.now(UTC)
     return {
-        "user_id": _text("user_id", body.user_id),
-        "product_id": _text("product_id", body.product_id),
-        "event_name": _text("event_name", body.event_name),
-        "button_name": _text("button_name", body.button_name, required=False),
+        "user_id": checked_text("user_id", body.user_id),
+        "product_id": checked_text("product_id", body.product_id),
+        "event_name": checked_text("event_name", body.event_name),
+        "button_name": checked_text("button_name", body.button_name, required=False),
         "event_ts": (when or now).astimezone(UTC),
         "logged_at": now,
     }
