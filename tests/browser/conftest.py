@@ -4,6 +4,9 @@ Chromium is Debian's (`/usr/bin/chromium`, installed by `.ci/run`), driven by Pl
 without its own browser download. Screenshots are kept under `test-artifacts/` (or
 `$FASHION_RECS_TEST_ARTIFACTS`). Without Chromium the tests skip, unless
 `FASHION_RECS_REQUIRE_BROWSER=1` (as in CI), where a missing browser is a failure.
+
+The fixtures live for one module: Playwright's sync API keeps an asyncio loop running in the
+main thread while it is open, which tests elsewhere that call `asyncio.run` must not meet.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def artifacts_dir() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     executable = _chromium()
     if executable is None:
@@ -85,7 +88,7 @@ def watched(browser) -> Iterator[PageWatch]:
     context.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def reported_run(tmp_path_factory: pytest.TempPathFactory) -> RunContext:
     """A whole run of the small retailer, with product images, through the same steps as
     the DAG (CLI path), ending with its report."""
@@ -104,7 +107,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def reports_server(reported_run: RunContext) -> Iterator[str]:
     """The Airflow plugin's app, mounted at its Airflow prefix, served by uvicorn."""
     import importlib.util
@@ -133,7 +136,7 @@ def reports_server(reported_run: RunContext) -> Iterator[str]:
     thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def airflow_ui(reported_run: RunContext, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Airflow API server (UI included) with this repo's plugins, on a private home
     and database, whose retailer config points at the reported run's data root."""

@@ -178,3 +178,27 @@ def test_report_renders_an_empty_run_without_failing(ctx) -> None:
         assert f'<section id="{section}">' in html
     write_json({}, ctx.paths.file("summaries", "x.json"))  # summaries alone change nothing
     assert build_report(ctx.config, ctx.paths, ["download_files"])[0] == html
+
+
+def test_thumbnails_stop_asking_the_network_after_failures(tmp_path, monkeypatch) -> None:
+    """Unreachable image hosts cost a few fetches, not one timeout per product."""
+    from fashion_recs.similar import images
+
+    calls = []
+
+    def unreachable(url, timeout, max_bytes):
+        calls.append(url)
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(images, "_read_http", unreachable)
+    products = pd.DataFrame(
+        {
+            "product_id": [f"p{i}" for i in range(10)],
+            "title": ["t"] * 10,
+            "department": ["d"] * 10,
+            "images": [[f"https://img.example/p{i}.jpg"] for i in range(10)],
+        }
+    )
+    cards = examples.Thumbnails(products, tmp_path, tmp_path / "cache")
+    assert all(c.thumbnail is None for c in cards.cards(list(products["product_id"])))
+    assert len(calls) == examples.Thumbnails.max_remote_failures

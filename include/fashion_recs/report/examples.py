@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pandas as pd
 from PIL import Image
@@ -33,7 +34,14 @@ class ProductCard:
 
 
 class Thumbnails:
-    """Product id -> card with an embedded thumbnail, fetched once per product."""
+    """Product id -> card with an embedded thumbnail, fetched once per product.
+
+    Images already in the cache cost nothing; remote ones are fetched once, without retries,
+    and after `max_remote_failures` failed fetches in a row (no network, a dead image host)
+    the report stops asking the network, so it can never hang on a hundred timeouts.
+    """
+
+    max_remote_failures = 3
 
     def __init__(
         self,
@@ -49,6 +57,7 @@ class Thumbnails:
         self._size = size
         self._timeout = timeout
         self._cards: dict[str, ProductCard] = {}
+        self._remote_failures = 0
 
     def card(self, product_id: str) -> ProductCard:
         if product_id not in self._cards:
@@ -73,7 +82,12 @@ class Thumbnails:
         uris = [] if images is None else [str(u) for u in list(images) if u]
         if not uris or self._base_dir is None:
             return None
+        remote = urlparse(uris[0]).scheme in ("http", "https")
+        if remote and self._remote_failures >= self.max_remote_failures:
+            return None
         got = fetch_image(uris[0], self._base_dir, self._cache, timeout=self._timeout, retries=0)
+        if remote:
+            self._remote_failures = 0 if got.path is not None else self._remote_failures + 1
         if got.path is None:
             return None
         try:
