@@ -112,8 +112,10 @@ def test_small_batches_give_the_same_vectors_as_one_batch(
     small = load_encoder(name, tiny_sources[name], device="cpu", batch_size=2)
     whole = encoders[name]
     if "image" in small.modalities:
+        # Convolutions may pick another CPU kernel for another batch size: float32 noise of
+        # about 1e-5 on unit vectors, far below any difference that changes a ranking.
         np.testing.assert_allclose(
-            small.embed_images(images()), whole.embed_images(images()), atol=1e-5
+            small.embed_images(images()), whole.embed_images(images()), atol=5e-5
         )
     if "text" in small.modalities:
         # Batches pad to different lengths; the attention mask must make that invisible.
