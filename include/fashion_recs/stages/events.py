@@ -128,6 +128,17 @@ def _header_line(handle: BinaryIO) -> bytes:
     return header if header.endswith(b"\n") else header + b"\n"
 
 
+def as_of_window(ts: pl.Expr, cfg: EventsConfig, as_of: datetime | None) -> tuple[pl.Expr, pl.Expr]:
+    """(implausible, after as-of) for an event time: a time outside the configured days around
+    as-of is quarantined, a plausible one after as-of belongs to a later run. Without as-of,
+    neither applies. One rule for every source format's events."""
+    if as_of is None:
+        return pl.lit(False), pl.lit(False)
+    earliest = as_of - timedelta(days=cfg.max_days_before_as_of)
+    latest = as_of + timedelta(days=cfg.max_days_after_as_of)
+    return (ts < pl.lit(earliest)) | (ts > pl.lit(latest)), ts > pl.lit(as_of)
+
+
 def classify_rows(
     rows: pl.DataFrame,
     cols: EventColumns,
@@ -151,13 +162,7 @@ def classify_rows(
     ids = [f"_id{i}" for i in range(len(slots))]
     counts = [f"_n{i}" for i in range(len(slots))]
     ts = pl.col("event_ts")
-    if as_of is None:
-        implausible = after = pl.lit(False)
-    else:
-        earliest = as_of - timedelta(days=cfg.max_days_before_as_of)
-        latest = as_of + timedelta(days=cfg.max_days_after_as_of)
-        implausible = (ts < pl.lit(earliest)) | (ts > pl.lit(latest))
-        after = ts > pl.lit(as_of)
+    implausible, after = as_of_window(ts, cfg, as_of)
     # Rows with several ids in a cell are rare; `_several_known` settles their catalogue check.
     one_known = pl.any_horizontal(pl.col(c).is_in(known.implode()).fill_null(False) for c in ids)
     reason = (

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ from fashion_recs.stages.events import (
     PROGRESS_EVERY_S,
     SLOT_NAMES,
     WRITE_OPTIONS,
+    as_of_window,
     count_data_rows,
     count_verdicts,
     finish_events,
@@ -156,13 +157,7 @@ def scan_transactions(source: Path, cfg: EventsConfig, as_of: datetime | None) -
     day = pl.col("t_dat").str.strip_chars().str.strptime(pl.Date, DATE_FORMAT, strict=False)
     value = pl.col("price_value")
     ts = pl.col("event_ts")
-    if as_of is None:
-        implausible = after = pl.lit(False)
-    else:
-        earliest = as_of - timedelta(days=cfg.max_days_before_as_of)
-        latest = as_of + timedelta(days=cfg.max_days_after_as_of)
-        implausible = (ts < pl.lit(earliest)) | (ts > pl.lit(latest))
-        after = ts > pl.lit(as_of)
+    implausible, after = as_of_window(ts, cfg, as_of)
     reason = (
         pl.when(pl.col("user") == "")
         .then(pl.lit("missing_user_id"))
