@@ -210,29 +210,53 @@ def build_demographics(config: RetailerConfig, paths: RunPaths, source: Path, as
         users, ["region", "city", *cols.extra, *survey_features], cfg, config.seed
     )
     users["age_group"] = age_groups(users["age"], cfg)
-    schema = users_schema(cols.extra)
-    users_path = write_artifact(paths, USERS, users[schema.names], schema)
-
-    q_path = paths.path(quarantine(STAGE))
-    counts = account_rows(
-        STAGE,
+    return finish_demographics(
+        config,
+        paths,
+        users,
+        age_report,
         [cleaned.quarantine, bad_lines],
-        q_path,
         rows_in=len(raw) + len(bad_lines),
         rows_out=len(cleaned.answers),
+        rows_label="answer",
+    )
+
+
+def finish_demographics(
+    config: RetailerConfig,
+    paths: RunPaths,
+    users: pd.DataFrame,
+    age_report: dict[str, Any],
+    rejected: list[pd.DataFrame],
+    *,
+    rows_in: int,
+    rows_out: int,
+    rows_label: str,
+    detail: str = "",
+) -> dict:
+    """Write the users artifact and the quarantine, count and log the rows, enforce the
+    reject rate (on the first rejected frame's columns) and summarise: one ending for every
+    source format's demographics stage. `rows_label` names the source rows in the log
+    ("answer", "customer"), `detail` adds to it."""
+    schema = users_schema(config.columns.answers.extra)
+    users_path = write_artifact(paths, USERS, users[schema.names], schema)
+    counts = account_rows(
+        STAGE, rejected, paths.path(quarantine(STAGE)), rows_in=rows_in, rows_out=rows_out
     )
     log.info(
-        "demographics: %d answer rows -> %d users (%s ages imputed, CV MAE %s vs %s for the mean); "
+        "demographics: %d %s rows -> %d users (%s ages imputed, CV MAE %s vs %s for the mean%s); "
         "%d quarantined %s",
         counts.rows_in,
+        rows_label,
         len(users),
         age_report["n_imputed"],
         age_report.get("cv_mae_years"),
         age_report.get("mean_baseline_mae_years"),
+        detail,
         counts.rows_quarantined,
         counts.reasons,
     )
-    enforce_reject_rate(counts, config.quality.threshold(STAGE), cleaned.quarantine)
+    enforce_reject_rate(counts, config.quality.threshold(STAGE), rejected[0])
     return {
         "users": str(users_path),
         "counts": counts.as_dict(),

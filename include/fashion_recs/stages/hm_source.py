@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fashion_recs.artifacts import RunPaths, atomic_path, write_artifact, write_table
+from fashion_recs.artifacts import RunPaths, atomic_path
 from fashion_recs.clock import as_of_timestamp
 from fashion_recs.config import DemographicsConfig, EventsConfig, RetailerConfig
 from fashion_recs.contract import (
@@ -41,17 +41,13 @@ from fashion_recs.contract import (
     EVENTS_SCHEMA,
     PRICE_HISTORY,
     PRODUCTS,
-    USERS,
     quarantine,
-    users_schema,
 )
 from fashion_recs.errors import FashionRecsError
 from fashion_recs.quality.quarantine import (
-    account_rows,
-    enforce_reject_rate,
     quarantine_frame,
 )
-from fashion_recs.stages.demographics import age_groups, impute_ages
+from fashion_recs.stages.demographics import age_groups, finish_demographics, impute_ages
 from fashion_recs.stages.events import (
     AFTER_AS_OF,
     PROGRESS_EVERY_S,
@@ -64,14 +60,12 @@ from fashion_recs.stages.events import (
     merge_id_counts,
     readable_batches,
 )
+from fashion_recs.stages.events import STAGE as EVENTS_STAGE
+from fashion_recs.stages.products import finish_products
 from fashion_recs.stages.raw_csv import header_of, read_raw_csv, require_columns
 
 log = logging.getLogger(__name__)
 
-# The stage names of the seed-format stages: quarantine files and reject-rate thresholds match.
-PRODUCTS_STAGE = "products"
-EVENTS_STAGE = "events"
-DEMOGRAPHICS_STAGE = "demographics"
 
 ARTICLE_ID = "article_id"
 ARTICLE_ID_DIGITS = "[0-9]{10}"
@@ -384,38 +378,15 @@ def build_products_hm(
         time.monotonic() - started,
     )
     products = add_prices(products, prices)
-    issues = product_field_issues(products, articles.parent)
-    out = {
-        "products": str(write_artifact(paths, PRODUCTS, products)),
-        "price_history": str(write_artifact(paths, PRICE_HISTORY, history.to_arrow())),
-    }
-    issues_path = paths.run_dir / "09_quarantine" / "products_field_issues.parquet"
-    write_table(issues.astype("string"), issues_path)
-    q_path = paths.path(quarantine(PRODUCTS_STAGE))
-    counts = account_rows(
-        PRODUCTS_STAGE,
+    return finish_products(
+        config,
+        paths,
+        products,
+        history.to_arrow(),
+        product_field_issues(products, articles.parent),
         [rejected, bad_lines],
-        q_path,
         rows_in=len(raw) + len(bad_lines),
-        rows_out=len(products),
     )
-    log.info(
-        "products: %d rows in, %d products, %d quarantined %s, %d field issues",
-        counts.rows_in,
-        counts.rows_out,
-        counts.rows_quarantined,
-        counts.reasons,
-        len(issues),
-    )
-    enforce_reject_rate(counts, config.quality.threshold(PRODUCTS_STAGE), rejected)
-    field_counts = issues.groupby("reason").size().to_dict()
-    return {
-        **out,
-        "counts": counts.as_dict(),
-        "field_issues": {str(k): int(v) for k, v in field_counts.items()},
-        "field_issues_path": str(issues_path),
-        "n_discounted": int(products["is_discounted"].fillna(False).astype(bool).sum()),
-    }
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -630,37 +601,14 @@ def build_demographics_hm(
     users["age_group"] = age_groups(users["age"], cfg)
     users["city"] = users["region"] = cfg.unknown_label
     users["location_source"] = "unknown"
-    schema = users_schema(cols.extra)
-    users_path = write_artifact(paths, USERS, users[schema.names], schema)
-
-    q_path = paths.path(quarantine(DEMOGRAPHICS_STAGE))
-    counts = account_rows(
-        DEMOGRAPHICS_STAGE,
+    return finish_demographics(
+        config,
+        paths,
+        users,
+        age_report,
         [rejected, bad_lines],
-        q_path,
         rows_in=len(raw) + len(bad_lines),
         rows_out=len(users),
+        rows_label="customer",
+        detail=f"; age problems {age_problems}",
     )
-    log.info(
-        "demographics: %d customer rows -> %d users (%s ages imputed, CV MAE %s vs %s for the "
-        "mean; age problems %s); %d quarantined %s",
-        counts.rows_in,
-        len(users),
-        age_report["n_imputed"],
-        age_report.get("cv_mae_years"),
-        age_report.get("mean_baseline_mae_years"),
-        age_problems,
-        counts.rows_quarantined,
-        counts.reasons,
-    )
-    enforce_reject_rate(counts, config.quality.threshold(DEMOGRAPHICS_STAGE), rejected)
-    return {
-        "users": str(users_path),
-        "counts": counts.as_dict(),
-        "n_users": len(users),
-        "age_sources": {str(k): int(v) for k, v in users["age_source"].value_counts().items()},
-        "location_sources": {
-            str(k): int(v) for k, v in users["location_source"].value_counts().items()
-        },
-        "age_model": age_report,
-    }

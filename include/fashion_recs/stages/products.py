@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from fashion_recs.artifacts import RunPaths, write_artifact, write_table
 from fashion_recs.config import ProductColumns, RetailerConfig
@@ -314,19 +315,37 @@ def build_products(config: RetailerConfig, paths: RunPaths, source: Path, as_of:
         source, [c.id, c.title, c.target_audience, c.department, c.price, c.other_attributes]
     )
     parsed = parse_products(raw, c, as_of)
+    return finish_products(
+        config,
+        paths,
+        parsed.products,
+        parsed.price_history,
+        parsed.field_issues,
+        [parsed.quarantine, bad_lines],
+        rows_in=len(raw) + len(bad_lines),
+    )
+
+
+def finish_products(
+    config: RetailerConfig,
+    paths: RunPaths,
+    products: pd.DataFrame,
+    price_history: pd.DataFrame | pa.Table,
+    field_issues: pd.DataFrame,
+    rejected: list[pd.DataFrame],
+    rows_in: int,
+) -> dict:
+    """Write the catalogue's artifacts, field issues and quarantine, count and log the rows,
+    enforce the reject rate (on the first rejected frame's columns) and summarise: one ending
+    for every source format's products stage."""
     out = {
-        "products": str(write_artifact(paths, PRODUCTS, parsed.products)),
-        "price_history": str(write_artifact(paths, PRICE_HISTORY, parsed.price_history)),
+        "products": str(write_artifact(paths, PRODUCTS, products)),
+        "price_history": str(write_artifact(paths, PRICE_HISTORY, price_history)),
     }
     issues_path = paths.run_dir / "09_quarantine" / "products_field_issues.parquet"
-    write_table(parsed.field_issues.astype("string"), issues_path)
-    q_path = paths.path(quarantine(STAGE))
+    write_table(field_issues.astype("string"), issues_path)
     counts = account_rows(
-        STAGE,
-        [parsed.quarantine, bad_lines],
-        q_path,
-        rows_in=len(raw) + len(bad_lines),
-        rows_out=len(parsed.products),
+        STAGE, rejected, paths.path(quarantine(STAGE)), rows_in=rows_in, rows_out=len(products)
     )
     log.info(
         "products: %d rows in, %d products, %d quarantined %s, %d field issues",
@@ -334,14 +353,14 @@ def build_products(config: RetailerConfig, paths: RunPaths, source: Path, as_of:
         counts.rows_out,
         counts.rows_quarantined,
         counts.reasons,
-        len(parsed.field_issues),
+        len(field_issues),
     )
-    enforce_reject_rate(counts, config.quality.threshold(STAGE), parsed.quarantine)
-    field_counts = parsed.field_issues.groupby("reason").size().to_dict()
+    enforce_reject_rate(counts, config.quality.threshold(STAGE), rejected[0])
+    field_counts = field_issues.groupby("reason").size().to_dict()
     return {
         **out,
         "counts": counts.as_dict(),
         "field_issues": {str(k): int(v) for k, v in field_counts.items()},
         "field_issues_path": str(issues_path),
-        "n_discounted": int(parsed.products["is_discounted"].sum()),
+        "n_discounted": int(products["is_discounted"].fillna(False).astype(bool).sum()),
     }
