@@ -43,9 +43,10 @@ from fashion_recs.similar.fusion import fuse
 from fashion_recs.similar.images import decode_image, fetch_image
 from fashion_recs.similar.perturb import PERTURBATIONS, perturb
 from fashion_recs.similar.retrieval import Neighbors, exact_neighbors, recall_at_k
-from fashion_recs.similar.text import combined_text, fit_text_model, noised_text
+from fashion_recs.similar.text import combined_text, noised_text
 from fashion_recs.stages.similar import (
     TEXT_MODEL,
+    fit_configured_text_model,
     grouped_neighbors,
     list_quality,
     read_catalogue,
@@ -392,14 +393,7 @@ def encoders_stage(
             skipped[fusion.name] = f"needs {', '.join(missing)}, not built in this run"
             continue
         if TEXT_MODEL in fusion.blocks and TEXT_MODEL not in blocks:
-            text_cfg = cfg.text
-            model = fit_text_model(
-                catalogue,
-                max_features=text_cfg.max_features,
-                text_weight=text_cfg.text_weight,
-                attribute_weight=text_cfg.attribute_weight,
-                ngram_max=text_cfg.ngram_max,
-            )
+            model = fit_configured_text_model(catalogue, cfg.text)
             blocks[TEXT_MODEL] = model.transform(catalogue).toarray()
         fused = fuse([(blocks[b], w) for b, w in fusion.blocks.items()])
         has = np.linalg.norm(fused, axis=1) > 0

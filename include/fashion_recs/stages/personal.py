@@ -197,18 +197,10 @@ def item_vectors(
     """Vectors of a similar-products model aligned to the catalogue, or None when this run
     has none (an encoder whose weights were not available)."""
     if model == "text_tfidf":
-        from fashion_recs.similar.text import fit_text_model
+        from fashion_recs.stages.similar import fit_configured_text_model
 
         full = pd.read_parquet(paths.path(PRODUCTS))
-        text = config.similar.text
-        fitted = fit_text_model(
-            full,
-            max_features=text.max_features,
-            text_weight=text.text_weight,
-            attribute_weight=text.attribute_weight,
-            ngram_max=text.ngram_max,
-        )
-        return fitted.transform(full)
+        return fit_configured_text_model(full, config.similar.text).transform(full)
     from fashion_recs.stages.embeddings import embeddings_artifact
 
     path = paths.path(embeddings_artifact(model))

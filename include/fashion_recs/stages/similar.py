@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from fashion_recs.artifacts import RunPaths, write_artifact
-from fashion_recs.config import RetailerConfig
+from fashion_recs.config import RetailerConfig, TextModelConfig
 from fashion_recs.contract import similar_metrics, similar_products
 from fashion_recs.similar.evaluate import (
     consistency_scores,
@@ -38,7 +38,7 @@ from fashion_recs.similar.retrieval import (
     recall_at_k,
     save_annoy,
 )
-from fashion_recs.similar.text import combined_text, fit_text_model, noised_text
+from fashion_recs.similar.text import TextModel, combined_text, fit_text_model, noised_text
 
 log = logging.getLogger(__name__)
 
@@ -131,18 +131,24 @@ def read_catalogue(products: Path) -> pd.DataFrame:
     return frame.sort_values("product_id", kind="stable").reset_index(drop=True)
 
 
+def fit_configured_text_model(catalogue: pd.DataFrame, text: TextModelConfig) -> TextModel:
+    """The seed's TF-IDF + one-hot model fitted with the configured settings: the same model
+    for the similar-products lists, the fused encoders and the users' text profiles."""
+    return fit_text_model(
+        catalogue,
+        max_features=text.max_features,
+        text_weight=text.text_weight,
+        attribute_weight=text.attribute_weight,
+        ngram_max=text.ngram_max,
+    )
+
+
 def text_model_stage(config: RetailerConfig, paths: RunPaths, products: Path) -> dict[str, Any]:
     cfg = config.similar
     k = cfg.top_k
     catalogue = read_catalogue(products)
     ids = catalogue["product_id"].to_numpy(dtype=object)
-    model = fit_text_model(
-        catalogue,
-        max_features=cfg.text.max_features,
-        text_weight=cfg.text.text_weight,
-        attribute_weight=cfg.text.attribute_weight,
-        ngram_max=cfg.text.ngram_max,
-    )
+    model = fit_configured_text_model(catalogue, cfg.text)
     vectors = model.transform(catalogue)
     groups = (
         catalogue["target_audience"].astype("string").fillna("").to_numpy(dtype=object)
