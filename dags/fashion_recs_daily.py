@@ -49,6 +49,8 @@ column and reason. Params: `config_path` (YAML) and `overrides` (nested keys of 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -74,24 +76,32 @@ def _context() -> Any:
     )
 
 
+@contextmanager
+def _bad_data_fails_at_once() -> Iterator[None]:
+    """Bad data fails the task at once, without retries (retrying cannot fix data)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from fashion_recs.errors import FashionRecsError
+
+    try:
+        yield
+    except FashionRecsError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
 def _step(name: str, *args: Any) -> dict[str, Any]:
-    """Run a pipeline step as this task; bad data fails the task at once (retrying cannot fix
-    data). The step's record (status, timing, counts) is kept for the run report.
+    """Run a pipeline step as this task; the step's record (status, timing, counts) is kept
+    for the run report.
 
     A callable argument is called with the run's config first (one config load per task).
     """
-    from airflow.sdk.exceptions import AirflowFailException
-
     from fashion_recs import pipeline
-    from fashion_recs.errors import FashionRecsError
 
     ti = get_current_context()["ti"]
-    try:
+    with _bad_data_fails_at_once():
         ctx = _context()
         resolved = [a(ctx.config) if callable(a) else a for a in args]
         return pipeline.run_step(ctx, ti.task_id, name, *resolved, try_number=ti.try_number)
-    except FashionRecsError as exc:
-        raise AirflowFailException(str(exc)) from None
 
 
 def _results_url(config: Any) -> str:
@@ -264,16 +274,11 @@ def fashion_recs() -> None:
 
     @task(trigger_rule="all_done")
     def run_report() -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from fashion_recs import pipeline
-        from fashion_recs.errors import FashionRecsError
 
         task_ids = [t for t in get_current_context()["dag"].task_ids if t != "run_report"]
-        try:
+        with _bad_data_fails_at_once():
             return pipeline.run_report(_context(), task_ids)
-        except FashionRecsError as exc:
-            raise AirflowFailException(str(exc)) from None
 
     download = download_files()
     products = clean_products(download)

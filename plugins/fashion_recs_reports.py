@@ -28,7 +28,6 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 URL_PREFIX = "/fashion-recs"
-REPORT = "report.html"
 
 PAGE = (
     "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -52,6 +51,7 @@ def _page(title: str, body: str, status_code: int = 200) -> HTMLResponse:
 def create_app(data_root: Path | None = None) -> FastAPI:
     """The reports app; `data_root` defaults to the configured one, read on each request."""
     from fashion_recs.artifacts import run_key
+    from fashion_recs.contract import REPORT_FILE as REPORT
     from fashion_recs.runs_index import list_runs, resolve_inside
 
     app = FastAPI(title="fashion-recs reports")
@@ -84,7 +84,7 @@ def create_app(data_root: Path | None = None) -> FastAPI:
             base = f"runs/{html.escape(run.retailer)}/{html.escape(run.run_key)}"
             report = (
                 f'<a href="{base}/{REPORT}">report</a>'
-                if (run.path / REPORT).is_file()
+                if run.has_report
                 else '<span class="muted">no report yet</span>'
             )
             docs = (
@@ -107,7 +107,7 @@ def create_app(data_root: Path | None = None) -> FastAPI:
     @app.get("/latest", response_model=None)
     def latest(request: Request) -> RedirectResponse | HTMLResponse:
         for run in list_runs(root()):
-            if (run.path / REPORT).is_file():
+            if run.has_report:
                 url = request.url_for(
                     "run_files", retailer=run.retailer, run=run.run_key, path=REPORT
                 )
@@ -124,7 +124,7 @@ def create_app(data_root: Path | None = None) -> FastAPI:
         except ValueError:
             key = ""
         for run in list_runs(root()):
-            if run.run_key == key and (run.path / REPORT).is_file():
+            if run.run_key == key and run.has_report:
                 url = str(request.url_for("run_files", retailer=run.retailer, run=key, path=REPORT))
                 return RedirectResponse(url=url + (f"#task-{task}" if task else ""))
         return _page(

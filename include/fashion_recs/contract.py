@@ -362,6 +362,7 @@ SUMMARY_DIR = "summaries"  # each step's small summary, `<step>.json`
 TASKS_DIR = "tasks"  # each task's record (status, timing, counts), `<task_id>.json`
 QUALITY_DIR = "quality"  # each Great Expectations result, `<artifact>.json`
 REPORT_FILE = "report.html"  # the self-contained run report
+RUN_SUMMARY_FILE = "run_summary.json"  # written by a publish: the run's published summary
 
 RUN_TASKS_SCHEMA = pa.schema(
     [

@@ -38,6 +38,7 @@ from fashion_recs.contract import (
     PRICE_HISTORY,
     PRODUCTS,
     QUALITY_DIR,
+    RUN_SUMMARY_FILE,
     SOURCES,
     SUMMARY_DIR,
     TASKS_DIR,
@@ -589,7 +590,7 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
     finally:
         engine.dispose()
     result = {**run_summary, "publish": record, "database": _redact(url)}
-    write_json(result, ctx.paths.file("run_summary.json"))
+    write_json(result, ctx.paths.file(RUN_SUMMARY_FILE))
     return ctx.save_summary("publish", result)
 
 
@@ -602,8 +603,8 @@ def run_report(ctx: RunContext, task_ids: list[str] | None = None) -> dict[str, 
     from fashion_recs.errors import RunNotPublished
     from fashion_recs.report import write_run_report
 
-    download = ctx.summaries().get("download")
-    base_dir = product_export(ctx, download).parent if download else None
+    download = ctx.paths.file(SUMMARY_DIR, "download.json")
+    base_dir = product_export(ctx, read_json(download)).parent if download.is_file() else None
     result = write_run_report(ctx.config, ctx.paths, task_ids, base_dir)
     summary = ctx.save_summary("run_report", result.summary())
     if not result.published:

@@ -1,7 +1,8 @@
 """What runs exist on disk and where their reports are: the index the Airflow UI plugin serves.
 
 Run directories are `<data_root>/runs/<retailer>/<run_key>/`; a run that published has a
-`run_summary.json`, every run with checks has `data_docs/index.html` once rendered.
+`run_summary.json`, every run with checks has `data_docs/index.html` once rendered, and every
+run whose last task ran has its `report.html`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from fashion_recs.contract import REPORT_FILE, RUN_SUMMARY_FILE
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,7 @@ class RunEntry:
     path: Path
     published: bool
     has_data_docs: bool
+    has_report: bool
     modified: float
 
     @property
@@ -25,7 +29,7 @@ class RunEntry:
         return self.path / "data_docs" / "index.html"
 
     def summary(self) -> dict:
-        file = self.path / "run_summary.json"
+        file = self.path / RUN_SUMMARY_FILE
         return json.loads(file.read_text()) if file.is_file() else {}
 
 
@@ -40,8 +44,9 @@ def list_runs(data_root: Path) -> list[RunEntry]:
                 retailer=run_dir.parent.name,
                 run_key=run_dir.name,
                 path=run_dir,
-                published=(run_dir / "run_summary.json").is_file(),
+                published=(run_dir / RUN_SUMMARY_FILE).is_file(),
                 has_data_docs=(run_dir / "data_docs" / "index.html").is_file(),
+                has_report=(run_dir / REPORT_FILE).is_file(),
                 modified=run_dir.stat().st_mtime,
             )
         )

@@ -133,6 +133,10 @@ def _family(stem: str) -> str:
     return "baselines"
 
 
-def read_optional(path: Path, columns: list[str] | None = None) -> pd.DataFrame | None:
-    """A Parquet artifact, or None when the run never wrote it."""
-    return pq.read_table(path, columns=columns).to_pandas() if path.is_file() else None
+def read_optional(
+    path: Path, columns: list[str] | None = None, filters: list[tuple] | None = None
+) -> pd.DataFrame | None:
+    """A Parquet artifact (only the rows `filters` keep), or None when the run never wrote it."""
+    if not path.is_file():
+        return None
+    return pq.read_table(path, columns=columns, filters=filters).to_pandas()

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from fashion_recs.artifacts import RunPaths, atomic_path, write_artifact
@@ -30,6 +29,7 @@ from fashion_recs.contract import (
     POPULAR,
     PRODUCTS,
     REPORT_FILE,
+    RUN_SUMMARY_FILE,
     RUN_TASKS,
     USER_RECOMMENDATIONS,
     USER_ROUTES,
@@ -96,8 +96,13 @@ def _cells(frame: pd.DataFrame, width: int = 80) -> list[list[str]]:
     return [[short(v) for v in row] for row in frame.itertuples(index=False)]
 
 
-def _read(paths: RunPaths, artifact: Any, columns: list[str] | None = None) -> pd.DataFrame | None:
-    return collect.read_optional(paths.path(artifact), columns)
+def _read(
+    paths: RunPaths,
+    artifact: Any,
+    columns: list[str] | None = None,
+    filters: list[tuple] | None = None,
+) -> pd.DataFrame | None:
+    return collect.read_optional(paths.path(artifact), columns, filters)
 
 
 def _models_section(paths: RunPaths, metrics: pd.DataFrame) -> dict[str, Any]:
@@ -128,7 +133,6 @@ def _models_section(paths: RunPaths, metrics: pd.DataFrame) -> dict[str, Any]:
             personal_all, RANKING_METRICS, "Ranking metrics per model"
         ),
         "gate": gate,
-        "chosen": chosen,
         "fbt_chart": plots.grouped_metrics(
             metrics[metrics["model"].isin(["fbt", "fbt_popularity"])],
             RANKING_METRICS,
@@ -152,9 +156,13 @@ def _similar_examples(
     files = sorted(paths.file("06_models").glob("similar_products_*.parquet"))
     if not files:
         return []
-    similar = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
     shown = examples.showcase_products(
         _read(paths, POPULAR), products, config.report.similar_products
+    )
+    # Only the shown products' rows: every model's lists cover the whole catalogue.
+    similar = pd.concat(
+        [collect.read_optional(f, filters=[("product_id", "in", shown)]) for f in files],
+        ignore_index=True,
     )
     groups = []
     for product_id in shown:
@@ -183,22 +191,11 @@ def _user_examples(
     chosen = examples.showcase_users(routes, config.report.users_per_route)
     if not chosen:
         return []
-    users = [u for u, _ in chosen]
-    history = (
-        pq.read_table(
-            paths.path(INTERACTIONS),
-            columns=["user_id", "product_id", "event_ts", "category"],
-            filters=[("user_id", "in", users)],
-        ).to_pandas()
-        if paths.path(INTERACTIONS).is_file()
-        else pd.DataFrame(columns=["user_id", "product_id", "event_ts", "category"])
-    )
-    recs_path = paths.path(USER_RECOMMENDATIONS)
-    recs = (
-        pq.read_table(recs_path, filters=[("user_id", "in", users)]).to_pandas()
-        if recs_path.is_file()
-        else pd.DataFrame(columns=["user_id", "rank", "product_id", "score", "strategy"])
-    )
+    # Routes exist only after route_users, which read the interactions and wrote the lists.
+    only_them = [("user_id", "in", [u for u, _ in chosen])]
+    columns = ["user_id", "product_id", "event_ts", "category"]
+    history = _read(paths, INTERACTIONS, columns, only_them)
+    recs = _read(paths, USER_RECOMMENDATIONS, filters=only_them)
     route_of = routes.set_index("user_id")
     shown = []
     for user_id, route in chosen:
@@ -235,7 +232,7 @@ def build_report(
 ) -> tuple[str, pd.DataFrame, ReportResult]:
     """The report's HTML, its task table and what it found; nothing is written."""
     tasks = collect.task_table(paths, expected_tasks)
-    summary_file = paths.file("run_summary.json")
+    summary_file = paths.file(RUN_SUMMARY_FILE)
     run_summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     failed = list(tasks.loc[tasks["status"] == "failed", "task_id"])
     not_run = list(tasks.loc[tasks["status"] == "not run", "task_id"])
