@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -67,6 +68,33 @@ def quarantine_frame(
     for name, value in (("column", column), ("reason", reason)):
         tagged.insert(0, name, value.to_numpy() if isinstance(value, pd.Series) else value)
     return tagged
+
+
+class RowVerdicts:
+    """Why each row of a raw frame is rejected, and in which column. The first reason found
+    for a row wins, so a stage flags from the most basic defect to the most specific."""
+
+    def __init__(self, index: pd.Index) -> None:
+        self.reason = pd.Series(pd.NA, index=index, dtype="string")
+        self.column = pd.Series(pd.NA, index=index, dtype="string")
+
+    def flag(self, mask: pd.Series, why: str, column: str) -> None:
+        mask = mask & self.reason.isna()
+        self.reason[mask] = why
+        self.column[mask] = column
+
+    def split(self, raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+        """(quarantine frame of the flagged rows, with their 0-based `source_row`; mask of the
+        rows kept)."""
+        bad = self.reason.notna()
+        rejected = quarantine_frame(
+            raw[bad.to_numpy()].reset_index(drop=True),
+            self.reason[bad].reset_index(drop=True),
+            self.column[bad].reset_index(drop=True),
+        )
+        rows = pd.Series(np.flatnonzero(bad.to_numpy()), dtype="string")
+        rejected.insert(2, "source_row", rows)
+        return rejected, ~bad
 
 
 def write_quarantine(frames: list[pd.DataFrame], path: Path) -> tuple[int, dict[str, int]]:

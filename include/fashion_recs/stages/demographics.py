@@ -30,9 +30,9 @@ from fashion_recs.artifacts import RunPaths, write_artifact
 from fashion_recs.config import AnswerColumns, DemographicsConfig, RetailerConfig
 from fashion_recs.contract import USERS, quarantine, users_schema
 from fashion_recs.quality.quarantine import (
+    RowVerdicts,
     account_rows,
     enforce_reject_rate,
-    quarantine_frame,
 )
 from fashion_recs.stages.raw_csv import read_raw_csv
 
@@ -76,14 +76,8 @@ def clean_answers(
     """Quarantine duplicates, empty answers, missing users and unusable birth dates."""
     frame = raw.copy()
     frame["source_row"] = np.arange(len(frame))
-    reason = pd.Series(pd.NA, index=frame.index, dtype="string")
-    column = pd.Series(pd.NA, index=frame.index, dtype="string")
-
-    def flag(mask: pd.Series, why: str, col: str) -> None:
-        mask = mask & reason.isna()
-        reason[mask] = why
-        column[mask] = col
-
+    verdicts = RowVerdicts(frame.index)
+    flag = verdicts.flag
     raw_cols = [c for c in raw.columns]
     flag(frame.duplicated(subset=raw_cols, keep="first"), "duplicate_row", "*")
     flag(frame[cols.user_id].str.strip() == "", "missing_user_id", cols.user_id)
@@ -100,16 +94,8 @@ def clean_answers(
     impossible = is_birth & frame["age"].notna() & ~frame["age"].between(cfg.min_age, cfg.max_age)
     flag(impossible, "impossible_birth_date", cols.answer)
 
-    bad = reason.notna()
-    rejected = quarantine_frame(
-        raw[bad.to_numpy()].reset_index(drop=True),
-        reason[bad].reset_index(drop=True),
-        column[bad].reset_index(drop=True),
-    )
-    rejected.insert(
-        2, "source_row", frame.loc[bad, "source_row"].astype(str).reset_index(drop=True)
-    )
-    kept = frame[~bad].copy()
+    rejected, kept_rows = verdicts.split(raw)
+    kept = frame[kept_rows].copy()
     for c in [cols.user_id, cols.question, cols.city, cols.region, *cols.extra]:
         kept[c] = kept[c].str.strip()
     return CleanAnswers(kept.reset_index(drop=True), rejected)

@@ -45,7 +45,7 @@ from fashion_recs.contract import (
 )
 from fashion_recs.errors import FashionRecsError
 from fashion_recs.quality.quarantine import (
-    quarantine_frame,
+    RowVerdicts,
 )
 from fashion_recs.stages.demographics import age_groups, finish_demographics, impute_ages
 from fashion_recs.stages.events import (
@@ -118,20 +118,6 @@ def _or_none(values: pd.Series) -> pd.Series:
     """Stripped text with empty cells as None."""
     stripped = _strip(values)
     return stripped.where(stripped != "", None).astype(object)
-
-
-def _reject_rows(
-    raw: pd.DataFrame, reason: pd.Series, column: pd.Series
-) -> tuple[pd.DataFrame, pd.Series]:
-    """(quarantine frame of the rows with a reason, mask of the rows kept)."""
-    bad = reason.notna()
-    rejected = quarantine_frame(
-        raw[bad.to_numpy()].reset_index(drop=True),
-        reason[bad].reset_index(drop=True),
-        column[bad].reset_index(drop=True),
-    )
-    rejected.insert(2, "source_row", pd.Series(np.flatnonzero(bad.to_numpy()), dtype="string"))
-    return rejected, ~bad
 
 
 # --- transactions: one lazy parse shared by the products and events stages -------------------
@@ -292,18 +278,11 @@ def parse_articles(raw: pd.DataFrame, export_dir: Path) -> tuple[pd.DataFrame, p
     """
     ids = _strip(raw[ARTICLE_ID])
     titles = _strip(raw["prod_name"])
-    reason = pd.Series(pd.NA, index=raw.index, dtype="string")
-    column = pd.Series(pd.NA, index=raw.index, dtype="string")
-
-    def flag(mask: pd.Series, why: str, col: str) -> None:
-        mask = mask & reason.isna()
-        reason[mask] = why
-        column[mask] = col
-
-    flag(~ids.str.fullmatch(ARTICLE_ID_DIGITS), "bad_article_id", ARTICLE_ID)
-    flag(titles == "", "missing_title", "prod_name")
-    flag(ids.where(reason.isna()).duplicated(), "duplicate_id", ARTICLE_ID)
-    rejected, kept = _reject_rows(raw, reason, column)
+    verdicts = RowVerdicts(raw.index)
+    verdicts.flag(~ids.str.fullmatch(ARTICLE_ID_DIGITS), "bad_article_id", ARTICLE_ID)
+    verdicts.flag(titles == "", "missing_title", "prod_name")
+    verdicts.flag(ids.where(verdicts.reason.isna()).duplicated(), "duplicate_id", ARTICLE_ID)
+    rejected, kept = verdicts.split(raw)
 
     rows = raw[kept]
     product_ids = ids[kept]
@@ -531,11 +510,10 @@ def parse_customers(
     kept with the age missing (then imputed) and the problem counted.
     """
     ids = _strip(raw[CUSTOMER_ID])
-    reason = pd.Series(pd.NA, index=raw.index, dtype="string")
-    reason[ids == ""] = "missing_user_id"
-    duplicate = ids.duplicated() & reason.isna()
-    reason[duplicate] = "duplicate_customer_id"
-    rejected, kept = _reject_rows(raw, reason, pd.Series(CUSTOMER_ID, index=raw.index))
+    verdicts = RowVerdicts(raw.index)
+    verdicts.flag(ids == "", "missing_user_id", CUSTOMER_ID)
+    verdicts.flag(ids.duplicated(), "duplicate_customer_id", CUSTOMER_ID)
+    rejected, kept = verdicts.split(raw)
 
     rows = raw[kept]
     text = _strip(rows["age"])
