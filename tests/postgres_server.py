@@ -29,7 +29,8 @@ def find_pg_bin() -> Path | None:
     return Path(candidates[-1]).parent if candidates else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (for the servers tests start)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -96,7 +97,7 @@ def start_server() -> PostgresServer:
         user = "postgres" if _user_exists("postgres") else "nobody"
         entry = pwd.getpwnam(user)
         os.chown(root, entry.pw_uid, entry.pw_gid)
-    server = PostgresServer(bin_dir, root, _free_port(), user)
+    server = PostgresServer(bin_dir, root, free_port(), user)
     server.start()
     return server
 

@@ -387,7 +387,6 @@ def test_log_timestamps_keep_their_zone(client, engine) -> None:
 
 def test_serve_command_answers_over_http(tmp_path) -> None:
     """`fashion-recs serve` starts uvicorn on the given port over the given database."""
-    import socket
     import subprocess
     import sys
     import time
@@ -395,13 +394,13 @@ def test_serve_command_answers_over_http(tmp_path) -> None:
 
     import httpx
 
+    from tests.postgres_server import free_port
+
     db = tmp_path / "results.db"
     engine = make_engine(f"sqlite:///{db}")
     publish(engine, "run-served")
     engine.dispose()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cli = Path(sys.executable).parent / "fashion-recs"
     proc = subprocess.Popen(
         [str(cli), "serve", "--db", f"sqlite:///{db}", "--port", str(port)],

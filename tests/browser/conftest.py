@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import pytest
 from fashion_recs.pipeline import RunContext, make_context, run_all
 from fashion_recs.synthetic import generate
 from tests.conftest import SMALL_SPEC, retailer_overrides
+from tests.postgres_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = [
@@ -101,12 +101,6 @@ def reported_run(tmp_path_factory: pytest.TempPathFactory) -> RunContext:
     return ctx
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def reports_server(reported_run: RunContext) -> Iterator[str]:
     """The Airflow plugin's app, mounted at its Airflow prefix, served by uvicorn."""
@@ -122,7 +116,7 @@ def reports_server(reported_run: RunContext) -> Iterator[str]:
     spec.loader.exec_module(module)
     app = FastAPI()
     app.mount(module.URL_PREFIX, module.create_app(reported_run.config.data_root_path))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -160,7 +154,7 @@ def airflow_ui(reported_run: RunContext, tmp_path_factory: pytest.TempPathFactor
     }
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    port = _free_port()
+    port = free_port()
     log = (home / "api-server.log").open("w")
     server = subprocess.Popen(
         [airflow, "api-server", "--host", "127.0.0.1", "--port", str(port)],
