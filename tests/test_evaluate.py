@@ -17,6 +17,7 @@ from fashion_recs.evaluate import (
     catalogue_coverage,
     evaluate_all,
     hit_rate_at_k,
+    holdout_cutoff,
     map_at_k,
     ndcg_at_k,
     per_user_metrics,
@@ -376,9 +377,10 @@ SPLIT_EVENTS = interactions_frame(
 )
 
 
-def test_temporal_split_cuts_at_the_last_event_minus_the_holdout() -> None:
-    # last event 03-10 00:00, holdout 1 day: cutoff 03-09 00:00, which belongs to test.
-    train, test = temporal_split(SPLIT_EVENTS, holdout_days=1)
+def test_temporal_split_holds_out_the_last_calendar_days() -> None:
+    # The data reaches 03-10; a 2-day hold-out is 03-09 and 03-10: cutoff 03-09 00:00,
+    # which belongs to test.
+    train, test = temporal_split(SPLIT_EVENTS, holdout_days=2)
     assert train["product_id"].tolist() == ["a", "b", "e"]
     assert test["product_id"].tolist() == ["c", "f"]
     assert list(train.columns) == list(SPLIT_EVENTS.columns)
@@ -386,22 +388,59 @@ def test_temporal_split_cuts_at_the_last_event_minus_the_holdout() -> None:
     assert test.index.tolist() == [0, 1]
 
 
+def daily_events(times_of_day: list[str]) -> pd.DataFrame:
+    """One event a day from 03-01 to 03-10 for u1, at the given times of day in turn."""
+    rows = [
+        ("u1", f"p{day}", f"2026-03-{day:02d} {times_of_day[day % len(times_of_day)]}")
+        for day in range(1, 11)
+    ]
+    return interactions_frame(rows)
+
+
+@pytest.mark.parametrize(
+    "times_of_day",
+    [["00:00"], ["08:30", "23:59", "00:00", "12:00"]],
+    ids=["midnight", "times_of_day"],
+)
+def test_temporal_split_holds_out_exactly_holdout_days_calendar_days(
+    times_of_day: list[str],
+) -> None:
+    # Events stamped at midnight once held out holdout_days + 1 days (cutoff = last - N days
+    # falls on a midnight event); by calendar day, 2 days are 03-09 and 03-10 either way.
+    events = daily_events(times_of_day)
+    train, test = temporal_split(events, holdout_days=2)
+    assert sorted(test["event_ts"].dt.day.unique()) == [9, 10]
+    assert sorted(train["event_ts"].dt.day.unique()) == list(range(1, 9))
+
+
+def test_holdout_cutoff_is_midnight_starting_the_nth_last_calendar_day() -> None:
+    for last in ["2026-03-10 00:00", "2026-03-10 13:45", "2026-03-10 23:59:59"]:
+        cutoff = holdout_cutoff(pd.Timestamp(last, tz="UTC"), 2)
+        assert cutoff == pd.Timestamp("2026-03-09 00:00", tz="UTC")
+    assert holdout_cutoff(pd.Timestamp("2026-03-10 13:45"), 1) == pd.Timestamp("2026-03-10")
+    with pytest.raises(ValueError, match="at least 1"):
+        holdout_cutoff(pd.Timestamp("2026-03-10"), 0)
+
+
 def test_temporal_split_keeps_cold_users_on_request() -> None:
-    _, test = temporal_split(SPLIT_EVENTS, holdout_days=1, keep_cold_users=True)
+    _, test = temporal_split(SPLIT_EVENTS, holdout_days=2, keep_cold_users=True)
     assert test["product_id"].tolist() == ["c", "d", "f"]
 
 
 def test_temporal_split_is_deterministic() -> None:
-    first = temporal_split(SPLIT_EVENTS, holdout_days=1)
-    second = temporal_split(SPLIT_EVENTS.copy(), holdout_days=1)
+    first = temporal_split(SPLIT_EVENTS, holdout_days=2)
+    second = temporal_split(SPLIT_EVENTS.copy(), holdout_days=2)
     for a, b in zip(first, second, strict=True):
         pd.testing.assert_frame_equal(a, b)
 
 
 def test_temporal_split_fails_when_nothing_is_left_to_train_on() -> None:
-    # Events span 9 days; a 10-day holdout puts every event in test.
-    with pytest.raises(FashionRecsError, match="lower holdout_days"):
+    # Events fall on 10 calendar days (03-01 to 03-10); a 10-day hold-out puts all in test.
+    with pytest.raises(FashionRecsError, match="lower holdout_days") as raised:
         temporal_split(SPLIT_EVENTS, holdout_days=10)
+    message = str(raised.value)
+    assert "2026-03-01 00:00:00+00:00" in message  # the cutoff and the first event
+    assert "10 calendar days" in message
     with pytest.raises(FashionRecsError, match="no interactions to split"):
         temporal_split(SPLIT_EVENTS.iloc[:0], holdout_days=1)
 

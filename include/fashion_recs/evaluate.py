@@ -53,6 +53,22 @@ COVERAGE_METRIC = "catalogue_coverage"
 # --- splitting ------------------------------------------------------------------------------
 
 
+def holdout_cutoff(last_ts: pd.Timestamp, holdout_days: int) -> pd.Timestamp:
+    """The first instant of the hold-out: midnight starting the `holdout_days`-th last day.
+
+    The hold-out is whole calendar days, counted back from the day of `last_ts` (the latest
+    event), that day included: with events up to some time on 03-10, two days hold out 03-09
+    and 03-10, and the cutoff is 03-09 00:00 whether the events are stamped at midnight or
+    through the day. Every split of a run (`temporal_split`, the personalisation hold-out)
+    takes its cutoff from here, so they cannot disagree. The cutoff keeps `last_ts`'s time
+    zone; days are that zone's calendar days.
+    """
+    if isinstance(holdout_days, bool) or holdout_days < 1:
+        raise ValueError(f"holdout_days must be at least 1, got {holdout_days}")
+    last_ts = pd.Timestamp(last_ts)
+    return last_ts.normalize() + pd.Timedelta(days=1 - holdout_days)
+
+
 def temporal_split(
     interactions: pd.DataFrame,
     holdout_days: int,
@@ -61,17 +77,18 @@ def temporal_split(
     *,
     keep_cold_users: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split interactions into train and test at `max(ts) - holdout_days`.
+    """Split interactions into train and test: the last `holdout_days` calendar days are test.
 
     A temporal split is what a daily pipeline faces: the models learn from the past and are
-    asked about the days that followed. Events strictly before the cutoff are train, events at
-    or after it are test. Test keeps only warm users (users with at least one train event),
-    because personalised models cannot be asked about users they have never seen; pass
-    `keep_cold_users=True` to evaluate cold-start routing instead. Rows keep their input order
-    and all their columns, so the split is deterministic.
+    asked about the days that followed. The cutoff is `holdout_cutoff(max(ts), holdout_days)`;
+    events strictly before it are train, events at or after it are test. Test keeps only warm
+    users (users with at least one train event), because personalised models cannot be asked
+    about users they have never seen; pass `keep_cold_users=True` to evaluate cold-start
+    routing instead. Rows keep their input order and all their columns, so the split is
+    deterministic.
 
-    Raises FashionRecsError when nothing is left to train on, which means the events span less
-    than the hold-out window.
+    Raises FashionRecsError when nothing is left to train on, which means the events fall on
+    no more calendar days than the hold-out has.
     """
     _require_columns(interactions, [ts_col, user_col], "interactions")
     if holdout_days < 1:
@@ -89,15 +106,15 @@ def temporal_split(
 
     first_ts = interactions[ts_col].min()
     last_ts = interactions[ts_col].max()
-    cutoff = last_ts - pd.Timedelta(days=holdout_days)
+    cutoff = holdout_cutoff(last_ts, holdout_days)
     in_train = (interactions[ts_col] < cutoff).to_numpy()
     train = interactions[in_train].reset_index(drop=True)
     test = interactions[~in_train].reset_index(drop=True)
     if train.empty:
         raise FashionRecsError(
             f"temporal split: no interactions before the cutoff {cutoff}: events run from "
-            f"{first_ts} to {last_ts}, which is within the hold-out of {holdout_days} days; "
-            "lower holdout_days or wait for more history"
+            f"{first_ts} to {last_ts}, all within the hold-out of the last {holdout_days} "
+            "calendar days; lower holdout_days or wait for more history"
         )
 
     if not keep_cold_users:

@@ -179,3 +179,15 @@ def test_completion_queries_hide_one_item_per_basket() -> None:
         holdout_days=7,
     )
     assert set(test["product_id"]) == {"zz"} and train.height == 5
+
+
+def test_split_baskets_holds_out_the_last_calendar_days() -> None:
+    # One basket a day from 10-01 to 10-10, started at midnight: two hold-out days are 10-09
+    # and 10-10, the same calendar days the interactions' hold-out takes.
+    midnight = T0.replace(hour=0)
+    frame = basket_frame([[f"p{day}"] for day in range(10)]).with_columns(
+        basket_start=pl.Series([midnight + timedelta(days=day) for day in range(10)])
+    )
+    train, test = split_baskets(frame, holdout_days=2)
+    assert test["basket_id"].to_list() == [8, 9]
+    assert train["basket_id"].to_list() == list(range(8))

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 import polars as pl
 
-from fashion_recs.evaluate import evaluate_all
+from fashion_recs.evaluate import evaluate_all, holdout_cutoff
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +66,14 @@ def bundle_recovery(
 
 
 def split_baskets(baskets: pl.DataFrame, holdout_days: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Baskets started before `max(start) - holdout_days` train; later ones test."""
+    """Baskets started on the last `holdout_days` calendar days test; earlier ones train.
+
+    The cut is `fashion_recs.evaluate.holdout_cutoff` of the latest basket start, the rule
+    every hold-out of a run follows.
+    """
     if baskets.height == 0:
         return baskets, baskets
-    cut = baskets["basket_start"].max() - timedelta(days=holdout_days)
+    cut = holdout_cutoff(pd.Timestamp(baskets["basket_start"].max()), holdout_days).to_pydatetime()
     train = baskets.filter(pl.col("basket_start") < cut)
     test = baskets.filter(pl.col("basket_start") >= cut)
     return train, test

@@ -1,10 +1,10 @@
 """The hold-out every personalised model and baseline of a run is scored on.
 
-One temporal split per run (the evaluation config's `holdout_days`, the same cut as the
-popularity baselines of the `evaluate` stage), so every number in the metrics table answers
-the same question: given what happened before the cutoff, what did each user touch after it?
-Models are fitted on a matrix decayed to the cutoff, never to the run's as-of, so nothing from
-the hold-out leaks into training.
+One temporal split per run (the last `holdout_days` calendar days of the evaluation config,
+the same cut as the popularity baselines of the `evaluate` stage), so every number in the
+metrics table answers the same question: given what happened before the cutoff, what did each
+user touch after it? Models are fitted on a matrix decayed to the cutoff, never to the run's
+as-of, so nothing from the hold-out leaks into training.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fashion_recs.evaluate import evaluate_all, relevant_items, temporal_split
+from fashion_recs.evaluate import evaluate_all, holdout_cutoff, relevant_items, temporal_split
 from fashion_recs.personal.matrix import UserItemMatrix, user_item_matrix
 
 
@@ -35,10 +35,14 @@ def holdout_split(
     holdout_days: int,
     half_life_days: float,
 ) -> HoldoutSplit:
-    """Split at `max(event_ts) - holdout_days`; the matrix covers train users only."""
+    """Split off the last `holdout_days` calendar days; the matrix covers train users only.
+
+    The cutoff is `holdout_cutoff`'s, the one `temporal_split` cuts at, so the train events,
+    the truth and the matrix's decay date describe the same instant.
+    """
     train, test = temporal_split(interactions, holdout_days)
     truth = relevant_items(test)
-    cutoff = interactions["event_ts"].max() - pd.Timedelta(days=holdout_days)
+    cutoff = holdout_cutoff(interactions["event_ts"].max(), holdout_days)
     matrix = user_item_matrix(train, items, as_of=cutoff, half_life_days=half_life_days)
     users = pd.Index(truth["user_id"].drop_duplicates().sort_values(), name="user_id")
     return HoldoutSplit(train, truth, users, cutoff, matrix)
