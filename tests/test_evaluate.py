@@ -25,6 +25,7 @@ from fashion_recs.evaluate import (
     precision_at_k,
     recall_at_k,
     relevant_items,
+    segment_levels,
     segment_popularity_predictions,
     temporal_split,
     top_k,
@@ -532,7 +533,8 @@ def test_segment_popularity_ranks_within_the_segment_and_tops_up_from_overall() 
     # Overall counts: r 3, p 2, q 1, s 1 -> [r, p, q].
     # Segment (18-24, north) holds u1, u2 (and u5, who has no events): p 2, q 1 -> [p, q],
     # topped up with the best overall item it lacks: r.
-    # u3's segment (55+, south) has no events and u4 has no age group: both get overall.
+    # u3's segment (55+, south) has no events, nor has 55+ or south: u3 gets overall.
+    # u4 has no age group; region north (u1, u2 again) has events, so u4 gets north's list.
     predictions = segment_popularity_predictions(
         SEGMENT_TRAIN, SEGMENT_USERS, ["age_group", "region"], k=3
     )
@@ -541,7 +543,7 @@ def test_segment_popularity_ranks_within_the_segment_and_tops_up_from_overall() 
         "u1": ["p", "q", "r"],
         "u2": ["p", "q", "r"],
         "u3": ["r", "p", "q"],
-        "u4": ["r", "p", "q"],
+        "u4": ["p", "q", "r"],
         "u5": ["p", "q", "r"],
     }
     u1 = predictions[predictions["user_id"] == "u1"]
@@ -549,6 +551,98 @@ def test_segment_popularity_ranks_within_the_segment_and_tops_up_from_overall() 
     assert u1["score"].tolist() == [2.0, 1.0, 3.0]
     assert u1["rank"].tolist() == [1, 2, 3]
     assert set(predictions.loc[predictions["user_id"] == "u3", "source"]) == {"overall"}
+    u4 = predictions[predictions["user_id"] == "u4"]
+    assert u4["source"].tolist() == ["region", "region", "overall"]
+
+
+def sources_of(predictions: pd.DataFrame) -> dict[str, list[str]]:
+    return predictions.groupby("user_id", sort=False)["source"].apply(list).to_dict()
+
+
+def lists_of(predictions: pd.DataFrame) -> dict[str, list[str]]:
+    return predictions.groupby("user_id", sort=False)["product_id"].apply(list).to_dict()
+
+
+def test_segment_popularity_serves_the_age_group_when_no_region_is_known(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The H&M export has no region: every user's region is missing. Age groups still count:
+    # 18-24 (u1, u2): p 2, q 1 -> [p, q] + r; 55+ (u6): r 3, s 1 -> [r, s] + p;
+    # 25-34 (u7) has no train events -> overall [r, p, q].
+    users = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u6", "u7"],
+            "age_group": ["18-24", "18-24", "55+", "25-34"],
+            "region": [None, None, None, None],
+        }
+    )
+    with caplog.at_level("INFO", logger="fashion_recs.evaluate"):
+        predictions = segment_popularity_predictions(
+            SEGMENT_TRAIN, users, ["age_group", "region"], k=3
+        )
+    assert lists_of(predictions) == {
+        "u1": ["p", "q", "r"],
+        "u2": ["p", "q", "r"],
+        "u6": ["r", "s", "p"],
+        "u7": ["r", "p", "q"],
+    }
+    assert sources_of(predictions)["u6"] == ["age_group", "age_group", "overall"]
+    assert set(sources_of(predictions)["u7"]) == {"overall"}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "'region'" in warnings[0] and "all 4 users" in warnings[0]
+    assert "segment 0, age_group 3, region 0, overall 1" in caplog.text
+
+
+def test_segment_popularity_falls_back_level_by_level(caplog: pytest.LogCaptureFixture) -> None:
+    train = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2", "u6", "u6", "u6", "u6"],
+            "product_id": ["p", "q", "p", "r", "r", "r", "s"],
+        }
+    )
+    users = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u3", "u4", "u5", "u6", "u7"],
+            "age_group": ["18-24", "18-24", "18-24", None, "25-34", "55+", None],
+            "region": ["north", "south", "east", "north", None, "west", None],
+        }
+    )
+    with caplog.at_level("INFO", logger="fashion_recs.evaluate"):
+        predictions = segment_popularity_predictions(train, users, ["age_group", "region"], k=3)
+    # Overall: r 3, p 2, q 1, s 1 -> [r, p, q].
+    assert lists_of(predictions) == {
+        "u1": ["p", "q", "r"],  # (18-24, north): p, q
+        "u2": ["p", "r", "q"],  # (18-24, south): p, topped up with r, q
+        "u3": ["p", "q", "r"],  # (18-24, east) has no events; 18-24 (u1, u2): p 2, q 1
+        "u4": ["p", "q", "r"],  # no age group; north (u1): p, q
+        "u5": ["r", "p", "q"],  # 25-34 has no events and the region is unknown
+        "u6": ["r", "s", "p"],  # (55+, west): r 3, s 1
+        "u7": ["r", "p", "q"],  # nothing known
+    }
+    sources = sources_of(predictions)
+    assert sources["u2"] == ["segment", "overall", "overall"]
+    assert sources["u3"] == ["age_group", "age_group", "overall"]
+    assert sources["u4"] == ["region", "region", "overall"]
+    assert set(sources["u5"]) == set(sources["u7"]) == {"overall"}
+    assert predictions.loc[predictions["user_id"] == "u3", "score"].tolist() == [2.0, 1.0, 3.0]
+    assert "segment 3, age_group 1, region 1, overall 2" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_segment_levels_drop_columns_from_the_end_then_single_columns() -> None:
+    assert segment_levels(["age_group", "region"]) == [
+        ("segment", ["age_group", "region"]),
+        ("age_group", ["age_group"]),
+        ("region", ["region"]),
+    ]
+    assert segment_levels(["a", "b", "c"]) == [
+        ("segment", ["a", "b", "c"]),
+        ("a_b", ["a", "b"]),
+        ("a", ["a"]),
+        ("b", ["b"]),
+        ("c", ["c"]),
+    ]
+    assert segment_levels(["a"]) == [("segment", ["a"])]
 
 
 def test_segment_popularity_keeps_the_users_frame_order() -> None:

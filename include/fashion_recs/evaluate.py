@@ -489,6 +489,22 @@ def popularity_predictions(
     ).astype({user_col: user_ids.dtype, item_col: overall[item_col].dtype})
 
 
+def segment_levels(segment_cols: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """The segment levels to fall back through, most specific first, as `(name, columns)`.
+
+    First every column (named `segment`), then the columns with the last one dropped, and so
+    on down to the first column alone, then each other column alone, in order. A level of
+    several columns is named by its columns joined with `_`, a single column by itself. For
+    `["age_group", "region"]`: `segment` (age group x region), `age_group`, `region`; the
+    overall ranking, after the last level, is not listed. This is the order the routing
+    serves popularity in (`personal.routing.segment_level_keys`).
+    """
+    columns = list(segment_cols)
+    chains = [columns[:n] for n in range(len(columns), 0, -1)]
+    chains += [[column] for column in columns if [column] not in chains]
+    return [("segment" if cols == columns else "_".join(cols), cols) for cols in chains]
+
+
 def segment_popularity_predictions(
     train: pd.DataFrame,
     users_frame: pd.DataFrame,
@@ -500,17 +516,24 @@ def segment_popularity_predictions(
     weight_col: str | None = WEIGHT,
     rank_col: str = RANK,
 ) -> pd.DataFrame:
-    """Popularity within each user's segment (for example age group x region).
+    """Popularity within each user's segment (for example age group x region), level by level.
 
     This is the cold-start list the routing serves to users with demographics, so it is
-    evaluated beside the models. A segment is a combination of `segment_cols` values in
-    `users_frame`; its popularity comes from the train events of its users, scored like
-    `popularity_predictions`. Every user in `users_frame` gets k items when the train data
-    has k: a segment with fewer than k items is topped up with the overall ranking (skipping
-    items it already has), and a user whose segment has no train events, or who has a missing
-    segment value, gets the overall ranking. Returns `user_col, item_col, rank_col, score,
-    source`, where `source` says which ranking (`segment` or `overall`) the item and its score
-    came from; users in `users_frame` order, ranks 1..k.
+    evaluated beside the models and falls back the way the routing does. The levels are
+    `segment_levels(segment_cols)`: for `["age_group", "region"]`, age group x region, then
+    age group alone, then region alone. A user is served the first level whose columns are all
+    known for them (not missing in `users_frame`) and whose group has train events; a user
+    served by no level gets the overall ranking. A group's popularity comes from the train
+    events of its users in `users_frame`, scored like `popularity_predictions`.
+
+    Every user gets k items when the train data has k: a group with fewer than k items is
+    topped up with the overall ranking (skipping items it already has). Returns `user_col,
+    item_col, rank_col, score, source`, where `source` names the ranking the item and its
+    score came from: `segment` (every column), a level's name from `segment_levels`
+    (`age_group`, `region`) or `overall` (the top-up or the last fallback). Users come in
+    `users_frame` order, ranks 1..k. Logs how many users each level served, and warns about
+    a column unknown for every user (such as a region the data source lacks), since its
+    levels then serve nobody.
     """
     _check_k(k)
     segment_cols = list(segment_cols)
@@ -526,53 +549,79 @@ def segment_popularity_predictions(
             f"users_frame has {int(duplicated.sum())} duplicate {user_col!r} values (first: "
             f"{users.loc[duplicated, user_col].iloc[0]!r}); a user needs exactly one segment"
         )
+    for column in segment_cols:
+        if len(users) and users[column].isna().all():
+            log.warning(
+                "segment popularity: %r is unknown for all %d users, so no level using it "
+                "serves anyone; check the demographics stage or drop it from the segments",
+                column,
+                len(users),
+            )
 
     overall = _ranked_items(train, [], k, item_col=item_col, weight_col=weight_col)
     # Only the columns the score needs travel, so train columns cannot clash with segments.
     score_cols = [user_col, item_col]
     if weight_col is not None and weight_col in train.columns:
         score_cols.append(weight_col)
-    events = train[score_cols].merge(users, on=user_col, how="inner").dropna(subset=segment_cols)
-    by_segment = _ranked_items(events, segment_cols, k, item_col=item_col, weight_col=weight_col)
+    events = train[score_cols].merge(users, on=user_col, how="inner")
 
-    # Top up short segments from the overall ranking; the overall top k always has enough
-    # items that the segment does not already hold.
-    padding = by_segment[segment_cols].drop_duplicates().merge(overall, how="cross")
-    candidates = pd.concat(
-        [
-            by_segment.assign(source="segment", _priority=0),
-            padding.assign(source="overall", _priority=1),
-        ],
-        ignore_index=True,
-    )
-    candidates = candidates.sort_values(
-        [*segment_cols, "_priority", RANK], kind="mergesort"
-    ).drop_duplicates([*segment_cols, item_col], keep="first")
-    candidates[RANK] = candidates.groupby(segment_cols, sort=False).cumcount() + 1
-    segment_lists = candidates[candidates[RANK] <= k].drop(columns="_priority")
-
-    users = users.assign(_order=np.arange(len(users)))
-    with_segment = users[users[segment_cols].notna().all(axis=1).to_numpy()]
-    served = with_segment.merge(segment_lists, on=segment_cols, how="inner")
-    unserved = users[~np.isin(users["_order"].to_numpy(), served["_order"].to_numpy())]
-    fallback = unserved.merge(overall.assign(source="overall"), how="cross")
+    columns = ["_order", user_col, item_col, RANK, "score", "source"]
+    remaining = users.assign(_order=np.arange(len(users)))
+    parts, served_by = [], {}
+    for level, cols in segment_levels(segment_cols):
+        lists = _group_lists(
+            events.dropna(subset=cols), cols, overall, k, level, item_col, weight_col
+        )
+        known = remaining[remaining[cols].notna().all(axis=1).to_numpy()]
+        served = known[[user_col, "_order", *cols]].merge(lists, on=cols, how="inner")
+        parts.append(served[columns])
+        is_served = np.isin(remaining["_order"].to_numpy(), served["_order"].to_numpy())
+        served_by[level] = int(is_served.sum())
+        remaining = remaining[~is_served]
+    parts.append(remaining.merge(overall.assign(source="overall"), how="cross")[columns])
+    served_by["overall"] = len(remaining)
     log.info(
-        "segment popularity over %s: %d segments with train events, %d of %d users served "
-        "the overall ranking",
+        "segment popularity over %s: users served by level: %s (of %d)",
         segment_cols,
-        len(by_segment[segment_cols].drop_duplicates()),
-        len(unserved),
+        ", ".join(f"{level} {n}" for level, n in served_by.items()),
         len(users),
     )
 
-    columns = ["_order", user_col, item_col, RANK, "score", "source"]
     result = (
-        pd.concat([served[columns], fallback[columns]], ignore_index=True)
+        pd.concat(parts, ignore_index=True)
         .sort_values(["_order", RANK], kind="mergesort")
         .drop(columns="_order")
         .reset_index(drop=True)
     )
     return result.astype({RANK: np.int32, "score": np.float64}).rename(columns={RANK: rank_col})
+
+
+def _group_lists(
+    events: pd.DataFrame,
+    cols: list[str],
+    overall: pd.DataFrame,
+    k: int,
+    source: str,
+    item_col: str,
+    weight_col: str | None,
+) -> pd.DataFrame:
+    """The top k items of each group of `cols` with train events, short lists topped up from
+    the overall ranking: `cols, item, score, rank, source`."""
+    by_group = _ranked_items(events, cols, k, item_col=item_col, weight_col=weight_col)
+    # The overall top k always has enough items that the group does not already hold.
+    padding = by_group[cols].drop_duplicates().merge(overall, how="cross")
+    candidates = pd.concat(
+        [
+            by_group.assign(source=source, _priority=0),
+            padding.assign(source="overall", _priority=1),
+        ],
+        ignore_index=True,
+    )
+    candidates = candidates.sort_values(
+        [*cols, "_priority", RANK], kind="mergesort"
+    ).drop_duplicates([*cols, item_col], keep="first")
+    candidates[RANK] = candidates.groupby(cols, sort=False).cumcount() + 1
+    return candidates[candidates[RANK] <= k].drop(columns="_priority")
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Stage 7, `evaluate`: the popularity baselines scored on a temporal hold-out, every run.
 
-Popularity (overall and per age group x region segment) is what the routing serves to shoppers
-it knows little about, and it is the bar every personalised model must clear before it is
-published for routing. Scoring it every run, on the last `holdout_days` of interactions,
-gives the run's metrics table its reference rows and shows drift from day to day.
+Popularity (overall, and per age group x region segment falling back to age group or region
+alone, as the routing does) is what the routing serves to shoppers it knows little about, and
+it is the bar every personalised model must clear before it is published for routing. Scoring
+it every run, on the last `holdout_days` calendar days of interactions, gives the run's metrics
+table its reference rows and shows drift from day to day.
 """
 
 from __future__ import annotations
