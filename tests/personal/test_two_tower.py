@@ -264,6 +264,118 @@ def test_validation_split_holds_out_the_latest_events_of_warm_users(split: Split
     assert len(truth) > 0
 
 
+# --- refit for the published lists ---------------------------------------------------------
+
+# Tiny towers and few epochs: these tests are about what is trained on, not how well.
+REFIT_PARAMS = TwoTowerParams(dim=8, hidden=16, max_epochs=4, patience=1, num_threads=1)
+LATE_USER, LATE_ITEM, NEVER_ITEM = "late_user", "p_late", "p_never"
+
+
+@dataclass(frozen=True)
+class LateRetailer:
+    """The planted retailer plus a user and a product that appear only in the hold-out."""
+
+    interactions: pd.DataFrame
+    train: pd.DataFrame
+    items: pd.DataFrame
+
+
+@pytest.fixture(scope="module")
+def late_retailer(retailer: Retailer) -> LateRetailer:
+    # p_late and p_never have the same attributes; only p_late is ever bought, and only after
+    # the cutoff, by the late user and by some group-0 users.
+    twins = pd.DataFrame(
+        {
+            "product_id": [LATE_ITEM, NEVER_ITEM],
+            "department": ["d0", "d0"],
+            "color": ["red", "red"],
+            "target_audience": ["women", "women"],
+        }
+    )
+    items = pd.concat([retailer.items, twins], ignore_index=True)
+    last = retailer.interactions["event_ts"].max()
+    group_0 = [u for u, g in retailer.user_group.items() if g == 0][:20]
+    late = pd.DataFrame(
+        {
+            "user_id": [LATE_USER] * 4 + group_0,
+            "product_id": ["p000", "p001", "p002", LATE_ITEM] + [LATE_ITEM] * len(group_0),
+            "event_ts": last,
+            "weight": 2.0,
+        }
+    )
+    interactions = pd.concat([retailer.interactions, late], ignore_index=True)
+    train, _ = temporal_split(interactions, holdout_days=10)
+    assert LATE_USER not in set(train["user_id"]) and LATE_ITEM not in set(train["product_id"])
+    return LateRetailer(interactions, train, items)
+
+
+@pytest.fixture(scope="module")
+def holdout_model(retailer: Retailer, late_retailer: LateRetailer) -> TwoTowerModel:
+    return TwoTowerModel.fit(late_retailer.train, retailer.users, late_retailer.items, REFIT_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def refit_model(
+    retailer: Retailer, late_retailer: LateRetailer, holdout_model: TwoTowerModel
+) -> TwoTowerModel:
+    return holdout_model.refit(late_retailer.interactions, retailer.users, late_retailer.items)
+
+
+def test_refit_learns_users_and_items_seen_only_after_the_cutoff(
+    late_retailer: LateRetailer, holdout_model: TwoTowerModel, refit_model: TwoTowerModel
+) -> None:
+    rows = pd.Index(late_retailer.items["product_id"]).get_indexer([LATE_ITEM, NEVER_ITEM])
+    # The hold-out model never saw the late user or item: they look like strangers and twins.
+    before = holdout_model.user_vectors([LATE_USER, "nobody"])
+    assert np.allclose(before[0], before[1])
+    assert np.allclose(*holdout_model.item_vectors()[rows])
+    # The refit trained on every interaction: both have their own embeddings and history.
+    after = refit_model.user_vectors([LATE_USER, "nobody"])
+    assert not np.allclose(after[0], after[1])
+    assert not np.allclose(*refit_model.item_vectors()[rows])
+    lists = refit_model.recommend([LATE_USER], K)
+    assert len(lists) == K
+    assert not set(lists["product_id"]) & {"p000", "p001", "p002", LATE_ITEM}
+    assert refit_model.history.n_fit_events == len(late_retailer.interactions)
+
+
+def test_refit_trains_exactly_the_best_epoch_count_without_validation(
+    holdout_model: TwoTowerModel, refit_model: TwoTowerModel
+) -> None:
+    best = holdout_model.history.best_epoch
+    assert 1 <= best <= REFIT_PARAMS.max_epochs
+    history = refit_model.history
+    assert len(history.train_loss) == best and history.best_epoch == best
+    assert history.n_val_pairs == 0 and not history.stopped_early
+    assert refit_model.params.val_fraction == 0 and refit_model.params.max_epochs == best
+    assert refit_model.params.seed == REFIT_PARAMS.seed
+
+
+def test_a_fixed_epoch_count_trains_that_many_epochs_on_everything(
+    retailer: Retailer, late_retailer: LateRetailer
+) -> None:
+    params = REFIT_PARAMS.for_refit(2)
+    assert (params.max_epochs, params.val_fraction, params.dim) == (2, 0.0, REFIT_PARAMS.dim)
+    model = TwoTowerModel.fit(late_retailer.train, retailer.users, late_retailer.items, params)
+    assert len(model.history.train_loss) == 2 and model.history.best_epoch == 2
+    assert model.history.n_fit_events == len(late_retailer.train)
+    with pytest.raises(ValueError, match="max_epochs must be a positive integer"):
+        REFIT_PARAMS.for_refit(0)
+
+
+def test_refit_is_deterministic(
+    retailer: Retailer,
+    late_retailer: LateRetailer,
+    holdout_model: TwoTowerModel,
+    refit_model: TwoTowerModel,
+) -> None:
+    again = holdout_model.refit(late_retailer.interactions, retailer.users, late_retailer.items)
+    assert np.array_equal(again.item_vectors(), refit_model.item_vectors())
+    assert again.history.train_loss == refit_model.history.train_loss
+    users = [LATE_USER, "u000", "u001", "nobody"]
+    pd.testing.assert_frame_equal(again.recommend(users, K), refit_model.recommend(users, K))
+
+
 # --- serving --------------------------------------------------------------------------------
 
 

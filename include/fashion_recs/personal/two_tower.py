@@ -31,6 +31,12 @@ Decisions a reader will want to know about:
   catalogue, the same way `recommend` does, with `fashion_recs.evaluate.recall_at_k`. The
   best epoch's weights are kept. They are not refitted on the held-out events, which still
   serve as history and as known items when recommending.
+- **Refit.** The published model is not the early-stopped one: `refit` trains a fresh model
+  on all interactions for exactly the best epoch count the early stopping found, with no
+  validation split (`TwoTowerParams.for_refit`), so the latest days, and the users and
+  products that only appear in them, get their own embeddings. Early stopping needs a
+  future to score against, which a model trained on everything does not have; its epoch
+  count is the best estimate of how long to train.
 - **Determinism.** Training runs inside a context that seeds a forked torch RNG, enables
   deterministic algorithms and (optionally) fixes the thread count, restoring all three on
   exit, so two fits on the same inputs and machine give bit-identical vectors and nothing
@@ -48,7 +54,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -114,6 +120,14 @@ class TwoTowerParams:
     id_dropout: float = 0.1
     val_max_users: int | None = 10_000
     num_threads: int | None = None
+
+    def for_refit(self, epochs: int) -> TwoTowerParams:
+        """The same model trained for exactly `epochs` epochs on every event given to `fit`.
+
+        `val_fraction` 0 means no validation split, so nothing is held out, nothing stops the
+        training early and the last epoch is kept; everything else, the seed included, stays.
+        """
+        return replace(self, max_epochs=epochs, val_fraction=0.0)
 
     def __post_init__(self) -> None:
         positive = {
@@ -638,7 +652,12 @@ class TwoTowerModel:
             history.n_val_users,
         )
 
-        if truth.empty:
+        if params.val_fraction == 0:
+            log.info(
+                "two-tower: no validation split (val_fraction 0); training exactly %d epochs",
+                params.max_epochs,
+            )
+        elif truth.empty:
             log.warning(
                 "two-tower: no validation pairs (val_fraction %s, or no warm user came back for "
                 "a new item); training all %d epochs and keeping the last",
@@ -680,6 +699,37 @@ class TwoTowerModel:
             history.seconds,
         )
         return model
+
+    def refit(
+        self,
+        interactions: pd.DataFrame,
+        users: pd.DataFrame,
+        items: pd.DataFrame,
+        item_content: np.ndarray | None = None,
+    ) -> TwoTowerModel:
+        """A fresh model trained on `interactions` for this model's best epoch count.
+
+        Train on the hold-out split with `fit` first (its validation picks the epoch count,
+        its lists are scored), then refit on all interactions for the lists that are
+        published: same parameters and seed, `self.history.best_epoch` epochs, no validation
+        split and no early stopping (`TwoTowerParams.for_refit`), so two refits on the same
+        inputs give the same model. The arguments are those of `fit`.
+        """
+        epochs = self.history.best_epoch
+        if epochs < 1:
+            raise FashionRecsError(
+                "two-tower: this model has no best epoch to refit for (it was loaded without "
+                "a training history, or never trained); fit it on the split first"
+            )
+        log.info(
+            "two-tower (%s): refitting on all %d interactions for %d epochs (best on the split)",
+            self.params.loss,
+            len(interactions),
+            epochs,
+        )
+        return type(self).fit(
+            interactions, users, items, self.params.for_refit(epochs), item_content=item_content
+        )
 
     def _train(self, pairs: pd.DataFrame, item_inputs: _ItemInputs, truth: pd.DataFrame) -> None:
         """Run the epochs, validating after each, and leave the best epoch's weights in place."""

@@ -269,11 +269,15 @@ def _content_features(config: RetailerConfig, paths: RunPaths, products: pd.Data
 def two_tower_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths) -> dict:
     """The two-tower model with the configured loss, plus the comparison losses (scored only).
 
-    The model is trained once, on the interactions before the hold-out cutoff (with its own
-    temporal validation split for early stopping), scored on the hold-out, and then serves
-    every user from their full history: the towers read a user's recent items, so the last
-    days' interactions shape the published lists without a second training (the next run
-    trains on them). Comparison losses train for at most `compare_max_epochs`.
+    Each model trains on the interactions before the hold-out cutoff (with its own temporal
+    validation split for early stopping) and is scored on the hold-out. For the published
+    lists and the saved model, the configured one is then refitted on all interactions for
+    exactly the best epoch count found on the split, with no validation split and no early
+    stopping (`TwoTowerModel.refit`, seeded like the first), so the last days' interactions,
+    and the users and products new in them, are trained on. Its `training` entry holds the
+    split training's history (best epoch, validation recall, seconds) and, under `refit`, the
+    refit's epochs, losses and seconds. Comparison losses train for at most
+    `compare_max_epochs`.
     """
     from fashion_recs.personal.two_tower import TwoTowerModel
 
@@ -299,15 +303,18 @@ def two_tower_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPa
         )
         histories[name] = _history(model)
         if name == "two_tower":
-            lists = model.recommend(
-                list(inputs.full.users),
-                k,
-                exclude_known=cfg.exclude_known,
-                users=users,
-                interactions=inputs.interactions,
-            )
+            final = model.refit(inputs.interactions, users, items, item_content=content)
+            refit = _history(final)
+            histories[name]["refit"] = {
+                "epochs": len(final.history.train_loss),
+                "train_loss": refit["train_loss"],
+                "examples_per_s": refit["examples_per_s"],
+                "seconds": refit["seconds"],
+            }
+            # The refit model holds every user's demographics, history and known items.
+            lists = final.recommend(list(inputs.full.users), k, exclude_known=cfg.exclude_known)
             write_artifact(paths, personal_lists(name), _lists_table(lists))
-            model.save(paths.file("06_models", "two_tower"))
+            final.save(paths.file("06_models", "two_tower"))
         timings[name] = round(time.perf_counter() - started, 2)
         log.info(
             "%s: map@%d %.4f (%.1f s)", name, k, _metric(metrics[-1], name, "map"), timings[name]
