@@ -519,22 +519,28 @@ def _touches(out: Path) -> list[tuple[str, datetime, str]]:
     ]
 
 
-def _split(out: Path) -> tuple[dict[str, list[str]], dict[str, set[str]], list[str]]:
-    """Before the last week: each user's products, most recent first, and the week's top 12
-    products; in the last week: each user's products."""
-    touches = _touches(out)
+def _split(
+    out: Path,
+) -> tuple[dict[str, list[str]], dict[str, set[str]], list[str], dict[str, list[str]]]:
+    """Before the last week: each user's products, most recent first, the week's top 12
+    products overall and in each user's segment; in the last week: each user's products."""
+    segment_of = {u["user_id"]: u["segment"] for u in _truth(out, "users")}
     cut = datetime.combine(BEHAVIOUR.end_date, datetime.min.time()) - HOLDOUT
     history: dict[str, dict[str, datetime]] = defaultdict(dict)
     following: dict[str, set[str]] = defaultdict(set)
-    week = Counter()
-    for user, ts, product in touches:
+    week, segment_week = Counter(), defaultdict(Counter)
+    for user, ts, product in _touches(out):
         if ts < cut:
             history[user][product] = ts
             week[product] += ts >= cut - HOLDOUT
+            segment_week[segment_of[user]][product] += ts >= cut - HOLDOUT
         else:
             following[user].add(product)
     recent_first = {u: sorted(seen, key=seen.get, reverse=True) for u, seen in history.items()}
-    return recent_first, following, [p for p, _ in week.most_common(12)]
+    segment_top = {
+        u: [p for p, _ in segment_week[segment_of[u]].most_common(12)] for u in recent_first
+    }
+    return recent_first, following, [p for p, _ in week.most_common(12)], segment_top
 
 
 def test_every_product_has_a_style_code_and_colour_variants_share_it(out: Path) -> None:
@@ -563,7 +569,7 @@ def test_every_product_has_a_style_code_and_colour_variants_share_it(out: Path) 
 
 
 def test_own_recent_products_predict_the_next_week_best(behaviour: Path) -> None:
-    history, following, popular = _split(behaviour)
+    history, following, popular, segment_top = _split(behaviour)
     users = [u for u in following if u in history]
     assert len(users) > 300
     own = sum(len(following[u] & set(history[u])) for u in users)
@@ -574,6 +580,7 @@ def test_own_recent_products_predict_the_next_week_best(behaviour: Path) -> None
         return sum(hits) / len(hits)
 
     assert precision(history) > 1.5 * precision(dict.fromkeys(users, popular))
+    assert precision(history) > 0.8 * precision(segment_top)
     # Favourites drift: the most recent products return far more often than the oldest.
     long = [u for u in users if len(history[u]) >= 10]
     recent = sum(len(following[u] & set(history[u][:5])) for u in long)
@@ -582,7 +589,7 @@ def test_own_recent_products_predict_the_next_week_best(behaviour: Path) -> None
 
 
 def test_shoppers_open_colour_siblings_of_their_own_products(behaviour: Path) -> None:
-    history, following, _ = _split(behaviour)
+    history, following, _, _ = _split(behaviour)
     group = {r["product_id"]: r["group"] for r in _truth(behaviour, "variant_groups")}
     siblings = total = 0
     for user, products in following.items():

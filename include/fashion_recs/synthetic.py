@@ -130,9 +130,9 @@ class SyntheticSpec:
     images: bool = True
     currency: str = "EUR"
     # Half of the non-bundle browsing follows the shopper's segment (age group x region), and
-    # a share of all of it returns to the shopper's own few current favourites: strong enough
-    # that a customer's own recent items predict their next ones best, and personalised models
-    # and segment popularity clearly beat overall popularity, as on real fashion data.
+    # half of it returns to the shopper's own few current favourites: a customer's own recent
+    # items predict their next ones about twice as well as overall popularity, and segment
+    # popularity clearly beats overall popularity, as on real fashion data.
     taste_share: float = 0.5
     personal_share: float = 0.5
     malformed: MalformedRates = field(default_factory=MalformedRates)
