@@ -485,3 +485,141 @@ def test_personal_favourites_bring_shoppers_back_to_their_own_products(tmp_path:
         return 1 - len(set(views)) / len(views)
 
     assert repeat_share(0.9) > repeat_share(0.0) + 0.05
+
+
+# --- what real fashion purchase data shows: own recent items, colour variants, trends --------
+
+# Big enough for per-user statistics, clean and without pictures so it takes a second.
+BEHAVIOUR = SyntheticSpec(
+    n_products=400,
+    n_users=1500,
+    n_events=150_000,
+    n_answers=1500,
+    seed=5,
+    images=False,
+    malformed=MalformedRates().scaled(0),
+)
+HOLDOUT = timedelta(days=7)
+
+
+@pytest.fixture(scope="module")
+def behaviour(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("behaviour")
+    generate(BEHAVIOUR, path)
+    return path
+
+
+def _touches(out: Path) -> list[tuple[str, datetime, str]]:
+    """(user, time, product) of every product in an event of interest, in time order."""
+    return [
+        (r["user_id"], _parse_ts(r["event_timestamp"]), product)
+        for r in _events(out)
+        if _interest(r) and r["user_id"]
+        for product in ID_PATTERN.findall(r["product_id"])
+    ]
+
+
+def _split(
+    out: Path,
+) -> tuple[dict[str, list[str]], dict[str, set[str]], list[str], dict[str, list[str]]]:
+    """Before the last week: each user's products, most recent first, the week's top 12
+    products overall and in each user's segment; in the last week: each user's products."""
+    segment_of = {u["user_id"]: u["segment"] for u in _truth(out, "users")}
+    cut = datetime.combine(BEHAVIOUR.end_date, datetime.min.time()) - HOLDOUT
+    history: dict[str, dict[str, datetime]] = defaultdict(dict)
+    following: dict[str, set[str]] = defaultdict(set)
+    week, segment_week = Counter(), defaultdict(Counter)
+    for user, ts, product in _touches(out):
+        if ts < cut:
+            history[user][product] = ts
+            week[product] += ts >= cut - HOLDOUT
+            segment_week[segment_of[user]][product] += ts >= cut - HOLDOUT
+        else:
+            following[user].add(product)
+    recent_first = {u: sorted(seen, key=seen.get, reverse=True) for u, seen in history.items()}
+    segment_top = {
+        u: [p for p, _ in segment_week[segment_of[u]].most_common(12)] for u in recent_first
+    }
+    return recent_first, following, [p for p, _ in week.most_common(12)], segment_top
+
+
+def test_every_product_has_a_style_code_and_colour_variants_share_it(out: Path) -> None:
+    truth = {r["row"]: r for r in _truth(out, "products")}
+    codes = {}
+    for i, row in enumerate(_rows(out / "product_data.csv")):
+        if truth[i]["defect"] is None:
+            attrs = ast.literal_eval(row["other_attributes"])
+            codes[truth[i]["product_id"]] = attrs["style_code"]
+            assert attrs["style_code"] == truth[i]["style_code"]
+    groups = defaultdict(list)
+    for r in _truth(out, "variant_groups"):
+        groups[r["group"]].append(r["product_id"])
+    products = {r["product_id"]: r for r in truth.values() if r["defect"] is None}
+    in_groups = sum(len(m) for m in groups.values())
+    assert 0.3 <= in_groups / len(products) <= 0.4
+    for code, members in groups.items():
+        assert 2 <= len(members) <= 5
+        assert {codes[m] for m in members} == {code}
+        rows = [products[m] for m in members]
+        for key in ("department", "target_audience", "material", "style_tag", "original_price"):
+            assert len({r[key] for r in rows}) == 1, key
+        assert len({r["color"] for r in rows}) == len(rows)
+    singles = [c for p, c in codes.items() if p not in {m for g in groups.values() for m in g}]
+    assert len(set(singles)) == len(singles) and not set(singles) & set(groups)
+
+
+def test_own_recent_products_predict_the_next_week_best(behaviour: Path) -> None:
+    history, following, popular, segment_top = _split(behaviour)
+    users = [u for u in following if u in history]
+    assert len(users) > 300
+    own = sum(len(following[u] & set(history[u])) for u in users)
+    assert own / sum(len(following[u]) for u in users) > 0.25
+
+    def precision(lists: dict[str, list[str]]) -> float:
+        hits = [len(following[u] & set(lists[u][:12])) / min(12, len(following[u])) for u in users]
+        return sum(hits) / len(hits)
+
+    assert precision(history) > 1.5 * precision(dict.fromkeys(users, popular))
+    assert precision(history) > 0.8 * precision(segment_top)
+    # Favourites drift: the most recent products return far more often than the oldest.
+    long = [u for u in users if len(history[u]) >= 10]
+    recent = sum(len(following[u] & set(history[u][:5])) for u in long)
+    oldest = sum(len(following[u] & set(history[u][-5:])) for u in long)
+    assert recent > 2.5 * oldest
+
+
+def test_shoppers_open_colour_siblings_of_their_own_products(behaviour: Path) -> None:
+    history, following, _, _ = _split(behaviour)
+    group = {r["product_id"]: r["group"] for r in _truth(behaviour, "variant_groups")}
+    siblings = total = 0
+    for user, products in following.items():
+        seen = set(history.get(user, ()))
+        groups = {group[p] for p in seen if p in group}
+        siblings += sum(group.get(p) in groups for p in products - seen)
+        total += len(products)
+    assert siblings / total > 0.02
+
+
+def test_trending_products_take_off_over_the_last_weeks(behaviour: Path) -> None:
+    trending = {r["product_id"] for r in _truth(behaviour, "trending")}
+    summary = json.loads((behaviour / "truth" / "summary.json").read_text())
+    assert len(trending) == summary["truth"]["trending_products"] >= 2
+    start = datetime.combine(BEHAVIOUR.end_date, datetime.min.time()) - timedelta(BEHAVIOUR.days)
+    hits, totals = Counter(), Counter()
+    for _, ts, product in _touches(behaviour):
+        week = (ts - start).days // 7
+        hits[week] += product in trending
+        totals[week] += 1
+    share = [hits[w] / totals[w] for w in sorted(totals)]
+    early = sum(hits[w] for w in range(5)) / sum(totals[w] for w in range(5))
+    assert share[-1] > share[-2] > share[-3] > early and share[-1] > 3 * early
+
+
+def test_a_realistic_share_of_customers_touch_one_or_two_products(behaviour: Path) -> None:
+    products = defaultdict(set)
+    for user, _, product in _touches(behaviour):
+        products[user].add(product)
+    few = sum(len(p) <= 2 for p in products.values()) / len(products)
+    assert 0.25 <= few <= 0.35
+    summary = json.loads((behaviour / "truth" / "summary.json").read_text())
+    assert 0 < summary["truth"]["casual_users"] < len(products)

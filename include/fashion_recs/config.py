@@ -136,6 +136,19 @@ class ColumnsConfig(_Strict):
     answers: AnswerColumns = AnswerColumns()
 
 
+class ProductsConfig(_Strict):
+    """How the catalogue groups products into designs.
+
+    Colour variants of one design are bought together or in place of each other, so models
+    and candidate generators treat a product's siblings as near-certain alternatives.
+    `group_key` names the product attribute that identifies the design (in the seed format a
+    key of `other_attributes`; H&M's `product_code` is used whatever it says); null makes
+    every product a group of its own.
+    """
+
+    group_key: str | None = Field(default="style_code", min_length=1)
+
+
 class InteractionRule(_Strict):
     """Maps an (event, button) pair to a category and a weight; `button_name: null` = any."""
 
@@ -520,6 +533,7 @@ class RetailerConfig(_Strict):
     seed: int = 42
     sources: SourcesConfig
     columns: ColumnsConfig = ColumnsConfig()
+    products: ProductsConfig = ProductsConfig()
     events: EventsConfig = EventsConfig()
     interactions: InteractionsConfig
     demographics: DemographicsConfig = DemographicsConfig()

@@ -49,6 +49,9 @@ PRODUCTS_SCHEMA = pa.schema(
         pa.field("review_rating", pa.float64()),
         pa.field("review_count", pa.int64()),
         pa.field("color", pa.string()),
+        # The design a product is a variant of (colour variants share it); a product with no
+        # group in its source is a group of its own (its product_id). config products.group_key.
+        pa.field("group_key", pa.string(), nullable=False),
         pa.field("images", pa.list_(pa.string())),
         pa.field("measurements", pa.string()),
         pa.field("availability", pa.string()),

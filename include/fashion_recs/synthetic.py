@@ -8,6 +8,8 @@ have, and saves the structure it planted beside the data under `truth/`:
 - bundles of complementary products bought together (for frequently-bought-together rules),
 - groups of look-alike products (for similar-product models),
 - taste segments by age group and region (for segment popularity and personalisation),
+- colour-variant groups of one design sharing a `style_code` (for candidates and rankers),
+- trending products whose popularity ramps up over the last weeks (for popularity growth),
 - every user's true demographics (for age imputation and city/region filling),
 - the global popularity order (for popularity baselines),
 - every malformed row injected, by class and file (so quarantine counts can be checked exactly).
@@ -127,11 +129,12 @@ class SyntheticSpec:
     n_event_files: int = 2
     images: bool = True
     currency: str = "EUR"
-    # Half of the non-bundle browsing follows the shopper's segment (age group x region) and
-    # a quarter of that their own few favourites: strong enough that personalised models and segment
-    # popularity clearly beat overall popularity, as on real fashion data.
+    # Half of the non-bundle browsing follows the shopper's segment (age group x region), and
+    # half of it returns to the shopper's own few current favourites: a customer's own recent
+    # items predict their next ones about twice as well as overall popularity, and segment
+    # popularity clearly beats overall popularity, as on real fashion data.
     taste_share: float = 0.5
-    personal_share: float = 0.25
+    personal_share: float = 0.5
     malformed: MalformedRates = field(default_factory=MalformedRates)
 
     def __post_init__(self) -> None:
@@ -489,10 +492,32 @@ P_BUNDLE_SESSION = 0.10
 P_ANOTHER_VISIT = 0.70
 MAX_VISITS = 12
 # Taste (SyntheticSpec.taste_share / personal_share): the share of non-bundle visits that follow
-# the shopper's segment favourites, and the share of those that go to the shopper's own few
-# favourites among them (drawn from a stream of its own, so every other draw, and the expected
-# popularity of every product, stays the same).
-PERSONAL_FAVOURITES = 6
+# the shopper's segment favourites, and the share of all non-bundle visits that go to one of the
+# shopper's own few current favourites instead (drawn from a stream of its own, and from the
+# same mix of segment and popularity, so the expected popularity of every product stays the
+# same). Favourites drift: each slot holds one product for one to four weeks, then another, so
+# what a shopper touched in the last days predicts their next days far better than older items.
+PERSONAL_FAVOURITES = 4
+FAVOURITE_DAYS = (7.0, 28.0)
+# A return to a favourite opens a colour sibling of it instead this often, and returns are
+# bagged more often than browsing (re-buys, or the same design in another colour).
+P_SIBLING = 0.25
+P_BAG_PERSONAL = 0.25
+# Colour variants: this share of the clean catalogue sits in groups of 2-5 products of one
+# design (the same words and price, a different colour each) that share a style_code.
+VARIANT_SHARE = 0.35
+VARIANT_SIZES = (2, 5)
+# Trending products (this share of the catalogue) take a growing share of popularity-driven
+# visits over the last TREND_DAYS days of the window, up to TREND_PEAK on the last day.
+TREND_SHARE = 0.02
+TREND_DAYS = 21
+TREND_PEAK = 0.15
+# Casual shoppers (this share of app users) open one product per session and come about
+# CASUAL_SESSIONS times in the window: the customers seen with one or two products only.
+CASUAL_SHARE = 0.45
+CASUAL_SESSIONS = 1.0
+# Interest events per session, for sizing session batches and casual shoppers' activity.
+EVENTS_PER_SESSION = 4.6
 P_SIMILAR = 0.12
 P_HEART = 0.06
 P_BAG = 0.08
@@ -599,6 +624,7 @@ class _Catalogue:
     price_factor: np.ndarray
     defect: np.ndarray
     id_source: np.ndarray  # row whose id a duplicate_id row repeats (else its own row)
+    variant_of: np.ndarray  # the design (lead row) each row is a colour variant of; own row if none
     rank: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     weight: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
@@ -613,11 +639,14 @@ class _Catalogue:
 
 @dataclass
 class _Structure:
-    """The planted truth about products: bundles, look-alikes and segment favourites."""
+    """The planted truth about products: bundles, look-alikes, segment favourites, colour
+    variants and trending products."""
 
     bundles: list[list[int]]
     bundle_weight: np.ndarray
     lookalikes: list[list[int]]
+    variants: list[list[int]]
+    trending: np.ndarray
     age_favourites: list[np.ndarray]
     age_affinity: list[np.ndarray]
     region_favourites: list[np.ndarray]
@@ -655,6 +684,7 @@ def _draw_catalogue(spec: SyntheticSpec, rng: np.random.Generator) -> _Catalogue
         price_factor=rng.lognormal(0.0, 0.35, n),
         defect=np.full(n, "", dtype=object),
         id_source=np.arange(n),
+        variant_of=np.arange(n),
     )
 
 
@@ -784,6 +814,64 @@ def _plant_segment_favourites(
     return age_sets, age_aff, region_sets, region_aff
 
 
+def _plant_variants(
+    catalogue: _Catalogue,
+    planted: np.ndarray,
+    favourites: np.ndarray,
+    rng: np.random.Generator,
+) -> list[list[int]]:
+    """Colour-variant groups: a lead product and 1-4 siblings of its design in other colours.
+
+    Siblings take the lead's audience, department, words, description and price, and a colour
+    of their own; all share the lead's style_code. Look-alikes and bundle products (`planted`)
+    stay out, so their planted attributes hold. Popular and segment-favourite designs
+    (`favourites`) lead first, as hit designs come in more colours; segment favourites are
+    never siblings, so their attributes stay as planted.
+    """
+    clean = catalogue.clean
+    eligible = clean[~np.isin(clean, planted)]
+    target = round(VARIANT_SHARE * len(clean))
+    lo, hi = VARIANT_SIZES
+    sizes = rng.integers(lo, hi + 1, max(1, target // lo))
+    sizes = sizes[: int(np.searchsorted(np.cumsum(sizes), target)) + 1]
+    hit = np.isin(eligible, favourites) | (catalogue.rank[eligible] <= 2 * _top_count(len(clean)))
+    leads = np.concatenate([rng.permutation(eligible[hit]), rng.permutation(eligible[~hit])])
+    pool = rng.permutation(eligible[~np.isin(eligible, favourites)])
+    n_groups = len(sizes)
+    while n_groups and (sizes[:n_groups] - 1).sum() > len(pool) - n_groups:
+        n_groups -= 1
+    leads, sizes = leads[:n_groups], sizes[:n_groups]
+    pool = pool[~np.isin(pool, leads)]
+    siblings = pool[: int((sizes - 1).sum())]
+    lead_of = np.repeat(leads, sizes - 1)
+    for attr in ("audience", "department", "material", "style", "noun", "tag", "template"):
+        values = getattr(catalogue, attr)
+        values[siblings] = values[lead_of]
+    catalogue.price_factor[siblings] = catalogue.price_factor[lead_of]
+    catalogue.variant_of[siblings] = lead_of
+    colours = np.asarray(list(COLOR_SHARE), dtype=object)
+    shares = np.asarray(list(COLOR_SHARE.values()))
+    groups: list[list[int]] = []
+    start = 0
+    for lead, size in zip(leads.tolist(), sizes.tolist(), strict=True):
+        members = siblings[start : start + size - 1]
+        start += size - 1
+        other = colours != catalogue.color[lead]
+        p = shares[other] / shares[other].sum()
+        catalogue.color[members] = rng.choice(colours[other], size - 1, replace=False, p=p)
+        groups.append([lead, *members.tolist()])
+    return groups
+
+
+def _plant_trending(catalogue: _Catalogue, free: list[int], rng: np.random.Generator) -> np.ndarray:
+    """Products of the long tail whose popularity ramps up at the end of the window."""
+    n = min(len(free), max(2, round(TREND_SHARE * len(catalogue.clean))))
+    chosen = np.sort(rng.choice(np.asarray(free, dtype=np.int64), n, replace=False))
+    taken = set(chosen.tolist())
+    free[:] = [row for row in free if row not in taken]
+    return chosen
+
+
 def _top_count(n_clean: int) -> int:
     """Size of the popularity head that must stay on top of observed popularity.
 
@@ -796,7 +884,8 @@ def _top_count(n_clean: int) -> int:
 def _plant_structure(
     spec: SyntheticSpec, catalogue: _Catalogue, rng: np.random.Generator
 ) -> _Structure:
-    """Plant look-alikes, bundles and segment favourites on distinct, not-top-popular products.
+    """Plant look-alikes, bundles, segment favourites and trending products on distinct,
+    not-top-popular products, then colour variants around the rest.
 
     Keeping the planted sets apart (and away from the most popular products) means each model
     is checked against one signal at a time and the planted popularity order stays on top.
@@ -806,11 +895,18 @@ def _plant_structure(
     lookalikes = _plant_lookalikes(catalogue, free, rng)
     bundles, bundle_weight = _plant_bundles(catalogue, free, rng)
     age_sets, age_aff, region_sets, region_aff = _plant_segment_favourites(catalogue, free, rng)
+    trending = _plant_trending(catalogue, free, rng)
+    planted = np.asarray([r for g in lookalikes + bundles for r in g], dtype=np.int64)
+    variants = _plant_variants(
+        catalogue, np.concatenate([planted, trending]), np.concatenate(age_sets + region_sets), rng
+    )
     unknown = _object_ids(rng, max(5, spec.n_products // 100), spec.end_date, set(catalogue.hexes))
     return _Structure(
         bundles=bundles,
         bundle_weight=bundle_weight,
         lookalikes=lookalikes,
+        variants=variants,
+        trending=trending,
         age_favourites=age_sets,
         age_affinity=age_aff,
         region_favourites=region_sets,
@@ -937,6 +1033,7 @@ def _attributes(
     attrs: dict[str, Any] = {
         "product_id": retailer_id,
         "sku": f"SKU-{retailer_id}-{dept.sizes[int(rng.integers(0, len(dept.sizes)))]}",
+        "style_code": _style_code(catalogue, row),
         "product_url": f"https://shop.example.com/p/{retailer_id}",
         "review_rating": float(round(float(np.clip(rng.normal(4.1, 0.5), 1.0, 5.0)), 1)),
         "review_count": int(rng.poisson(3 + 400 * popularity)),
@@ -951,9 +1048,14 @@ def _attributes(
     }
     missing = rng.random(len(attrs)) < OPTIONAL_ATTRIBUTE_MISSING
     for key, drop in zip(list(attrs), missing.tolist(), strict=True):
-        if drop and key != "product_id":
+        if drop and key not in ("product_id", "style_code"):
             del attrs[key]
     return attrs
+
+
+def _style_code(catalogue: _Catalogue, row: int) -> str:
+    """The design a product belongs to, shared by its colour variants (one of its own if none)."""
+    return f"ST{int(catalogue.variant_of[row]):06d}"
 
 
 def _truncate(text: str, rng: np.random.Generator) -> str:
@@ -1031,6 +1133,7 @@ def _product_rows(
                 "target_audience": cells["target_audience"],
                 "department": cells["department"],
                 "color": str(catalogue.color[row]),
+                "style_code": _style_code(catalogue, row),
                 "material": str(catalogue.material[row]),
                 "style_tag": str(catalogue.tag[row]),
                 "price": current,
@@ -1060,6 +1163,7 @@ class _Users:
     gender: np.ndarray
     channel: np.ndarray
     activity: np.ndarray  # relative session rate; 0 = never uses the app
+    casual: np.ndarray  # opens one product a session, about CASUAL_SESSIONS sessions in all
 
     @property
     def segment(self) -> np.ndarray:
@@ -1093,7 +1197,14 @@ def _draw_users(spec: SyntheticSpec, rng: np.random.Generator) -> _Users:
     for g, shares in enumerate(AGE_CHANNEL_SHARE):
         rows = np.nonzero(age_group == g)[0]
         channel[rows] = _pick(rng, SIGNUP_CHANNELS, shares, len(rows))
-    activity = rng.lognormal(0.0, 1.0, n) * (rng.random(n) >= 0.10)
+    app = rng.random(n) >= 0.10
+    casual = app & (rng.random(n) < CASUAL_SHARE)
+    activity = rng.lognormal(0.0, 1.0, n) * app
+    # A casual rate r gives each casual shopper sessions * r / (regular + n_casual * r) sessions.
+    sessions = spec.n_events * (1 - NOISE_SHARE) / EVENTS_PER_SESSION
+    n_casual = int(casual.sum())
+    spare = max(sessions - n_casual * CASUAL_SESSIONS, sessions / 2)
+    activity[casual] = CASUAL_SESSIONS * (activity[~casual].sum() or 1.0) / spare
     return _Users(
         ids=[f"U{i:07d}" for i in range(n)],
         region=region,
@@ -1104,6 +1215,7 @@ def _draw_users(spec: SyntheticSpec, rng: np.random.Generator) -> _Users:
         gender=_pick(rng, GENDERS, GENDER_SHARE, n),
         channel=channel,
         activity=activity,
+        casual=casual,
     )
 
 
@@ -1274,9 +1386,21 @@ class _Sampler:
     block_members: np.ndarray
     block_offset: np.ndarray
     block_size: np.ndarray
+    variant_of: np.ndarray  # colour-variant group position per product row, -1 if none
+    variant_members: np.ndarray
+    variant_offset: np.ndarray
+    variant_size: np.ndarray
+    trend_rows: np.ndarray
+    trend_start: float  # day of the window (from its start) when trending products take off
+    days: int
     user_cum: np.ndarray
     user_segment: np.ndarray
-    user_favourites: np.ndarray  # (users, PERSONAL_FAVOURITES) product rows
+    user_casual: np.ndarray
+    # Favourite slot (user * PERSONAL_FAVOURITES + slot) in period `(day + phase) // length`
+    # holds product favourite_table[slot, period].
+    favourite_table: np.ndarray
+    favourite_length: np.ndarray
+    favourite_phase: np.ndarray
     taste_rng: np.random.Generator
     taste_share: float
     personal_share: float
@@ -1284,17 +1408,40 @@ class _Sampler:
     def popular(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return self.popular_rows[np.searchsorted(self.popular_cum, rng.random(n), side="right")]
 
+    def trending(self, rng: np.random.Generator, day: np.ndarray, picks: np.ndarray) -> np.ndarray:
+        """Popularity picks on `day`, a growing share of them replaced by trending products."""
+        ramp = np.clip((day - self.trend_start) / max(self.days - self.trend_start, 1.0), 0, 1)
+        trend = rng.random(len(picks)) < TREND_PEAK * ramp
+        chosen = self.trend_rows[rng.integers(0, len(self.trend_rows), len(picks))]
+        return np.where(trend, chosen, picks)
+
     def segment(self, rng: np.random.Generator, segments: np.ndarray) -> np.ndarray:
         idx = np.searchsorted(self.segment_cum, segments + rng.random(len(segments)), side="right")
         idx = np.clip(idx, self.segment_bounds[segments], self.segment_bounds[segments + 1] - 1)
         return self.segment_members[idx]
 
-    def personal(self, users: np.ndarray, picks: np.ndarray) -> np.ndarray:
-        """Segment picks of `users`, a share of them replaced by the user's own favourites."""
+    def personal(
+        self, users: np.ndarray, day: np.ndarray, picks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Picks of `users` on `day`, a share replaced by one of the user's favourites of the
+        moment (sometimes a colour sibling of it); returns the products and which are theirs."""
         rng = self.taste_rng
-        mine = rng.random(len(users)) < self.personal_share
-        slot = rng.integers(0, PERSONAL_FAVOURITES, len(users))
-        return np.where(mine, self.user_favourites[users, slot], picks)
+        n = len(users)
+        mine = rng.random(n) < self.personal_share
+        slot = users * PERSONAL_FAVOURITES + rng.integers(0, PERSONAL_FAVOURITES, n)
+        period = ((day + self.favourite_phase[slot]) // self.favourite_length[slot]).astype(int)
+        favourite = self.favourite_table[slot, period]
+        group = self.variant_of[favourite]
+        sibling = np.nonzero((rng.random(n) < P_SIBLING) & (group >= 0))[0]
+        favourite[sibling] = self._other_member(
+            rng,
+            favourite[sibling],
+            group[sibling],
+            self.variant_members,
+            self.variant_offset,
+            self.variant_size,
+        )
+        return np.where(mine, favourite, picks), mine
 
     def similar(self, rng: np.random.Generator, rows: np.ndarray) -> np.ndarray:
         """A product shown as similar: a look-alike when there is one, else same audience+dept."""
@@ -1367,13 +1514,15 @@ def _build_sampler(
     )
     _, block_labels = np.unique(keys, return_inverse=True)
     block_of, block_members, block_offset, block_size = _grouped(block_labels, clean, catalogue.n)
+    var_rows = np.asarray([r for g in structure.variants for r in g], dtype=np.int64)
+    var_labels = np.repeat(
+        np.arange(len(structure.variants)), [len(g) for g in structure.variants]
+    ).astype(np.int64)
+    variant_of, variant_members, variant_offset, variant_size = _grouped(
+        var_labels, var_rows, catalogue.n
+    )
     ucs = np.cumsum(users.activity)
-    taste_rng = np.random.default_rng([spec.seed, 2])
-    segments = np.repeat(users.segment, PERSONAL_FAVOURITES)
-    idx = np.searchsorted(seg_cum, segments + taste_rng.random(len(segments)), side="right")
-    idx = np.clip(idx, seg_bounds[segments], seg_bounds[segments + 1] - 1)
-    favourites = seg_members[idx].reshape(len(users.ids), PERSONAL_FAVOURITES)
-    return _Sampler(
+    sampler = _Sampler(
         popular_rows=clean,
         popular_cum=cs / cs[-1],
         segment_members=seg_members,
@@ -1391,13 +1540,45 @@ def _build_sampler(
         block_members=block_members,
         block_offset=block_offset,
         block_size=block_size,
+        variant_of=variant_of,
+        variant_members=variant_members,
+        variant_offset=variant_offset,
+        variant_size=variant_size,
+        trend_rows=structure.trending,
+        trend_start=float(max(0, spec.days - TREND_DAYS)),
+        days=spec.days,
         user_cum=ucs / ucs[-1],
         user_segment=users.segment,
-        user_favourites=favourites,
-        taste_rng=taste_rng,
+        user_casual=users.casual,
+        favourite_table=np.zeros((0, 0), dtype=np.int64),
+        favourite_length=np.zeros(0),
+        favourite_phase=np.zeros(0),
+        taste_rng=np.random.default_rng([spec.seed, 2]),
         taste_share=spec.taste_share,
         personal_share=spec.personal_share,
     )
+    _draw_favourites(sampler, spec.days)
+    return sampler
+
+
+def _draw_favourites(sampler: _Sampler, days: int) -> None:
+    """Every user's favourite slots: a length of one to four weeks and a product per period.
+
+    Favourites are drawn like any other visit (segment or popularity), so returning to them
+    changes who sees a product, not how popular it is.
+    """
+    rng = sampler.taste_rng
+    n_slots = len(sampler.user_segment) * PERSONAL_FAVOURITES
+    length = rng.uniform(*FAVOURITE_DAYS, n_slots)
+    phase = rng.random(n_slots) * length
+    n_periods = int(days // FAVOURITE_DAYS[0]) + 2
+    segments = np.repeat(sampler.user_segment, PERSONAL_FAVOURITES * n_periods)
+    from_segment = rng.random(len(segments)) < sampler.taste_share
+    table = np.empty(len(segments), dtype=np.int64)
+    table[from_segment] = sampler.segment(rng, segments[from_segment])
+    table[~from_segment] = sampler.popular(rng, int((~from_segment).sum()))
+    sampler.favourite_table = table.reshape(n_slots, n_periods)
+    sampler.favourite_length, sampler.favourite_phase = length, phase
 
 
 @dataclass
@@ -1424,19 +1605,21 @@ class _EventLog:
         return len(self.kind)
 
 
-def _session_starts(
-    spec: SyntheticSpec, rng: np.random.Generator, duration: np.ndarray
-) -> np.ndarray:
-    """Session start times: more activity in the evening and a little more every day."""
-    n = len(duration)
-    window_end = _epoch(spec.end_date)
-    window_start = window_end - spec.days * 86400
+def _session_times(spec: SyntheticSpec, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Seconds from the window's start at which sessions begin: more activity in the evening
+    and a little more every day. Drawn before the products, which depend on the day."""
     day_weight = 1.0 + 0.5 * (np.arange(spec.days) + 0.5) / spec.days
     day = rng.choice(spec.days, n, p=day_weight / day_weight.sum())
     hour_weight = np.asarray(HOUR_WEIGHTS)
     hour = rng.choice(24, n, p=hour_weight / hour_weight.sum())
-    start = window_start + day * 86400 + hour * 3600 + rng.integers(0, 3600, n)
-    return np.maximum(window_start, np.minimum(start, window_end - 1 - duration))
+    return day * 86400 + hour * 3600 + rng.integers(0, 3600, n)
+
+
+def _session_starts(spec: SyntheticSpec, time: np.ndarray, duration: np.ndarray) -> np.ndarray:
+    """Session start timestamps, moved earlier where a session would outlast the window."""
+    window_end = _epoch(spec.end_date)
+    window_start = window_end - spec.days * 86400
+    return np.maximum(window_start, np.minimum(window_start + time, window_end - 1 - duration))
 
 
 def _bundle_session_share(n_bundles: int) -> float:
@@ -1450,29 +1633,36 @@ class _Visits:
     """Product page visits of a batch of sessions, grouped by session in order."""
 
     user: np.ndarray  # per session
+    time: np.ndarray  # per session: seconds from the window's start (before any clamping)
     is_bundle: np.ndarray  # per session
     n_visits: np.ndarray  # per session
     offset: np.ndarray  # per session: index of its first visit
     session: np.ndarray  # per visit
     product: np.ndarray  # per visit
     in_bundle: np.ndarray  # per visit
+    personal: np.ndarray  # per visit: a return to one of the user's favourites (or a sibling)
 
 
-def _draw_visits(n: int, sampler: _Sampler, rng: np.random.Generator) -> _Visits:
-    """Who browses and which products they open.
+def _draw_visits(
+    spec: SyntheticSpec, n: int, sampler: _Sampler, rng: np.random.Generator
+) -> _Visits:
+    """Who browses, when, and which products they open.
 
     A bundle session opens every product of one bundle (plus up to two others); other visits
-    follow the user's segment favourites (often their own few favourites among them) or, more
-    often, global popularity.
+    follow the user's segment favourites or, more often, global popularity (trending products
+    more and more toward the end), and a share of them return to one of the user's own
+    favourites of the moment. A casual shopper's session opens one product.
     """
     user = np.searchsorted(sampler.user_cum, rng.random(n), side="right")
+    time = _session_times(spec, rng, n)
+    casual = sampler.user_casual[user]
     n_bundles = len(sampler.bundle_size)
-    is_bundle = rng.random(n) < _bundle_session_share(n_bundles)
+    is_bundle = (rng.random(n) < _bundle_session_share(n_bundles)) & ~casual
     bundle = np.minimum(
         np.searchsorted(sampler.bundle_cum, rng.random(n), side="right"), max(n_bundles - 1, 0)
     )
     n_random = np.minimum(rng.geometric(1 - P_ANOTHER_VISIT, n), MAX_VISITS)
-    n_random = np.where(is_bundle, np.minimum(n_random - 1, 2), n_random)
+    n_random = np.where(is_bundle, np.minimum(n_random - 1, 2), np.where(casual, 1, n_random))
     n_bundle = np.where(is_bundle, sampler.bundle_size[bundle] if n_bundles else 0, 0)
     n_visits = n_bundle + n_random
     offset = np.cumsum(n_visits) - n_visits
@@ -1484,14 +1674,17 @@ def _draw_visits(n: int, sampler: _Sampler, rng: np.random.Generator) -> _Visits
     b = np.nonzero(in_bundle)[0]
     product[b] = sampler.bundle_members[sampler.bundle_offset[bundle[session[b]]] + pos[b]]
     r = np.nonzero(~in_bundle)[0]
+    day = time[session[r]] / 86400
     from_segment = rng.random(len(r)) < sampler.taste_share
     seg_visits = r[from_segment]
-    seg_users = user[session[seg_visits]]
-    product[seg_visits] = sampler.personal(
-        seg_users, sampler.segment(rng, sampler.user_segment[seg_users])
+    product[seg_visits] = sampler.segment(rng, sampler.user_segment[user[session[seg_visits]]])
+    pop_visits = r[~from_segment]
+    product[pop_visits] = sampler.trending(
+        rng, day[~from_segment], sampler.popular(rng, len(pop_visits))
     )
-    product[r[~from_segment]] = sampler.popular(rng, int((~from_segment).sum()))
-    return _Visits(user, is_bundle, n_visits, offset, session, product, in_bundle)
+    personal = np.zeros(len(session), dtype=bool)
+    product[r], personal[r] = sampler.personal(user[session[r]], day, product[r])
+    return _Visits(user, time, is_bundle, n_visits, offset, session, product, in_bundle, personal)
 
 
 def _session_offsets(
@@ -1525,14 +1718,15 @@ def _simulate_sessions(
     click (bundle sessions bag the whole bundle); a session with bagged products sometimes ends
     in one purchase whose cell lists every bagged product.
     """
-    visits = _draw_visits(n, sampler, rng)
+    visits = _draw_visits(spec, n, sampler, rng)
     v = len(visits.product)
+    p_bag = np.where(visits.personal, P_BAG_PERSONAL, P_BAG)
     actions = np.stack(
         [
             np.ones(v, dtype=bool),
             rng.random(v) < P_SIMILAR,
             rng.random(v) < P_HEART,
-            visits.in_bundle | (rng.random(v) < P_BAG),
+            visits.in_bundle | (rng.random(v) < p_bag),
         ],
         axis=1,
     )
@@ -1553,7 +1747,7 @@ def _simulate_sessions(
     buy_offset = last_offset[buyer] + 20 + rng.exponential(60.0, len(buyer)).astype(np.int64)
     duration = last_offset.copy()
     duration[buyer] = buy_offset
-    start = _session_starts(spec, rng, duration)
+    start = _session_starts(spec, visits.time, duration)
 
     e = len(ev_kind)
     related = np.full(e, -1, dtype=np.int64)
@@ -1612,7 +1806,7 @@ def _simulate_events(spec: SyntheticSpec, sampler: _Sampler, rng: np.random.Gene
     logs: list[_EventLog] = []
     total = 0
     while total < n_interest:
-        batch = int((n_interest - total) / 4.6 * 1.04) + 16
+        batch = int((n_interest - total) / EVENTS_PER_SESSION * 1.04) + 16
         logs.append(_simulate_sessions(spec, batch, sampler, rng))
         total += len(logs[-1])
     log = _concat_logs(logs)
@@ -1867,6 +2061,17 @@ def _membership_table(id_name: str, groups: list[list[int]], hexes: list[str]) -
     )
 
 
+def _variants_table(catalogue: _Catalogue, structure: _Structure) -> pa.Table:
+    """One row per product of a colour-variant group: its group (the shared style_code)."""
+    rows = [r for g in structure.variants for r in g]
+    return pa.table(
+        {
+            "product_id": pa.array([catalogue.hexes[r] for r in rows], pa.string()),
+            "group": pa.array([_style_code(catalogue, r) for r in rows], pa.string()),
+        }
+    )
+
+
 def _popular_table(catalogue: _Catalogue) -> pa.Table:
     clean = catalogue.clean
     order = clean[np.argsort(catalogue.rank[clean])]
@@ -1982,7 +2187,7 @@ def generate(spec: SyntheticSpec, out_dir: Path) -> dict[str, Any]:
         **event_malformed,
         "user_answers.csv": answers.counts,
     }
-    summary = _summary(spec, files, n_images, events, structure, answers, malformed)
+    summary = _summary(spec, files, n_images, events, structure, users, answers, malformed)
     _write_truth(truth_dir, catalogue, structure, users, answers, _has_events(events, spec.n_users))
     write_table(products_truth, truth_dir / "products.parquet")
     write_table(
@@ -2034,6 +2239,11 @@ def _write_truth(
     write_table(
         _membership_table("group_id", structure.lookalikes, hexes), truth_dir / "lookalikes.parquet"
     )
+    write_table(_variants_table(catalogue, structure), truth_dir / "variant_groups.parquet")
+    write_table(
+        pa.table({"product_id": pa.array([hexes[r] for r in structure.trending.tolist()])}),
+        truth_dir / "trending.parquet",
+    )
     write_table(_segments_table(structure, hexes), truth_dir / "segments.parquet")
     write_table(
         _users_table(users, answers, has_events),
@@ -2048,10 +2258,12 @@ def _summary(
     n_images: int,
     events: _EventLog,
     structure: _Structure,
+    users: _Users,
     answers: _Answers,
     malformed: dict[str, dict[str, int]],
 ) -> dict[str, Any]:
     kinds = np.bincount(events.kind, minlength=len(EVENT_KINDS))
+    casual = users.casual & _has_events(events, spec.n_users)
     by_kind = {
         name if button is None else f"{name}/{button}": int(kinds[i])
         for i, (name, button) in enumerate(EVENT_KINDS)
@@ -2066,9 +2278,13 @@ def _summary(
             "bundle_products": sum(len(b) for b in structure.bundles),
             "lookalike_groups": len(structure.lookalikes),
             "lookalike_products": sum(len(g) for g in structure.lookalikes),
+            "variant_groups": len(structure.variants),
+            "variant_products": sum(len(g) for g in structure.variants),
+            "trending_products": len(structure.trending),
             "segments": len(AGE_LABELS) * len(REGIONS),
             "users": spec.n_users,
             "active_users": int(_has_events(events, spec.n_users).sum()),
+            "casual_users": int(casual.sum()),
             "users_with_answers": int(answers.answered_any.sum()),
             "users_with_birth_date": int(answers.answered_birth.sum()),
             "purchases": int(kinds[PURCHASE]),

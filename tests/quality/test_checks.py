@@ -39,6 +39,7 @@ def product(pid: str, price: float = 10.0, original: float = 12.0) -> dict:
     return {
         "product_id": pid,
         "title": f"Dress {pid[:4]}",
+        "group_key": pid,
         "price": price,
         "currency": "EUR",
         "original_price": original,
@@ -358,6 +359,7 @@ DEFECTS = [
     ("products", _set("review_rating", 2, 7.5), "to_be_between", "column 'review_rating'"),
     ("products", _set("discount_pct", 2, -3.0), "to_be_between", "column 'discount_pct'"),
     ("products", _swap_first_two_columns, "match_ordered_list", "the table"),
+    ("products", _set("group_key", 1, None), "not_be_null", "column 'group_key'"),
     ("price_history", _set("product_id", 2, UNKNOWN_ID), "in_reference_set", "column 'product_id'"),
     ("price_history", _duplicate_first_row, "compound_columns", "columns 'product_id', 'period'"),
     ("price_history", _set("value", 0, -1.0), "to_be_between", "column 'value'"),

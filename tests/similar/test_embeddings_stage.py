@@ -51,6 +51,7 @@ def export(tmp_path) -> tuple[Path, pa.Table]:
                 "title": f"{KINDS[i % 3]} number {i}",
                 "target_audience": "women",
                 "color": ["red", "blue", "green"][i % 3],
+                "group_key": f"{i:024x}",
                 "department": KINDS[i % 3],
                 "original_description": f"A {KINDS[i % 3]}.",
                 "images": images,

@@ -32,6 +32,7 @@ def catalogue(n: int = 200) -> pd.DataFrame:
                 "title": f"{colour.title()} {kind.title()} {i}",
                 "target_audience": "women" if i % 3 else "men",
                 "color": colour if i % 17 else None,
+                "group_key": f"{i:024x}",
                 "department": dept,
                 "original_description": f"A {colour} {kind} for every day.",
             }

@@ -46,6 +46,7 @@ def run(tmp_path):
             {
                 "product_id": pid,
                 "title": f"p{i}",
+                "group_key": pid,
                 "department": f"d{i % 4}",
                 "target_audience": "women" if i % 2 else "men",
             }

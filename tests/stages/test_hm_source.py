@@ -122,6 +122,34 @@ def test_products_keep_leading_zeros_and_map_the_hm_columns(run) -> None:
     assert all(len(images) == 0 for images in products["images"])  # the fixture has none
 
 
+def test_products_group_colour_variants_by_product_code(run) -> None:
+    products = pq.read_table(run["products"]["products"]).to_pandas().set_index("product_id")
+    codes = {a["article_id"]: a["product_code"] for a in read_fixture("articles.csv")}
+    assert products.loc["0108775001", "group_key"] == "0108775"  # leading zero kept
+    assert all(products.loc[pid, "group_key"] == codes[pid] for pid in products.index)
+
+
+def test_articles_without_a_product_code_are_their_own_group(tmp_path) -> None:
+    articles = read_fixture("articles.csv")[:3]
+    articles[1]["product_code"] = articles[0]["product_code"]
+    articles[2]["product_code"] = " "
+    folder = tmp_path / "export"
+    shutil.copytree(FIXTURE, folder)
+    write_csv(folder / "articles.csv", list(articles[0]), [list(a.values()) for a in articles])
+    config = hm_config(tmp_path / "data", folder)
+    paths = RunPaths(config.data_root_path, config.retailer, "groups")
+    summary = build_products_hm(
+        config, paths, folder / "articles.csv", [folder / "transactions_train.csv"], AS_OF
+    )
+    products = pq.read_table(summary["products"]).to_pandas()
+    first, second, third = (a["article_id"] for a in articles)
+    assert dict(zip(products["product_id"], products["group_key"], strict=True)) == {
+        first: articles[0]["product_code"],
+        second: articles[0]["product_code"],
+        third: third,
+    }
+
+
 def test_products_account_for_every_article_row(run) -> None:
     counts = run["products"]["counts"]
     assert (counts["rows_in"], counts["rows_out"], counts["rows_quarantined"]) == (84, 80, 4)

@@ -120,6 +120,42 @@ def test_other_attributes_nulls_bad_fields_and_reports_them() -> None:
     assert {i[2] for i in issues} == {"review_rating_not_in_0_5", "review_count_not_a_count"}
 
 
+def test_group_key_is_the_configured_attribute_stripped() -> None:
+    text = "{'style_code': ' S-12 ', 'color': 'red'}"
+    fields, issues = parse_other_attributes(text, "style_code")
+    assert fields["group_key"] == "S-12" and issues == []
+    for text in ("{'style_code': '  '}", "{'color': 'red'}"):
+        assert parse_other_attributes(text, "style_code")[0]["group_key"] is None
+    assert parse_other_attributes("{'style_code': 'S-12'}", None)[0]["group_key"] is None
+
+
+def test_colour_variants_share_a_group_key_and_others_are_their_own_group(tmp_path) -> None:
+    variant = ATTRS.replace("'sku'", "'style_code': 'S-1', 'sku'")
+    rows = [
+        row(0, other_attributes=variant),
+        row(1, other_attributes=variant.replace("navy", "red")),
+        row(2),
+        row(3, other_attributes=ATTRS.replace("'sku'", "'style_code': '', 'sku'")),
+    ]
+    source = write_csv(tmp_path / "product_data.csv", HEADER, rows)
+    config = make_config(tmp_path)
+    paths = run_paths(config)
+    summary = build_products(config, paths, source, AS_OF)
+    products = pq.read_table(paths.path(PRODUCTS)).to_pandas().set_index("product_id")
+    assert products["group_key"].to_dict() == {
+        HEX[0]: "S-1",
+        HEX[1]: "S-1",
+        HEX[2]: HEX[2],
+        HEX[3]: HEX[3],
+    }
+    assert summary["field_issues"] == {}
+
+    config = make_config(tmp_path, products={"group_key": None})
+    build_products(config, paths, source, AS_OF)
+    products = pq.read_table(paths.path(PRODUCTS)).to_pandas()
+    assert (products["group_key"] == products["product_id"]).all()
+
+
 def test_build_products_quarantines_each_malformed_class(tmp_path) -> None:
     rows = [row(i) for i in range(3)]
     rows += [

@@ -78,6 +78,8 @@ ARTICLE_COLUMNS = [
     "colour_group_name",
     "detail_desc",
 ]
+# The design an article is a colour variant of; optional (an article without one is its own).
+PRODUCT_CODE = "product_code"
 CUSTOMER_ID = "customer_id"
 # Customer columns that may predict a missing age (postal_code: a hash of ~350k values, no).
 AGE_PREDICTORS = ("FN", "Active", "club_member_status", "fashion_news_frequency")
@@ -273,7 +275,8 @@ def parse_articles(raw: pd.DataFrame, export_dir: Path) -> tuple[pd.DataFrame, p
     """Articles to catalogue rows without prices; return (products, quarantined rows).
 
     Quarantined: an id that is not 10 digits, a missing `prod_name`, a repeated id (the first
-    usable row wins). Texts are stripped; audience and department lower-cased like the seed
+    usable row wins). `group_key` is the article's `product_code` (its own id when the export
+    has none). Texts are stripped; audience and department lower-cased like the seed
     stage's. `images` holds the export's image path when that file exists.
     """
     ids = _strip(raw[ARTICLE_ID])
@@ -294,6 +297,9 @@ def parse_articles(raw: pd.DataFrame, export_dir: Path) -> tuple[pd.DataFrame, p
     products["target_audience"] = _or_none(rows["index_group_name"].str.lower())
     products["department"] = _or_none(rows["product_type_name"].str.lower())
     products["color"] = _or_none(rows["colour_group_name"])
+    # product_code names the design; its colour variants share it (text keeps leading zeros).
+    codes = _or_none(rows[PRODUCT_CODE]) if PRODUCT_CODE in rows else None
+    products["group_key"] = product_ids if codes is None else codes.fillna(product_ids)
     products["original_description"] = _or_none(rows["detail_desc"])
     products["images"] = pd.Series(images, index=rows.index, dtype=object)
     products = products.sort_values("product_id", kind="stable").reset_index(drop=True)

@@ -174,8 +174,15 @@ def current_price(periods: list[PricePeriod], as_of: date) -> dict[str, Any]:
     }
 
 
-def parse_other_attributes(text: str) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
-    """Typed fields from `other_attributes`; returns (fields, [(column, value, reason), ...])."""
+def parse_other_attributes(
+    text: str, group_key: str | None = None
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """Typed fields from `other_attributes`; returns (fields, [(column, value, reason), ...]).
+
+    `group_key` names the attribute holding the product's design (variant group); its stripped
+    value is the `group_key` field, None when absent or empty (the caller then uses the
+    product's own id).
+    """
     raw = parse_literal(text)
     if not isinstance(raw, dict):
         raise LiteralError("not a dict")
@@ -184,6 +191,8 @@ def parse_other_attributes(text: str) -> tuple[dict[str, Any], list[tuple[str, s
     for key in TEXT_ATTRIBUTES:
         value = raw.get(key)
         out[key] = None if value in (None, "") else str(value)
+    group = raw.get(group_key) if group_key is not None else None
+    out["group_key"] = (str(group).strip() or None) if group is not None else None
     pid = raw.get("product_id")
     out["retailer_product_id"] = None if pid in (None, "") else str(pid)
 
@@ -230,8 +239,14 @@ class ParsedProducts:
     field_issues: pd.DataFrame
 
 
-def parse_products(raw: pd.DataFrame, columns: ProductColumns, as_of: date) -> ParsedProducts:
-    """Parse the raw catalogue (all strings) into products, price history and rejects."""
+def parse_products(
+    raw: pd.DataFrame, columns: ProductColumns, as_of: date, group_key: str | None = None
+) -> ParsedProducts:
+    """Parse the raw catalogue (all strings) into products, price history and rejects.
+
+    `group_key` is the `other_attributes` key naming a product's design (config
+    products.group_key); a product without one is a group of its own.
+    """
     c = columns
     rows: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
@@ -259,7 +274,7 @@ def parse_products(raw: pd.DataFrame, columns: ProductColumns, as_of: date) -> P
             rejects.append((i, str(exc), c.price))
             continue
         try:
-            attributes, field_issues = parse_other_attributes(record[c.other_attributes])
+            attributes, field_issues = parse_other_attributes(record[c.other_attributes], group_key)
         except LiteralError:
             rejects.append((i, "unparseable_other_attributes", c.other_attributes))
             continue
@@ -274,6 +289,7 @@ def parse_products(raw: pd.DataFrame, columns: ProductColumns, as_of: date) -> P
                 "department": (record[c.department] or "").strip().lower() or None,
                 **price,
                 **attributes,
+                "group_key": attributes["group_key"] or product_id,
             }
         )
         history += [
@@ -314,7 +330,7 @@ def build_products(config: RetailerConfig, paths: RunPaths, source: Path, as_of:
     raw, bad_lines = read_raw_csv(
         source, [c.id, c.title, c.target_audience, c.department, c.price, c.other_attributes]
     )
-    parsed = parse_products(raw, c, as_of)
+    parsed = parse_products(raw, c, as_of, config.products.group_key)
     return finish_products(
         config,
         paths,
