@@ -29,9 +29,14 @@ Daily. Each task calls one step of `fashion_recs.pipeline` and passes on only pa
 * **embedding_profiles** – users as weighted means of item vectors (TF-IDF, or an encoder's)
 * **two_tower** – user and item towers in torch, sampled softmax with popularity correction
   (the seed's MSE trained beside it for comparison), early stopping on a temporal validation
+* **ranker** – candidates from every source (own items, colour variants, item-kNN, user-CF,
+  same-day complements, look-alikes, segment popularity, trending), features from the history
+  before each window, LightGBM learning-to-rank on rolling label windows; refit on the
+  newest windows for the published lists
 * **blend** – recent items → their look-alikes → the best model → segment popularity
-* **quality_gate** – which models beat popularity by the configured margin; the best serves
-  existing users, else the run falls back to segment popularity and says so
+* **quality_gate** – every model against the run's best baseline (repurchase, popularity,
+  segment popularity, item-kNN) times 1 + margin; the best that passes serves existing users,
+  else that baseline does, and the run says so
 * **route_users** – the seed's routing materialised: existing users, new users with events,
   new users with nothing → `user_recommendations`, `user_routes`, `item_candidates`
 * **check_*** – Great Expectations suites between stages; **build_data_docs** renders them
@@ -249,6 +254,10 @@ def fashion_recs() -> None:
         return _step("personal_model", "two_tower", interactions)
 
     @task
+    def ranker(interactions: dict) -> dict:
+        return _step("personal_model", "ranker", interactions)
+
+    @task
     def blend(interactions: dict) -> dict:
         return _step("personal_model", "blend", interactions)
 
@@ -317,6 +326,7 @@ def fashion_recs() -> None:
         user_cf(interactions),
         embedding_profiles(interactions),
         two_tower(interactions),
+        ranker(interactions),
     ]
     for model in models:
         [interactions_ok, users_ok, similar_ok] >> model

@@ -475,13 +475,21 @@ class BlendConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    """A model serves existing users only if it beats popularity by `margin` (relative)."""
+    """Which list serves existing users: the best candidate whose `metric` beats the best
+    baseline scored in the same run by `margin` (relative); when none does, that baseline
+    itself. A published list therefore never scores below a baseline the run computed.
+
+    Baselines that show the user's own items (repurchase, popularity, segment popularity) are
+    only compared when models may show them too (`personal.exclude_known: false`);
+    otherwise popularity without known items stands in for them.
+    """
 
     metric: Literal["map", "ndcg", "recall", "precision", "hit_rate"] = "map"
-    margin: float = Field(default=0.10, ge=0)
-    # Baselines are scored beside the models but are not themselves candidates for routing.
+    margin: float = Field(default=0.02, ge=0)
     candidates: list[str] = Field(
         default_factory=lambda: [
+            "ranker",
+            "candidates_fixed_order",
             "user_cf_cosine",
             "user_cf_pearson",
             "embedding_profile_text_tfidf",
@@ -490,25 +498,83 @@ class GateConfig(_Strict):
             "blend",
         ]
     )
+    baselines: list[str] = Field(
+        default_factory=lambda: [
+            "repurchase",
+            "popularity",
+            "segment_popularity",
+            "item_knn",
+            "popularity_unseen",
+        ]
+    )
+
+
+class RankerConfig(_Strict):
+    """The learned ranker (fashion_recs.personal.ranker): candidate sources with their caps
+    (items per user), LightGBM learning-to-rank settings and the rolling label windows (each
+    `evaluation.holdout_days` long) it is trained on."""
+
+    enabled: bool = True
+    objective: Literal["rank_xendcg", "lambdarank"] = "rank_xendcg"
+    sources: dict[str, int] = Field(
+        default_factory=lambda: {
+            "own": 20,
+            "siblings": 10,
+            "item_knn": 12,
+            "user_cf": 12,
+            "basket": 8,
+            "lookalike": 4,
+            "segment_popularity": 12,
+            "trending": 6,
+            "popular": 6,
+        }
+    )
+    # The hand-made list scored beside the ranker: sources merged in this order.
+    fixed_order: list[str] = Field(
+        default_factory=lambda: ["own", "siblings", "item_knn", "popular"]
+    )
+    n_recent: int = Field(default=6, ge=1)
+    trend_days: int = Field(default=3, ge=1)
+    # Neighbours of the item-kNN and user-CF sources (fewer than the models': they only
+    # propose candidates, and are fitted once per window).
+    neighbours: int = Field(default=100, ge=1)
+    train_windows: int = Field(default=2, ge=1, le=8)
+    max_train_users: int = Field(default=50_000, ge=100)
+    n_estimators: int = Field(default=100, ge=10)
+    learning_rate: float = Field(default=0.05, gt=0, le=1)
+    num_leaves: int = Field(default=31, ge=4)
+    min_child_samples: int = Field(default=20, ge=1)
+
+    @model_validator(mode="after")
+    def _known_sources(self) -> RankerConfig:
+        from fashion_recs.personal.candidates import SOURCES
+
+        unknown = sorted(set(self.sources) | set(self.fixed_order))
+        unknown = [s for s in unknown if s not in SOURCES]
+        if unknown:
+            raise ValueError(f"unknown ranker sources {unknown}; known: {sorted(SOURCES)}")
+        return self
 
 
 class RoutingConfig(_Strict):
     """Users with fewer distinct products than `min_items_for_model` are routed like new
     users with events (item-based lists from what they touched)."""
 
-    min_items_for_model: int = Field(default=2, ge=1)
+    min_items_for_model: int = Field(default=1, ge=1)
     item_candidates_per_product: int = Field(default=20, ge=1)
 
 
 class PersonalConfig(_Strict):
     top_k: int = Field(default=12, ge=1)
-    # Fashion shoppers re-buy: set false to let models recommend items the user already has.
-    exclude_known: bool = True
+    # Fashion shoppers come back to what they looked at and re-buy it: a customer's own items
+    # are the strongest single source on real fashion data. True keeps them out of every list.
+    exclude_known: bool = False
     user_cf: UserCfConfig = UserCfConfig()
     item_knn_neighbours: int = Field(default=200, ge=1)
     profiles: ProfileConfig = ProfileConfig()
     two_tower: TwoTowerConfig = TwoTowerConfig()
     blend: BlendConfig = BlendConfig()
+    ranker: RankerConfig = RankerConfig()
     gate: GateConfig = GateConfig()
     routing: RoutingConfig = RoutingConfig()
 

@@ -257,17 +257,30 @@ PERSONAL_LISTS_SCHEMA = pa.schema(
     ]
 )
 
-# The quality gate: every candidate model against popularity on the run's hold-out.
+# The quality gate: every candidate model and baseline on the run's hold-out, against the bar
+# (the best baseline times 1 + margin); `chosen` marks the list that serves existing users.
 PERSONAL_GATE_SCHEMA = pa.schema(
     [
         pa.field("model", pa.string(), nullable=False),
+        pa.field("role", pa.string(), nullable=False),  # candidate | baseline
         pa.field("metric", pa.string(), nullable=False),
         pa.field("k", pa.int32(), nullable=False),
         pa.field("value", pa.float64(), nullable=False),
-        pa.field("popularity_value", pa.float64(), nullable=False),
+        pa.field("baseline", pa.string(), nullable=False),
+        pa.field("baseline_value", pa.float64(), nullable=False),
         pa.field("required_value", pa.float64(), nullable=False),
         pa.field("passed", pa.bool_(), nullable=False),
         pa.field("chosen", pa.bool_(), nullable=False),
+    ]
+)
+
+# The learned ranker's features by importance (gain), for the run report.
+RANKER_IMPORTANCE_SCHEMA = pa.schema(
+    [
+        pa.field("feature", pa.string(), nullable=False),
+        pa.field("gain", pa.float64(), nullable=False),
+        pa.field("gain_share", pa.float64(), nullable=False),
+        pa.field("splits", pa.int64(), nullable=False),
     ]
 )
 
@@ -352,6 +365,7 @@ def quarantine(stage: str) -> Artifact:
 
 
 PERSONAL_GATE = Artifact("personal_gate", "08_reporting", PERSONAL_GATE_SCHEMA)
+RANKER_IMPORTANCE = Artifact("ranker_importance", "08_reporting", RANKER_IMPORTANCE_SCHEMA)
 USER_RECOMMENDATIONS = Artifact(
     "user_recommendations", "07_model_output", USER_RECOMMENDATIONS_SCHEMA
 )

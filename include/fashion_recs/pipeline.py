@@ -389,24 +389,34 @@ def _similar_models(ctx: RunContext) -> list[str]:
 
 # --- personalisation ---------------------------------------------------------------------------
 
-PERSONAL_MODEL_STEPS = ("personal_baselines", "user_cf", "embedding_profiles", "two_tower", "blend")
+PERSONAL_MODEL_STEPS = (
+    "personal_baselines",
+    "user_cf",
+    "embedding_profiles",
+    "two_tower",
+    "ranker",
+    "blend",
+)
 
 
 def personal_model(
     ctx: RunContext, step: str, interactions_summary: dict[str, Any]
 ) -> dict[str, Any]:
     """One personalisation model step: fit on the split and on everything, list, score."""
-    from fashion_recs.stages import personal
+    from fashion_recs.stages import personal, ranking
 
     stages = {
         "personal_baselines": personal.baselines_stage,
         "user_cf": personal.user_cf_stage,
         "embedding_profiles": personal.profiles_stage,
         "two_tower": personal.two_tower_stage,
+        "ranker": ranking.ranker_stage,
         "blend": personal.blend_stage,
     }
     if step == "two_tower" and not ctx.config.personal.two_tower.enabled:
         return ctx.save_summary(step, {"skipped": "personal.two_tower.enabled is false"})
+    if step == "ranker" and not ctx.config.personal.ranker.enabled:
+        return ctx.save_summary(step, {"skipped": "personal.ranker.enabled is false"})
     inputs = personal.load_inputs(
         ctx.config, ctx.paths, Path(interactions_summary["interactions"]), ctx.as_of
     )
@@ -548,8 +558,9 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
         "similar_models": _similar_models(ctx),
         "similar_skipped": summaries.get("similar_encoders", {}).get("skipped", {}),
         "personal": {
-            "existing_users_model": gate.get("chosen"),
+            "existing_users_model": gate.get("served") or gate.get("chosen"),
             "fallback": gate.get("fallback"),
+            "best_baseline": gate.get("baseline"),
             "passed_gate": gate.get("passed", []),
             "failed_gate": gate.get("failed", []),
             "routes": summaries.get("route_users", {}).get("routes", {}),

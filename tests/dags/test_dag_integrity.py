@@ -38,6 +38,7 @@ EXPECTED_TASKS = {
     "user_cf",
     "embedding_profiles",
     "two_tower",
+    "ranker",
     "blend",
     "quality_gate",
     "route_users",
@@ -92,9 +93,10 @@ def test_tasks_are_the_seed_stages_in_order(dagbag) -> None:
         "check_similar",
         "check_personal",
     }
-    for model in ("personal_baselines", "user_cf", "embedding_profiles", "two_tower"):
+    models = ("personal_baselines", "user_cf", "embedding_profiles", "two_tower", "ranker")
+    for model in models:
         assert {"map_interactions", "check_interactions", "check_similar"} <= upstream[model]
-    assert {"personal_baselines", "user_cf", "embedding_profiles", "two_tower"} <= upstream["blend"]
+    assert set(models) <= upstream["blend"]
     assert {"evaluate_baselines", "check_popular"} <= upstream["blend"]
     assert upstream["quality_gate"] == {"blend"}
     assert {"quality_gate", "check_fbt", "map_interactions"} <= upstream["route_users"]

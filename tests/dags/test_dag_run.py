@@ -149,20 +149,26 @@ def check_published(url: str, retailer: Path, data_root: Path) -> None:
         "two_tower_mse",
         "embedding_profile_text_tfidf",
         "blend",
-        "popularity_unseen",
+        "ranker",
+        "candidates_fixed_order",
+        "source_own",
+        "popularity",
+        "segment_popularity",
     ):
         assert "map" in {m for (name, m) in metrics if name == model}, model
-    assert set(models["model"]) >= {"user_cf_cosine", "two_tower", "blend"}
+    assert set(models["model"]) >= {"user_cf_cosine", "two_tower", "blend", "ranker"}
+    # The served list never scores below the run's best baseline.
+    served = models[models["chosen"].astype(bool)]
+    assert len(served) == 1
+    assert served["value"].item() >= models["baseline_value"].max()
     assert routes["user_id"].is_unique
     assert set(user_lists["user_id"]) == set(routes["user_id"])
     assert set(segments["user_id"]) <= set(routes["user_id"])
     assert user_lists.groupby("user_id").size().eq(12).all()
     personal = summary["personal"]
-    chosen = models.loc[models["chosen"].astype(bool), "model"].tolist()
-    assert chosen == (
-        [personal["existing_users_model"]] if personal["existing_users_model"] else []
-    )
-    assert personal["fallback"] == (not chosen)
+    chosen = models.loc[models["chosen"].astype(bool), ["model", "role"]]
+    assert chosen["model"].tolist() == [personal["existing_users_model"]]
+    assert personal["fallback"] == (chosen["role"].item() == "baseline")
     assert set(candidates["source"]) <= {"item_knn", "fbt", "similar"}
 
 
@@ -194,6 +200,10 @@ def check_report(run_dir: Path, dag) -> None:
     assert clean["rows_in"] == SPEC.n_products and clean["rows_quarantined"] > 0
     assert page.count('<div class="user">') >= 4  # existing and new users beside their lists
     assert page.count("data:image/png;base64,") >= 4  # charts; thumbnails: tests/browser
+    # The ranker's section: every source alone, and the features by importance.
+    assert "<h3>The learned ranker</h3>" in page
+    assert "candidate source alone" in page and "ui_days_since_last" in page
+    assert "gate bar: " in page or "Quality gate" in page
 
 
 @pytest.mark.postgres
@@ -274,9 +284,11 @@ def test_logged_interactions_reach_the_next_run(dag, retailer, tmp_path, monkeyp
         ).scalar_one()
         summary = json.loads(conn.exec_driver_sql("SELECT summary FROM current_run").scalar_one())
     engine.dispose()
-    assert tuple(route) == ("new_with_events", 1)
-    assert len(items) == 12 and products[0] not in set(items["product_id"])
-    assert items["strategy"].iloc[0].startswith("item_based_")
+    # One logged purchase makes a known shopper (routing.min_items_for_model: 1), served by
+    # the list the gate chose, like every shopper with history.
+    assert tuple(route) == ("existing", 1)
+    assert len(items) == 12
+    assert items["strategy"].iloc[0].split(":")[0] == summary["personal"]["existing_users_model"]
     assert later_known == 0
     assert summary["stages"]["interaction_log"]["rows_in"] == 2
     assert summary["stages"]["interaction_log"]["reasons"] == {"unknown_product_id": 1}

@@ -78,46 +78,60 @@ class Recommender(ABC):
     ) -> pd.DataFrame:
         """Top-k items per user as `user_id, product_id, rank, score`, users in the given
         order; users the matrix does not know get no rows (routing handles them)."""
-        import torch
-
         matrix = self.matrix
         users = pd.Index(list(dict.fromkeys(user_ids)))
         rows = matrix.user_rows(users)
         known_users = np.nonzero(rows >= 0)[0]
-        kk = min(k, matrix.n_items)
-        if kk == 0 or len(known_users) == 0:
+        position, cols, scores = self.recommend_rows(rows[known_users], k, exclude_known)
+        if len(position) == 0:
             return empty_recommendations()
-        step = block_size(self.block_rows, matrix.n_items)
-        started, parts = time.perf_counter(), []
-        for n_done, lo in enumerate(range(0, len(known_users), step), start=1):
-            which = known_users[lo : lo + step]
-            block = self.score_block(rows[which])
-            if exclude_known and not self.ranks_known_items:
-                known = matrix.known(rows[which]).tocoo()
-                block[torch.from_numpy(known.row), torch.from_numpy(known.col)] = -math.inf
-            cols, scores = select_top_k(block, kk)
-            keep = np.isfinite(scores)
-            user_pos = np.repeat(which, kk).reshape(len(which), kk)
-            parts.append((user_pos[keep], cols[keep], scores[keep]))
-            if n_done % 20 == 0:
-                done = min(lo + step, len(known_users))
-                rate = done / (time.perf_counter() - started)
-                log.info(
-                    "%s: %d/%d users ranked (%.0f users/s, ~%.0f s left)",
-                    self.name,
-                    done,
-                    len(known_users),
-                    rate,
-                    (len(known_users) - done) / rate,
-                )
-        user_pos, cols, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
         # Ranks count the kept items only, so a short list still starts at 1.
         frame = pd.DataFrame(
             {
-                "user_id": users.to_numpy()[user_pos],
+                "user_id": users.to_numpy()[known_users[position]],
                 "product_id": matrix.items.to_numpy()[cols],
                 "score": scores.astype(np.float64),
             }
         )
         frame["rank"] = (frame.groupby("user_id", sort=False).cumcount() + 1).astype(np.int32)
         return frame[RECOMMENDATION_COLUMNS].reset_index(drop=True)
+
+    def recommend_rows(
+        self, rows: np.ndarray, k: int, exclude_known: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k of the matrix rows `rows` as integer arrays, grouped by row, best first:
+        (index into `rows`, item column, score). What `recommend` and the ranker's candidate
+        sources share, without turning codes into ids."""
+        import torch
+
+        matrix = self.matrix
+        rows = np.asarray(rows, dtype=np.int64)
+        kk = min(k, matrix.n_items)
+        empty = np.zeros(0, dtype=np.int64)
+        if kk == 0 or len(rows) == 0:
+            return empty, empty, np.zeros(0, dtype=np.float32)
+        step = block_size(self.block_rows, matrix.n_items)
+        started, parts = time.perf_counter(), []
+        for n_done, lo in enumerate(range(0, len(rows), step), start=1):
+            which = np.arange(lo, min(lo + step, len(rows)))
+            block = self.score_block(rows[which])
+            if exclude_known and not self.ranks_known_items:
+                known = matrix.known(rows[which]).tocoo()
+                block[torch.from_numpy(known.row), torch.from_numpy(known.col)] = -math.inf
+            cols, scores = select_top_k(block, kk)
+            keep = np.isfinite(scores)
+            position = np.repeat(which, kk).reshape(len(which), kk)
+            parts.append((position[keep], cols[keep], scores[keep]))
+            if n_done % 20 == 0:
+                done = min(lo + step, len(rows))
+                rate = done / (time.perf_counter() - started)
+                log.info(
+                    "%s: %d/%d users ranked (%.0f users/s, ~%.0f s left)",
+                    self.name,
+                    done,
+                    len(rows),
+                    rate,
+                    (len(rows) - done) / rate,
+                )
+        position, cols, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
+        return position, cols, scores

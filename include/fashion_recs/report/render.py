@@ -28,6 +28,7 @@ from fashion_recs.contract import (
     PERSONAL_GATE,
     POPULAR,
     PRODUCTS,
+    RANKER_IMPORTANCE,
     REPORT_FILE,
     RUN_SUMMARY_FILE,
     RUN_TASKS,
@@ -38,7 +39,15 @@ from fashion_recs.report import collect, examples, plots
 
 log = logging.getLogger(__name__)
 
-PERSONAL_BASELINES = {"popularity", "popularity_unseen", "segment_popularity", "repurchase"}
+PERSONAL_BASELINES = {
+    "popularity",
+    "popularity_unseen",
+    "segment_popularity",
+    "repurchase",
+    "item_knn",
+}
+# Single candidate sources, scored beside the ranker: shown in the ranker's table, not the chart.
+SOURCE_PREFIX = "source_"
 RANKING_METRICS = ["precision", "recall", "map", "ndcg", "hit_rate"]
 SECTIONS = ("outcome", "tasks", "quarantine", "checks", "models", "fbt", "similar", "users")
 
@@ -108,6 +117,8 @@ def _read(
 def _models_section(paths: RunPaths, metrics: pd.DataFrame) -> dict[str, Any]:
     gate = _read(paths, PERSONAL_GATE)
     personal = metrics[metrics["family"] == "personal"]
+    sources = personal[personal["model"].str.startswith(SOURCE_PREFIX)]
+    personal = personal[~personal["model"].str.startswith(SOURCE_PREFIX)]
     baselines = metrics[metrics["family"] == "baselines"]
     personal_all = pd.concat([personal, baselines], ignore_index=True)
     chosen = None
@@ -116,9 +127,15 @@ def _models_section(paths: RunPaths, metrics: pd.DataFrame) -> dict[str, Any]:
         picked = gate[gate["chosen"]]
         chosen = str(picked["model"].iloc[0]) if len(picked) else None
         metric = str(gate["metric"].iloc[0])
-        reference = ("gate bar", float(gate["required_value"].iloc[0]))
+        bar = float(gate["required_value"].iloc[0])
+        best = float(gate["baseline_value"].iloc[0])
+        reference = (
+            f"gate bar: {gate['baseline'].iloc[0]} × {bar / best:.2f}" if best else "gate bar",
+            bar,
+        )
     else:
         metric = "map"
+    importance = _read(paths, RANKER_IMPORTANCE)
     similar = metrics[metrics["family"] == "similar"]
     return {
         "personal_chart": plots.model_comparison(
@@ -133,6 +150,10 @@ def _models_section(paths: RunPaths, metrics: pd.DataFrame) -> dict[str, Any]:
             personal_all, RANKING_METRICS, "Ranking metrics per model"
         ),
         "gate": gate,
+        "ranker_importance": importance.head(20) if importance is not None else None,
+        "ranker_sources": sources[sources["metric"] == metric]
+        .assign(source=lambda f: f["model"].str.removeprefix(SOURCE_PREFIX))
+        .sort_values("value", ascending=False),
         "fbt_chart": plots.grouped_metrics(
             metrics[metrics["model"].isin(["fbt", "fbt_popularity"])],
             RANKING_METRICS,

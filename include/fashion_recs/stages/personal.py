@@ -3,9 +3,10 @@ and the routing that materialises what each shopper is served.
 
 Each model step fits its models on the train part of the run's temporal split (lists for the
 hold-out users, scored beside the baselines) and, for the matrix models, again on all
-interactions (lists for every known user, which routing may serve; the two-tower model serves
-them from their full history without a second training). Lists, metrics and the gate are
-Parquet artifacts; the steps pass only their paths and headline numbers on.
+interactions (lists for every known user, which routing may serve; the two-tower model is
+refit on all interactions for the epoch count found on the hold-out). The learned ranker
+lives in `stages/ranking.py`. Lists, metrics and the gate are Parquet artifacts; the steps
+pass only their paths and headline numbers on.
 """
 
 from __future__ import annotations
@@ -112,11 +113,12 @@ def run_models(
     """Fit, list and score each model on the split; refit on everything for the full lists."""
     cfg = config.personal
     k = cfg.top_k
-    metrics, timings = [], {}
+    metrics, timings, unserved = [], {}, {}
     for name, make in factories.items():
         started = time.perf_counter()
         model = make().fit(inputs.split.matrix)
         lists = model.recommend(inputs.split.users, k, exclude_known=cfg.exclude_known)
+        unserved[name] = _unserved(lists, inputs.split.users, k)
         write_artifact(paths, personal_eval(name), _lists_table(lists))
         metrics.append(
             score_lists(lists, inputs.split, k=k, catalogue_size=inputs.catalogue_size, model=name)
@@ -135,10 +137,27 @@ def run_models(
             _metric(metrics[-1], name, "recall"),
             timings[name],
         )
-    return _save_metrics(paths, step, metrics, timings)
+        if unserved[name]["users_without_list"]:
+            log.info(
+                "%s cannot serve %d of %d hold-out users (routing fills them from the run's "
+                "best baseline, then segment popularity)",
+                name,
+                unserved[name]["users_without_list"],
+                len(inputs.split.users),
+            )
+    return {**save_metrics(paths, step, metrics, timings), "unserved": unserved}
 
 
-def _save_metrics(
+def _unserved(lists: pd.DataFrame, users: pd.Index, k: int) -> dict[str, int]:
+    """How many of `users` a model left without a list, or with fewer than k items."""
+    sizes = lists.groupby("user_id").size().reindex(users).fillna(0)
+    return {
+        "users_without_list": int((sizes == 0).sum()),
+        "users_with_short_list": int(((sizes > 0) & (sizes < k)).sum()),
+    }
+
+
+def save_metrics(
     paths: RunPaths, step: str, metrics: list[pd.DataFrame], timings: dict[str, float]
 ) -> dict[str, Any]:
     table = pd.concat(metrics, ignore_index=True)
@@ -319,7 +338,7 @@ def two_tower_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPa
         log.info(
             "%s: map@%d %.4f (%.1f s)", name, k, _metric(metrics[-1], name, "map"), timings[name]
         )
-    return {**_save_metrics(paths, "two_tower", metrics, timings), "training": histories}
+    return {**save_metrics(paths, "two_tower", metrics, timings), "training": histories}
 
 
 def _history(model: Any) -> dict[str, Any]:
@@ -435,71 +454,116 @@ def blend_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths)
         shares,
     )
     return {
-        **_save_metrics(paths, "blend", [scored], timings),
+        **save_metrics(paths, "blend", [scored], timings),
         "model_source": model,
         "source_shares": shares,
+        # The caps the published lists use; when learned, every grid point's mean score.
+        "caps": {str(name): int(cap) for name, cap in caps.items()},
+        "caps_learned": learned is not None,
+        "grid_scores": learned.grid_scores if learned is not None else {},
     }
 
 
-def reference_model(config: RetailerConfig) -> str:
-    """The popularity list a model must beat: like the models, with or without known items."""
-    return "popularity_unseen" if config.personal.exclude_known else "popularity"
+# Baselines that show a user's own items, and what stands in for them when models may not.
+KNOWN_ITEM_BASELINES = {"repurchase", "popularity", "segment_popularity"}
+
+
+def gate_baselines(config: RetailerConfig) -> list[str]:
+    """The baselines the bar is drawn from: every configured one when models may show known
+    items, else only those that leave them out too (and popularity without known items)."""
+    baselines = list(config.personal.gate.baselines)
+    if config.personal.exclude_known:
+        baselines = [b for b in baselines if b not in KNOWN_ITEM_BASELINES]
+        if "popularity_unseen" not in baselines:
+            baselines.append("popularity_unseen")
+    return baselines
 
 
 def gate_stage(config: RetailerConfig, paths: RunPaths) -> dict:
-    """Which candidates beat popularity by the margin, and which one routing serves."""
+    """Which candidates beat the run's best baseline by the margin, and which list serves
+    existing users: the best candidate that passed, else that best baseline itself."""
     gate = config.personal.gate
     k = config.personal.top_k
     metrics = _read_metrics(paths)
     at_k = metrics[(metrics["metric"] == gate.metric) & (metrics["k"] == k)]
-    popularity = at_k[at_k["model"] == reference_model(config)]
-    if popularity.empty:
+    baselines = at_k[at_k["model"].isin(gate_baselines(config))]
+    if baselines.empty:
         raise FashionRecsError(
-            f"quality gate: no popularity {gate.metric}@{k} in this run's metrics; the "
-            "evaluate stage must run before the gate"
+            f"quality gate: no baseline {gate.metric}@{k} in this run's metrics (looked for "
+            f"{gate_baselines(config)}); the evaluate and personal_baselines steps must run "
+            "before the gate"
         )
-    reference = float(popularity["value"].iloc[0])
+    # Ties go to the baseline listed first in config (the simpler list).
+    order = {m: i for i, m in enumerate(gate_baselines(config))}
+    best = baselines.assign(_order=baselines["model"].map(order)).sort_values(
+        ["value", "_order"], ascending=[False, True]
+    )
+    best_baseline = str(best["model"].iloc[0])
+    reference = float(best["value"].iloc[0])
     required = reference * (1 + gate.margin)
-    rows = at_k[at_k["model"].isin(gate.candidates)].copy()
-    rows["popularity_value"] = reference
+    candidates = at_k[at_k["model"].isin(gate.candidates)].assign(role="candidate")
+    rows = pd.concat([candidates, baselines.assign(role="baseline")], ignore_index=True)
+    rows["baseline"] = best_baseline
+    rows["baseline_value"] = reference
     rows["required_value"] = required
-    rows["passed"] = rows["value"] > required
+    rows["passed"] = (rows["role"] == "candidate") & (rows["value"] > required)
     # Ties go to the candidate listed first (the blend, listed last, only wins by adding value).
-    rows["_order"] = [gate.candidates.index(m) for m in rows["model"]]
+    rows["_order"] = [
+        gate.candidates.index(m) if m in gate.candidates else len(gate.candidates)
+        for m in rows["model"]
+    ]
     passed = rows[rows["passed"]].sort_values(["value", "_order"], ascending=[False, True])
     chosen = str(passed["model"].iloc[0]) if len(passed) else None
-    rows["chosen"] = rows["model"] == chosen
+    served = chosen or best_baseline
+    rows["chosen"] = (rows["model"] == served) & (
+        rows["role"] == ("candidate" if chosen else "baseline")
+    )
     table = rows[
-        ["model", "metric", "k", "value", "popularity_value", "required_value", "passed", "chosen"]
-    ].sort_values("model")
+        [
+            "model",
+            "role",
+            "metric",
+            "k",
+            "value",
+            "baseline",
+            "baseline_value",
+            "required_value",
+            "passed",
+            "chosen",
+        ]
+    ].sort_values(["role", "model"], ascending=[False, True])
     path = write_artifact(paths, PERSONAL_GATE, table.reset_index(drop=True))
     if chosen is None:
         log.warning(
-            "quality gate: no model beats popularity %s@%d %.4f by %.0f%%; existing users get "
-            "segment popularity this run",
+            "quality gate: no candidate beats the best baseline %s (%s@%d %.4f) by %.0f%%; "
+            "existing users get %s this run",
+            best_baseline,
             gate.metric,
             k,
             reference,
             100 * gate.margin,
+            best_baseline,
         )
     else:
         log.info(
-            "quality gate: %s serves existing users (%s@%d %.4f vs popularity %.4f)",
+            "quality gate: %s serves existing users (%s@%d %.4f vs best baseline %s %.4f)",
             chosen,
             gate.metric,
             k,
             float(passed["value"].iloc[0]),
+            best_baseline,
             reference,
         )
     return {
         "gate": str(path),
-        "reference": reference_model(config),
+        "baseline": best_baseline,
+        "baseline_value": reference,
         "chosen": chosen,
+        "served": served,
         "fallback": chosen is None,
-        "popularity": reference,
         "required": required,
         "passed": sorted(passed["model"]),
-        "failed": sorted(rows.loc[~rows["passed"], "model"]),
+        "failed": sorted(rows.loc[(rows["role"] == "candidate") & ~rows["passed"], "model"]),
     }
 
 
@@ -514,6 +578,7 @@ def routing_stage(
     from fashion_recs.personal.routing import (
         item_candidates,
         new_user_lists,
+        own_item_lists,
         segment_popular_lists,
         top_up,
     )
@@ -552,21 +617,22 @@ def routing_stage(
     )
     fallback = segment_popular_lists(frame, popular, k, unknown)
 
-    chosen = gate_summary.get("chosen")
+    served = gate_summary.get("served") or gate_summary.get("chosen") or "segment_popularity"
     existing = frame.loc[frame["route"] == "existing", "user_id"]
-    if chosen:
-        model_lists = pd.read_parquet(paths.path(personal_lists(chosen)))
-        model_lists = model_lists[model_lists["user_id"].isin(existing)]
-        strategy = (
-            model_lists["source"].map(lambda s: f"{chosen}:{s}")
-            if model_lists["source"].notna().any()
-            else pd.Series(chosen, index=model_lists.index)
-        )
-        model_lists = model_lists.assign(strategy=strategy.to_numpy())
-    else:
-        model_lists = fallback.iloc[0:0]
+    model_lists = _served_lists(config, paths, served, frame, popular)
+    model_lists = model_lists[model_lists["user_id"].isin(existing)]
+    # A model that cannot serve some users (no neighbours, too few items) leaves their lists
+    # short: the run's best baseline fills them, then segment popularity.
+    baseline = gate_summary.get("baseline")
+    if baseline and baseline != served:
+        filler = _served_lists(config, paths, baseline, frame, popular)
+        model_lists = top_up(model_lists, filler[filler["user_id"].isin(existing)], k)
     new_users = frame.loc[frame["route"] == "new_with_events", "user_id"]
-    item_based = new_user_lists(last[last["user_id"].isin(new_users)], candidates, k)
+    touched = last[last["user_id"].isin(new_users)]
+    item_based = new_user_lists(touched, candidates, k)
+    if not cfg.exclude_known:
+        # Known items allowed: what the shopper touched comes first, most recent first.
+        item_based = top_up(own_item_lists(touched, k), item_based, k)
     lists = top_up(pd.concat([model_lists[fallback.columns], item_based]), fallback, k)
 
     main = lists[lists["rank"] == 1].set_index("user_id")["strategy"]
@@ -586,8 +652,34 @@ def routing_stage(
         "user_recommendations": str(paths.path(USER_RECOMMENDATIONS)),
         "user_routes": str(paths.path(USER_ROUTES)),
         "item_candidates": str(paths.path(ITEM_CANDIDATES)),
-        "existing_users_served_by": chosen or "segment_popularity (no model passed the gate)",
+        "existing_users_served_by": served
+        if gate_summary.get("chosen")
+        else f"{served} (the best baseline: no candidate passed the gate)",
         "routes": by_route,
         "strategies": strategies,
         "rows": len(lists),
     }
+
+
+def _served_lists(
+    config: RetailerConfig,
+    paths: RunPaths,
+    model: str,
+    users: pd.DataFrame,
+    popular: pd.DataFrame,
+) -> pd.DataFrame:
+    """One model's or baseline's published lists for `users` (LIST_COLUMNS), strategy
+    `<model>` or `<model>:<source>`; the popularity baselines come from popular_products."""
+    from fashion_recs.personal.routing import LIST_COLUMNS, segment_popular_lists
+
+    k = config.personal.top_k
+    unknown = config.demographics.unknown_label
+    if model == "segment_popularity":
+        return segment_popular_lists(users, popular, k, unknown)
+    if model == "popularity":
+        anyone = users[["user_id"]].assign(age_group=np.nan, region=np.nan)
+        return segment_popular_lists(anyone, popular, k, unknown)
+    lists = pd.read_parquet(paths.path(personal_lists(model)))
+    source = lists["source"]
+    strategy = np.where(source.notna(), model + ":" + source.fillna("").astype(str), model)
+    return lists.assign(strategy=strategy)[LIST_COLUMNS]
