@@ -358,12 +358,30 @@ class PublishConfig(_Strict):
 
 
 class TextModelConfig(_Strict):
-    """The seed's TF-IDF (max_features 5000) + one-hot model; block weights before stacking."""
+    """The seed's TF-IDF (max_features 5000) + one-hot model; block weights before stacking.
+
+    `attribute_weight` weighs the attribute part as a whole; `attribute_weights` splits it
+    across columns (relative; colour, target_audience, department, product_type and any
+    `extra_attributes` product column; 1 each unless given). `product_type: last_word` adds
+    a type column read from the title's last word, for catalogues whose department is too
+    coarse to say what a product is; `ngram_max: 2` adds 2-word terms.
+    """
 
     max_features: int = Field(default=5000, ge=10)
     text_weight: float = Field(default=1.0, ge=0)
     attribute_weight: float = Field(default=1.0, ge=0)
     ngram_max: int = Field(default=1, ge=1, le=3)
+    attribute_weights: dict[str, float] = Field(default_factory=dict)
+    product_type: Literal["none", "last_word"] = "last_word"
+    extra_attributes: list[str] = Field(default_factory=list)
+
+    @field_validator("attribute_weights")
+    @classmethod
+    def _non_negative(cls, weights: dict[str, float]) -> dict[str, float]:
+        negative = {k: v for k, v in weights.items() if v < 0}
+        if negative:
+            raise ValueError(f"attribute_weights must be >= 0, got {negative}")
+        return weights
 
 
 class RetrievalConfig(_Strict):
