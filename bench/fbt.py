@@ -6,8 +6,16 @@ one-hot DataFrame for mlxtend, lists of item ids for pyfim, a CSR matrix for our
 frequent itemsets (max_len 3) plus association rules at the same min_support and confidence.
 The parent checks that every engine produced the same rules (`compare_rules`, 1e-9).
 
+The lists' quality: two planted regimes (`fashion_recs.synthetic_baskets`: large fashion
+orders, small grocery baskets with coarse departments), 80/20 split by basket, rules mined
+with the project's defaults on the 80%; every product of a held-out basket asks its top 10
+(`completion_hit_rate`). The gated lists are scored beside plain popularity and the seed's
+order (rules first by confidence).
+
     python bench/fbt.py                 # 200k x 20k (all engines) and 2M x 100k (ours, pyfim,
-                                        # mlxtend within a time limit)
+                                        # mlxtend within a time limit), then list quality
+    python bench/fbt.py --quick         # list quality only; engine figures kept from the
+                                        # last full run
 """
 
 from __future__ import annotations
@@ -164,15 +172,89 @@ def case(n_baskets: int, n_items: int, engines: dict[str, float | None]) -> dict
     return {"n_baskets": n_baskets, "n_items": n_items, "engines": results}
 
 
+QUALITY_SIZES = {"large": (60_000, 8_000), "small": (20_000, 3_000)}
+
+
+def list_quality(k: int = 10) -> dict:
+    """Completion hit rate of the gated lists vs popularity on both planted regimes."""
+    import pandas as pd
+
+    from fashion_recs.config import FbtListsConfig, MiningConfig
+    from fashion_recs.fbt.baskets import to_matrix
+    from fashion_recs.fbt.evaluate import completion_hit_rate
+    from fashion_recs.fbt.gate import gated_lists
+    from fashion_recs.fbt.mining import mine
+    from fashion_recs.fbt.recommend import popularity_lists
+    from fashion_recs.fbt.rules import association_rules
+    from fashion_recs.synthetic_baskets import planted_baskets
+
+    out = {}
+    for regime, (n_baskets, n_items) in QUALITY_SIZES.items():
+        baskets, catalogue = planted_baskets(regime, n_baskets, n_items, seed=42)
+        matrix = to_matrix(baskets)
+        held = np.random.default_rng(0).random(matrix.n_baskets) < 0.2
+        train = matrix.take_baskets(np.flatnonzero(~held))
+        test = matrix.take_baskets(np.flatnonzero(held))
+        mining = MiningConfig()
+        rules = association_rules(
+            mine(
+                train,
+                min_support=mining.min_support,
+                min_count=mining.min_count,
+                max_len=mining.max_len,
+            ),
+            min_confidence=mining.min_confidence,
+            min_lift=mining.min_lift,
+        )
+        config = FbtListsConfig(top_k=k)
+        started = time.perf_counter()
+        lists, decision = gated_lists(rules, catalogue, train, config, seed=42)
+        seconds = time.perf_counter() - started
+        counts = pd.Series(train.item_counts(), index=train.item_ids.astype(str))
+        popular = popularity_lists(catalogue, counts, train.n_baskets, k)
+        hit, n_queries = completion_hit_rate(lists, test, k)
+        pop, _ = completion_hit_rate(popular, test, k)
+        out[regime] = {
+            "n_baskets": n_baskets,
+            "n_items": n_items,
+            "mean_basket_size": round(float(matrix.basket_sizes().mean()), 3),
+            "n_rules": len(rules),
+            "completion_hit_rate": round(hit, 4),
+            "completion_hit_rate_popularity": round(pop, 4),
+            "lists_vs_popularity": round(hit / pop, 4),
+            "n_queries": n_queries,
+            "gate": decision.as_dict(),
+            "gated_lists_seconds": round(seconds, 2),
+        }
+        print(f"{regime}: {out[regime]}", flush=True)
+    return out
+
+
+def quality_summary(quality: dict) -> dict:
+    return {
+        key: {regime: figures[key] for regime, figures in quality.items()}
+        for key in ("completion_hit_rate", "completion_hit_rate_popularity", "lists_vs_popularity")
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--child")
     parser.add_argument("--data", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--mlxtend-timeout-2m", type=float, default=240.0)
+    parser.add_argument("--quick", action="store_true", help="list quality only")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.data, args.out)
+        return
+    if args.quick:
+        report = json.loads(RESULTS.read_text())
+        quality = list_quality()
+        report["summary"].update(quality_summary(quality))
+        report["list_quality"] = quality
+        report["list_quality_measured_at"] = now()
+        write_report(RESULTS, report)
         return
 
     small = case(
@@ -183,6 +265,7 @@ def main() -> None:
         100_000,
         {"sparse": None, "pyfim_fpgrowth": None, "mlxtend_fpgrowth": args.mlxtend_timeout_2m},
     )
+    quality = list_quality()
     e = small["engines"]
     import mlxtend
     import pandas as pd
@@ -204,8 +287,11 @@ def main() -> None:
             "seconds_200k_baskets": round(e["sparse"]["seconds"], 3),
             "rules_200k": e["sparse"]["rules"],
             "peak_rss_mib_2m_baskets": round(large["engines"]["sparse"]["peak_rss_mib"], 1),
+            **quality_summary(quality),
         },
         "cases": [small, large],
+        "list_quality": quality,
+        "list_quality_measured_at": now(),
         "parameters": {
             "min_support": MIN_SUPPORT,
             "min_confidence": MIN_CONFIDENCE,

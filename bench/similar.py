@@ -11,8 +11,17 @@ faiss IVF (our choice for dense vectors), at 100,000 products.
 3. Encoders: images/s of each encoder's tiny config and of MobileNetV2's full config (random
    init: no weights can be downloaded here) on CPU; and the embedding cache: a first run over
    a 500-image catalogue against a rerun after 1% of the images changed.
+4. List quality: a planted catalogue of 20,000 products whose departments are coarse (4
+   departments, 40 product types named by the title's last word, 20 colours, colour
+   variants sharing a design); precision@10 of the product type and of the colour for every
+   10th product, with the project's default text model beside the seed's recipe (no type
+   token).
 Each retrieval figure is seconds for the whole job (index build + every product's
 neighbours) and recall@10 against exact search. One run; writes bench/results/similar.json.
+
+    python bench/similar.py            # everything (about 15 minutes on 2 cores)
+    python bench/similar.py --quick    # list quality only; other figures kept from the last
+                                       # full run
 """
 
 from __future__ import annotations
@@ -58,6 +67,171 @@ def catalogue(n: int, seed: int = 42) -> pd.DataFrame:
             "original_description": "",
         }
     )
+
+
+DEPTS = {
+    "tops": [
+        "tee",
+        "shirt",
+        "blouse",
+        "sweater",
+        "hoodie",
+        "cardigan",
+        "vest",
+        "top",
+        "polo",
+        "tunic",
+    ],
+    "bottoms": [
+        "jeans",
+        "trousers",
+        "shorts",
+        "skirt",
+        "leggings",
+        "chinos",
+        "joggers",
+        "culottes",
+        "dungarees",
+        "skort",
+    ],
+    "shoes": [
+        "sneakers",
+        "boots",
+        "sandals",
+        "loafers",
+        "heels",
+        "flats",
+        "trainers",
+        "slippers",
+        "clogs",
+        "mules",
+    ],
+    "accessories": [
+        "belt",
+        "scarf",
+        "hat",
+        "cap",
+        "bag",
+        "wallet",
+        "gloves",
+        "socks",
+        "sunglasses",
+        "tie",
+    ],
+}
+PLANTED_COLOURS = [
+    "black",
+    "white",
+    "navy",
+    "red",
+    "green",
+    "beige",
+    "grey",
+    "pink",
+    "blue",
+    "brown",
+    "olive",
+    "khaki",
+    "cream",
+    "yellow",
+    "purple",
+    "orange",
+    "burgundy",
+    "teal",
+    "tan",
+    "silver",
+]
+ADJ = [
+    "slim",
+    "relaxed",
+    "classic",
+    "soft",
+    "essential",
+    "oversized",
+    "cropped",
+    "printed",
+    "striped",
+    "knitted",
+    "lightweight",
+    "premium",
+    "basic",
+    "vintage",
+    "textured",
+]
+MAT = [
+    "cotton",
+    "linen",
+    "denim",
+    "wool",
+    "leather",
+    "jersey",
+    "suede",
+    "canvas",
+    "satin",
+    "fleece",
+]
+
+
+def planted_catalogue(n: int, seed: int = 42) -> pd.DataFrame:
+    """Designs of one product type in 1-4 colours; 40% of titles name the colour."""
+    rng = np.random.default_rng(seed)
+    types = [(d, t) for d, ts in DEPTS.items() for t in ts]
+    rows: list[dict] = []
+    design = 0
+    while len(rows) < n:
+        dept, kind = types[rng.integers(len(types))]
+        stem = f"brand{rng.integers(60)} {rng.choice(ADJ)} {rng.choice(MAT)}"
+        for colour in rng.choice(PLANTED_COLOURS, rng.integers(1, 5), replace=False):
+            title = f"{stem} {colour} {kind}" if rng.random() < 0.4 else f"{stem} {kind}"
+            rows.append(
+                {
+                    "product_id": f"{len(rows):024x}",
+                    "title": title.title(),
+                    "target_audience": rng.choice(["women", "men", "kids"]),
+                    "color": colour,
+                    "department": dept,
+                    "original_description": f"{rng.choice(ADJ)} {rng.choice(MAT)}",
+                    "group_key": f"g{design}",
+                    "kind": kind,
+                }
+            )
+        design += 1
+    return pd.DataFrame(rows[:n])
+
+
+def list_quality(n: int = 20_000) -> dict:
+    """Type and colour precision@10 of the default text model and of the seed's recipe."""
+    from fashion_recs.config import TextModelConfig
+    from fashion_recs.similar.retrieval import exact_neighbors
+    from fashion_recs.similar.text import fit_text_model
+
+    products = planted_catalogue(n)
+    rows = np.arange(0, n, 10)
+    defaults = TextModelConfig()
+    recipes = {
+        "project_defaults": {
+            "product_type": defaults.product_type,
+            "attribute_weights": defaults.attribute_weights,
+            "ngram_max": defaults.ngram_max,
+        },
+        "seed_recipe": {"product_type": "none"},
+        "defaults_2_word_terms": {"product_type": defaults.product_type, "ngram_max": 2},
+    }
+    out = {}
+    kinds, colours = products["kind"].to_numpy(), products["color"].to_numpy()
+    for name, options in recipes.items():
+        started = time.perf_counter()
+        model = fit_text_model(products, **options)
+        found = exact_neighbors(model.transform(products), K, rows=rows).indices[rows]
+        out[name] = {
+            "type_precision_at_10": round(float((kinds[found] == kinds[rows, None]).mean()), 4),
+            "colour_precision_at_10": round(
+                float((colours[found] == colours[rows, None]).mean()), 4
+            ),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        print(f"  {name}: {out[name]}", flush=True)
+    return {"n_products": n, "queries": len(rows), "recipes": out}
 
 
 def synthetic_images(n: int, seed: int = 0) -> list:
@@ -180,8 +354,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--nprobe", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="list quality only")
     args = parser.parse_args()
     n = args.n
+    print("list quality: planted catalogue with coarse departments", flush=True)
+    quality = list_quality()
+    chosen = quality["recipes"]["project_defaults"]
+    quality_summary = {
+        "type_precision_at_10": chosen["type_precision_at_10"],
+        "colour_precision_at_10": chosen["colour_precision_at_10"],
+    }
+    if args.quick:
+        import json
+
+        report = json.loads(RESULTS.read_text())
+        report["summary"].update(quality_summary)
+        report["list_quality"] = quality
+        report["list_quality_measured_at"] = now()
+        write_report(RESULTS, report)
+        return
 
     print(f"dense: {n:,} x 256", flush=True)
     x = clustered(n, 256, 2000)
@@ -258,7 +449,9 @@ def main() -> None:
                 encoders["cache"]["first_seconds"] / encoders["cache"]["rerun_seconds"], 1
             ),
             "mobilenet_v2_full_images_per_s": encoders["mobilenet_v2_full_images_per_s"],
+            **quality_summary,
         },
+        "list_quality": quality,
         "encoders": encoders,
         "dense_100k_x_256": dense,
         "tfidf_100k": text,

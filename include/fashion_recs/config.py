@@ -315,14 +315,31 @@ class CrosscheckConfig(_Strict):
 
 
 class FbtListsConfig(_Strict):
-    """Per-product complementary lists built from the rules, with labelled fallbacks."""
+    """Per-product complementary lists: one ranking over every co-occurrence (rules are the
+    ones labelled `rules`), padded by popularity, and a gate against popularity.
+
+    Every candidate b of a product a is scored by its confidence shrunk toward popularity,
+    `(n_ab + shrinkage * p_b) / (n_a + shrinkage)` with `p_b` the share of baskets holding b,
+    so a pair seen in two baskets does not outrank a staple seen with a in forty. `rank_by`
+    orders the rules the report shows; the lists do not depend on it.
+    """
 
     top_k: int = Field(default=12, ge=1)
     rank_by: Literal["lift", "confidence", "support", "leverage", "conviction"] = "confidence"
     min_pair_count: int = Field(default=5, ge=1)
-    # A jacket's co-occurring jackets are substitutes, not complements.
+    # A jacket's co-occurring jackets are substitutes, not complements: same-department
+    # products go after every other candidate (they still fill a list that would be short).
     exclude_same_department: bool = True
-    min_coview_count: int = Field(default=2, ge=1)
+    min_coview_count: int = Field(default=1, ge=1)
+    # Prior weight of popularity, in baskets (0: raw confidence).
+    shrinkage: float = Field(default=20.0, ge=0)
+    # Each run scores the lists and popularity on a random share of its baskets and publishes
+    # whichever completes held-out baskets best (variants: configured, without the department
+    # exclusion, blended toward popularity, popularity).
+    gate: bool = True
+    gate_holdout_share: float = Field(default=0.2, gt=0, lt=1)
+    # Fewer held-out queries than this: the gate is not trusted and the configured lists ship.
+    gate_min_queries: int = Field(default=200, ge=1)
 
 
 class FbtConfig(_Strict):
@@ -341,12 +358,30 @@ class PublishConfig(_Strict):
 
 
 class TextModelConfig(_Strict):
-    """The seed's TF-IDF (max_features 5000) + one-hot model; block weights before stacking."""
+    """The seed's TF-IDF (max_features 5000) + one-hot model; block weights before stacking.
+
+    `attribute_weight` weighs the attribute part as a whole; `attribute_weights` splits it
+    across columns (relative; colour, target_audience, department, product_type and any
+    `extra_attributes` product column; 1 each unless given). `product_type: last_word` adds
+    a type column read from the title's last word, for catalogues whose department is too
+    coarse to say what a product is; `ngram_max: 2` adds 2-word terms.
+    """
 
     max_features: int = Field(default=5000, ge=10)
     text_weight: float = Field(default=1.0, ge=0)
     attribute_weight: float = Field(default=1.0, ge=0)
     ngram_max: int = Field(default=1, ge=1, le=3)
+    attribute_weights: dict[str, float] = Field(default_factory=dict)
+    product_type: Literal["none", "last_word"] = "last_word"
+    extra_attributes: list[str] = Field(default_factory=list)
+
+    @field_validator("attribute_weights")
+    @classmethod
+    def _non_negative(cls, weights: dict[str, float]) -> dict[str, float]:
+        negative = {k: v for k, v in weights.items() if v < 0}
+        if negative:
+            raise ValueError(f"attribute_weights must be >= 0, got {negative}")
+        return weights
 
 
 class RetrievalConfig(_Strict):

@@ -208,7 +208,8 @@ FBT_RECOMMENDATIONS_SCHEMA = pa.schema(
         pa.field("product_id", pa.string(), nullable=False),
         pa.field("rank", pa.int32(), nullable=False),
         pa.field("recommended_product_id", pa.string(), nullable=False),
-        # rules: the rank_by measure; co_viewed: shared baskets; popularity: baskets holding it.
+        # Confidence shrunk toward popularity (fbt.recommend); plain popularity lists: the
+        # share of baskets holding the product.
         pa.field("score", pa.float64(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("support", pa.float64()),
@@ -348,6 +349,8 @@ FBT_RULES = Artifact("fbt_rules", "06_models", FBT_RULES_SCHEMA)
 FBT_RECOMMENDATIONS = Artifact("fbt_recommendations", "06_models", FBT_RECOMMENDATIONS_SCHEMA)
 FBT_CROSSCHECK = Artifact("fbt_crosscheck", "08_reporting", FBT_CROSSCHECK_SCHEMA)
 FBT_METRICS = Artifact("fbt_metrics", "08_reporting", METRICS_SCHEMA)
+# The FBT gate's held-out scores and decision, written by the lists step.
+FBT_GATE_METRICS = Artifact("fbt_metrics_gate", "08_reporting", METRICS_SCHEMA)
 
 
 def similar_products(model: str) -> Artifact:

@@ -26,6 +26,7 @@ from fashion_recs.contract import (
     BASKETS,
     EVENT_PRODUCT_IDS,
     EVENTS,
+    FBT_GATE_METRICS,
     FBT_METRICS,
     FBT_RECOMMENDATIONS,
     FBT_RULES,
@@ -582,6 +583,7 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
         for artifact in (
             METRICS,
             FBT_METRICS,
+            FBT_GATE_METRICS,
             *(similar_metrics(m) for m in models),
             *personal_metric_artifacts(ctx.paths),
         )

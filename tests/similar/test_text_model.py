@@ -8,7 +8,13 @@ import pyarrow as pa
 
 from fashion_recs.artifacts import write_artifact
 from fashion_recs.contract import PRODUCTS, PRODUCTS_SCHEMA, similar_metrics, similar_products
-from fashion_recs.similar.text import combined_text, fit_text_model, noised_text
+from fashion_recs.similar.retrieval import (
+    AnnoyParams,
+    annoy_neighbors,
+    exact_neighbors,
+    recall_at_k,
+)
+from fashion_recs.similar.text import combined_text, fit_text_model, noised_text, product_type
 from fashion_recs.stages.similar import text_model_stage
 from tests.helpers import make_config, run_paths
 
@@ -74,10 +80,11 @@ def test_noised_text_is_deterministic_and_changes_text() -> None:
     assert noised_text(text, 0.0, seed=1).equals(text)
 
 
-def run_stage(tmp_path, **similar):
+def run_stage(tmp_path, products: pd.DataFrame | None = None, **similar):
     config = make_config(tmp_path, similar=similar)
     paths = run_paths(config)
-    table = pa.Table.from_pandas(catalogue(), preserve_index=False)
+    products = catalogue() if products is None else products
+    table = pa.Table.from_pandas(products, preserve_index=False)
     table = pa.Table.from_pylist(table.to_pylist(), schema=PRODUCTS_SCHEMA)
     products = write_artifact(paths, PRODUCTS, table)
     return config, paths, text_model_stage(config, paths, products)
@@ -109,3 +116,90 @@ def test_approximate_methods_report_recall_against_exact(tmp_path) -> None:
     _, _, summary = run_stage(tmp_path, retrieval={"method": "faiss_ivf"})
     assert summary["method"] == "faiss_ivf"
     assert 0 < summary["values"]["recall_vs_exact_faiss_ivf@12"] <= 1
+
+
+def coarse_catalogue() -> pd.DataFrame:
+    """Coarse departments hold several product types; the title's last word names the type."""
+    kinds = {"tops": ["tee", "shirt", "hoodie"], "shoes": ["boots", "sandals", "sneakers"]}
+    rows = []
+    for i in range(240):
+        dept = "tops" if i % 2 else "shoes"
+        kind = kinds[dept][(i // 2) % 3]
+        colour = COLOURS[(i // 6) % 5]
+        material = ["cotton", "leather", "canvas", "linen"][(i // 30) % 4]
+        rows.append(
+            {
+                "product_id": f"{i:024x}",
+                "title": f"Brand{i % 7} Classic {material.title()} {kind.title()} 3",
+                "target_audience": "women",
+                "color": colour,
+                "group_key": f"g{i // 5}",
+                "department": dept,
+                "original_description": f"{material} everyday",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_product_type_token_from_the_title_separates_types_in_a_coarse_department() -> None:
+    products = coarse_catalogue()
+    kinds = products["title"].str.split().str[-2].str.lower()
+    assert (product_type(products["title"]) == kinds).all()
+
+    def type_precision(model) -> float:
+        nb = exact_neighbors(model.transform(products), 10)
+        return float((kinds.to_numpy()[nb.indices] == kinds.to_numpy()[:, None]).mean())
+
+    plain = fit_text_model(products, text_weight=0.3)
+    typed = fit_text_model(products, text_weight=0.3, product_type="last_word")
+    assert type_precision(typed) > 0.95 > type_precision(plain)
+
+
+def test_attribute_blocks_are_weighted_separately() -> None:
+    products = coarse_catalogue()
+    no_colour = fit_text_model(
+        products,
+        text_weight=0.0,
+        attribute_weights={"color": 0.0, "product_type": 0.0},
+        product_type="last_word",
+    ).transform(products)
+    colour_only = fit_text_model(
+        products,
+        text_weight=0.0,
+        attribute_weights={"target_audience": 0.0, "department": 0.0, "product_type": 0.0},
+        product_type="last_word",
+    ).transform(products)
+    colours = products["color"].to_numpy()
+    departments = products["department"].to_numpy()
+    # Without the colour block, colour plays no part; with only it, it is all that counts.
+    without = (no_colour[0] @ no_colour.T).toarray().ravel()
+    assert np.allclose(without[departments == departments[0]], 1.0, atol=1e-5)
+    same = (colour_only[0] @ colour_only.T).toarray().ravel()
+    assert np.allclose(same[colours == colours[0]], 1.0, atol=1e-5)
+    assert np.allclose(same[colours != colours[0]], 0.0, atol=1e-5)
+
+
+def test_consistency_is_reported_for_every_attribute(tmp_path) -> None:
+    _, paths, _ = run_stage(tmp_path, products=coarse_catalogue())
+    metrics = pd.read_parquet(paths.path(similar_metrics("text_tfidf")))
+    names = set(metrics["metric"])
+    assert {
+        "same_department",
+        "same_color",
+        "same_target_audience",
+        "same_group_key",
+        "same_product_type",
+    } <= names
+    values = dict(zip(metrics["metric"], metrics["value"], strict=True))
+    assert values["same_product_type"] > 0.9
+
+
+def test_annoy_audit_asks_only_the_sample() -> None:
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows = np.arange(0, 300, 30)
+    nb = annoy_neighbors(x, 5, AnnoyParams(n_trees=5), rows=rows)
+    asked = np.zeros(300, dtype=bool)
+    asked[rows] = True
+    assert (nb.indices[asked] >= 0).all() and (nb.indices[~asked] == -1).all()
+    assert recall_at_k(nb, exact_neighbors(x, 5, rows=rows), 5, rows) > 0.5

@@ -111,3 +111,16 @@ def test_crosscheck_compares_every_engine_and_fails_on_a_disagreement(run, monke
     monkeypatch.setitem(mining.MINERS, "pyfim_fpgrowth", lossy)
     with pytest.raises(EngineMismatch, match="pyfim_fpgrowth: counts differ"):
         stage.crosscheck_stage(config, paths, baskets["baskets"])
+
+
+def test_lists_step_records_the_gate_decision(run) -> None:
+    config, paths, baskets, products = run
+    rules = stage.rules_stage(config, paths, baskets["baskets"])
+    lists = stage.lists_stage(config, paths, rules["fbt_rules"], baskets["baskets"], products)
+    gate = lists["gate"]
+    assert gate["chosen"] in gate["hit_rates"] and gate["n_queries"] > 0
+    assert gate["lists_vs_popularity"] >= 1.0
+    rows = pd.read_parquet(lists["fbt_metrics_gate"])
+    assert (rows["model"] == "fbt_gate").all()
+    assert f"published_{gate['chosen']}" in set(rows["metric"])
+    assert {"hit_rate_popularity", "published_vs_popularity"} <= set(rows["metric"])

@@ -17,8 +17,10 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import polars as pl
+import scipy.sparse as sp
 
 from fashion_recs.evaluate import evaluate_all, holdout_cutoff
+from fashion_recs.fbt.matrix import BasketMatrix
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +162,30 @@ def basket_completion(
         ],
         ignore_index=True,
     )
+
+
+def completion_hit_rate(lists: pd.DataFrame, test: BasketMatrix, k: int) -> tuple[float, int]:
+    """(hit rate, queries): for every product of every held-out basket with two or more
+    products, does any other product of that basket appear in the product's top k?
+
+    Every product of a basket is asked in turn (a basket of n products is n queries), the
+    way a front-end shows the list beside each product in a cart. A product without a list
+    is a miss.
+    """
+    sizes = test.basket_sizes()
+    X = test.X[sizes >= 2].tocsr()
+    n_queries = int(X.nnz)
+    if n_queries == 0:
+        return 0.0, 0
+    position = pd.Series(np.arange(test.n_items), index=test.item_ids.astype(str))
+    top = lists[lists["rank"] <= k]
+    a = top["product_id"].map(position).to_numpy(dtype=np.float64)
+    b = top["recommended_product_id"].map(position).to_numpy(dtype=np.float64)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    rows, cols = a[keep].astype(np.int64), b[keep].astype(np.int64)
+    L = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(test.n_items, test.n_items)
+    )
+    found = (X @ L.T).tocsr()  # found[basket, a] = a's listed products in the basket
+    hits = float(X.multiply(found > 0).sum())
+    return hits / n_queries, n_queries

@@ -1,20 +1,31 @@
-"""Per-product "frequently bought together" lists: rules first, then labelled fallbacks.
+"""Per-product "frequently bought together" lists: one ranking over all the evidence.
 
 A front-end asks for one product's complements and must always get a full list, so every
-catalogue product gets `top_k` entries, drawn in this order and labelled in `source`:
+catalogue product gets `top_k` entries. Every candidate b of a product a is scored by one
+number, its confidence shrunk toward popularity,
 
-1. `rules`: one-to-one rules from this product, at least `min_pair_count` joint baskets,
-   ranked by the configured measure;
-2. `co_viewed`: products that shared a basket with it at least `min_coview_count` times,
-   ranked by how often (the rules' thresholds cut these; they are still evidence);
-3. `audience_popularity`: the most popular products for its target audience;
-4. `popularity`: the most popular products overall.
+    score(a -> b) = (n_ab + shrinkage * p_b) / (n_a + shrinkage),   p_b = n_b / n_baskets,
 
-With `exclude_same_department`, products of the same department are left out at every step
-(a second pair of jeans substitutes, it does not complement).
+the estimate of "a basket holding a also holds b" that trusts a pair as far as its baskets
+allow. A product that never shared a basket with a scores its prior, so the popularity pad
+sits on the same scale as the evidence: a pair seen twice with a rare product outranks a
+staple only when the counts say so. Mining thresholds (`min_support`, `min_lift`) shape which
+rules are mined and labelled, never what outranks stronger co-occurrence (real baskets showed
+lift-first lists losing to plain popularity). Entries are labelled in `source`:
+
+1. `rules`: the pair is a mined one-to-one rule with at least `min_pair_count` joint baskets;
+2. `co_viewed`: the products shared at least `min_coview_count` baskets;
+3. `audience_popularity`: a pad from the most popular products of the product's audience;
+4. `popularity`: a pad from the most popular products overall.
+
+With `exclude_same_department`, products of the same department go after every other
+candidate (a second pair of jeans substitutes, it does not complement) but still fill a list
+that would otherwise be short; a product without a department is in no department.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pandas as pd
@@ -23,29 +34,20 @@ from fashion_recs.config import FbtListsConfig
 from fashion_recs.contract import FBT_RECOMMENDATIONS_SCHEMA
 from fashion_recs.fbt.matrix import BasketMatrix
 
+log = logging.getLogger(__name__)
+
 SOURCES = ("rules", "co_viewed", "audience_popularity", "popularity")
 NO_GROUP = "\x00"
 
 
-def _rule_candidates(rules: pd.DataFrame, config: FbtListsConfig) -> pd.DataFrame:
+def _rule_pairs(rules: pd.DataFrame, min_pair_count: int) -> pd.MultiIndex:
     pairs = rules[
         (rules["antecedent_len"] == 1)
         & (rules["consequent_len"] == 1)
-        & (rules["n_both"] >= config.min_pair_count)
+        & (rules["n_both"] >= min_pair_count)
     ]
-    score = pairs[config.rank_by].astype("float64")
-    if config.rank_by == "conviction":  # null conviction = the rule never failed: the best
-        score = score.fillna(np.inf)
-    return pd.DataFrame(
-        {
-            "product_id": pairs["antecedent"].to_numpy(),
-            "recommended_product_id": pairs["consequent"].to_numpy(),
-            "score": score.to_numpy(),
-            "source": "rules",
-            "support": pairs["support"].to_numpy(),
-            "confidence": pairs["confidence"].to_numpy(),
-            "lift": pairs["lift"].to_numpy(),
-        }
+    return pd.MultiIndex.from_arrays(
+        [pairs["antecedent"].astype(str), pairs["consequent"].astype(str)]
     )
 
 
@@ -55,65 +57,88 @@ def co_viewed(
     min_count: int,
     per_product: int,
     block: int = 2048,
+    *,
+    shrinkage: float = 0.0,
+    department: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """For each product in `products`, up to `per_product` products sharing the most baskets
-    (at least `min_count`), computed in blocks of rows so memory stays bounded."""
+    """For each product in `products`, up to `per_product` products sharing its baskets (at
+    least `min_count`), best shrunk confidence first, in blocks of rows so memory stays
+    bounded. With `department` (a code per matrix item, "" for none), same-department
+    candidates are marked `demoted` and kept only after the others.
+
+    Columns: product_id, recommended_product_id, score, n_both, n_antecedent, demoted.
+    """
     position = {p: i for i, p in enumerate(matrix.item_ids.tolist())}
     wanted = np.asarray([position[p] for p in products if p in position], dtype=np.int64)
-    frames = []
+    columns = ["product_id", "recommended_product_id", "score", "n_both", "n_antecedent"]
     if len(wanted) == 0 or matrix.n_baskets == 0:
-        return pd.DataFrame(columns=["product_id", "recommended_product_id", "score"])
+        return pd.DataFrame(columns=[*columns, "demoted"])
+    counts = matrix.item_counts().astype(np.float64)
+    prior = counts / matrix.n_baskets
     XT = matrix.X.T.tocsr()
     X = matrix.X.tocsr()
+    frames = []
     for lo in range(0, len(wanted), block):
         rows = wanted[lo : lo + block]
         C = (XT[rows] @ X).tocoo()
         src = rows[C.row]
         keep = (C.col != src) & (C.data >= min_count)
-        frame = pd.DataFrame({"r": src[keep], "c": C.col[keep], "n": C.data[keep]})
-        frame = frame.sort_values(["r", "n", "c"], ascending=[True, False, True])
+        r, c, n = src[keep], C.col[keep], C.data[keep].astype(np.float64)
+        score = (n + shrinkage * prior[c]) / (counts[r] + shrinkage)
+        demoted = (
+            (department[r] == department[c]) & (department[r] != "")
+            if department is not None
+            else np.zeros(len(r), dtype=bool)
+        )
+        frame = pd.DataFrame({"r": r, "c": c, "n": n, "score": score, "demoted": demoted})
+        frame = frame.sort_values(
+            ["r", "demoted", "score", "c"], ascending=[True, True, False, True], kind="stable"
+        )
         frames.append(frame.groupby("r", sort=False).head(per_product))
     out = pd.concat(frames, ignore_index=True)
     return pd.DataFrame(
         {
             "product_id": matrix.item_ids[out["r"].to_numpy()],
             "recommended_product_id": matrix.item_ids[out["c"].to_numpy()],
-            "score": out["n"].to_numpy(dtype=np.float64),
+            "score": out["score"].to_numpy(dtype=np.float64),
+            "n_both": out["n"].to_numpy(dtype=np.float64),
+            "n_antecedent": counts[out["r"].to_numpy()],
+            "demoted": out["demoted"].to_numpy(dtype=bool),
         }
     )
 
 
-def _popular_fallback(
-    catalogue: pd.DataFrame, popularity: pd.Series, group: str | None, depth: int, exclude: bool
+def _pads(
+    catalogue: pd.DataFrame, popularity: pd.Series, depth: int, exclude: bool
 ) -> pd.DataFrame:
-    """Each product's most popular candidates in its group (or overall), skipping its own
-    department when `exclude`."""
+    """Each product's popularity pad: its audience's and the overall most popular products,
+    `depth` of them outside its own department and (when `exclude`) `depth` inside it, to
+    fill a list only when nothing else can. Columns: product_id, recommended_product_id,
+    count, source."""
     pop = catalogue[["product_id", "department", "target_audience"]].copy()
-    pop["score"] = pop["product_id"].map(popularity).fillna(0.0).astype("float64")
-    pop = pop[pop["score"] > 0].sort_values(["score", "product_id"], ascending=[False, True])
-    keys = [group] if group else []
-    if exclude:
-        keys.append("department")
-    if not keys:
-        top = pop.head(depth)
-        pairs = catalogue[["product_id"]].merge(
-            top[["product_id", "score"]].rename(columns={"product_id": "recommended_product_id"}),
-            how="cross",
-        )
-        return pairs
+    pop["count"] = pop["product_id"].map(popularity).fillna(0.0).astype("float64")
+    pop = pop[pop["count"] > 0].sort_values(["count", "product_id"], ascending=[False, True])
     frames = []
-    for values, members in catalogue.groupby(keys, sort=True, dropna=False):
-        values = values if isinstance(values, tuple) else (values,)
-        cand = pop
-        key = dict(zip(keys, values, strict=True))
-        if group:
-            cand = cand[cand[group] == key[group]]
+    for source, key in (("audience_popularity", "target_audience"), ("popularity", None)):
+        keys = [key] if key else []
         if exclude:
-            cand = cand[cand["department"] != key["department"]]
-        top = cand.head(depth)[["product_id", "score"]].rename(
-            columns={"product_id": "recommended_product_id"}
-        )
-        frames.append(members[["product_id"]].merge(top, how="cross"))
+            keys.append("department")
+        groups = catalogue.groupby(keys, sort=True) if keys else [((), catalogue)]
+        for values, members in groups:
+            value = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
+            cand = pop
+            if key:
+                if value[key] == NO_GROUP:
+                    continue
+                cand = cand[cand[key] == value[key]]
+            own = value.get("department", NO_GROUP)
+            if own != NO_GROUP:
+                same = cand["department"] == own
+                cand = pd.concat([cand[~same].head(depth), cand[same].head(depth)])
+            top = cand.head(2 * depth)[["product_id", "count"]].rename(
+                columns={"product_id": "recommended_product_id"}
+            )
+            frames.append(members[["product_id"]].merge(top, how="cross").assign(source=source))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -125,60 +150,122 @@ def recommend(
 ) -> pd.DataFrame:
     """`top_k` complementary products for every catalogue product (FBT_RECOMMENDATIONS_SCHEMA).
 
-    `catalogue` needs product_id, department and target_audience; `matrix` gives co-views and
-    popularity (baskets holding each product).
+    `catalogue` needs product_id, department and target_audience; `matrix` gives the
+    co-occurrence counts and popularity (baskets holding each product).
     """
     k = config.top_k
-    catalogue = catalogue[["product_id", "department", "target_audience"]].copy()
-    catalogue[["department", "target_audience"]] = catalogue[
-        ["department", "target_audience"]
-    ].fillna(NO_GROUP)
+    catalogue = _clean(catalogue)
     dept = catalogue.set_index("product_id")["department"]
-    popularity = pd.Series(
-        matrix.item_counts().astype(np.float64), index=matrix.item_ids.astype(str)
-    )
-    depth = 3 * k
-    parts = [_rule_candidates(rules, config)]
-    parts.append(
-        co_viewed(
-            matrix, catalogue["product_id"].to_numpy(), config.min_coview_count, depth
-        ).assign(source="co_viewed")
-    )
+    item_ids = matrix.item_ids.astype(str)
+    counts = pd.Series(matrix.item_counts().astype(np.float64), index=item_ids)
+    n = max(matrix.n_baskets, 1)
+    m = config.shrinkage
     exclude = config.exclude_same_department
-    parts.append(
-        _popular_fallback(catalogue, popularity, "target_audience", depth, exclude).assign(
-            source="audience_popularity"
-        )
+    depth = 3 * k
+    item_dept = (
+        pd.Series(item_ids).map(dept).fillna(NO_GROUP).replace(NO_GROUP, "").to_numpy(dtype=object)
+        if exclude
+        else None
     )
-    parts.append(
-        _popular_fallback(catalogue, popularity, None, depth, exclude).assign(source="popularity")
-    )
-    cand = pd.concat([p for p in parts if len(p)], ignore_index=True)
-    cand = cand[
-        cand["product_id"].isin(dept.index) & cand["recommended_product_id"].isin(dept.index)
-    ]
+    evidence = co_viewed(
+        matrix,
+        catalogue["product_id"].to_numpy(),
+        config.min_coview_count,
+        depth,
+        shrinkage=m,
+        department=item_dept,
+    ).assign(source="co_viewed")
+    pads = _pads(catalogue, counts, k + 1, exclude)
+    if len(pads):
+        n_a = pads["product_id"].map(counts).fillna(0.0).to_numpy()
+        prior = pads["count"].to_numpy() / n
+        # With no shrinkage the pad still needs an order: popularity, below any evidence.
+        pads["score"] = m * prior / (n_a + m) if m > 0 else prior * 1e-9
+        pads["n_both"] = 0.0
+        pads["n_antecedent"] = n_a
+        pads = pads.drop(columns="count")
+    cand = pd.concat([p for p in (evidence, pads) if len(p)], ignore_index=True)
+    cand = cand[cand["recommended_product_id"].isin(dept.index)]
     cand = cand[cand["product_id"] != cand["recommended_product_id"]]
-    if exclude:
-        same = (
-            cand["product_id"].map(dept).to_numpy()
-            == cand["recommended_product_id"].map(dept).to_numpy()
-        )
-        same &= cand["product_id"].map(dept).to_numpy() != NO_GROUP
-        cand = cand[~same]
-    cand["priority"] = cand["source"].map({s: i for i, s in enumerate(SOURCES)})
+    a_dept = cand["product_id"].map(dept).to_numpy()
+    same = (a_dept == cand["recommended_product_id"].map(dept).to_numpy()) & (a_dept != NO_GROUP)
+    cand["demoted"] = same & exclude
     cand = cand.sort_values(
-        ["product_id", "priority", "score", "recommended_product_id"],
+        ["product_id", "demoted", "score", "recommended_product_id"],
         ascending=[True, True, False, True],
         kind="stable",
     )
     cand = cand.drop_duplicates(["product_id", "recommended_product_id"], keep="first")
     top = cand.groupby("product_id", sort=False).head(k).copy()
+    rules_pairs = _rule_pairs(rules, config.min_pair_count)
+    is_rule = pd.MultiIndex.from_arrays([top["product_id"], top["recommended_product_id"]]).isin(
+        rules_pairs
+    )
+    top.loc[is_rule & (top["n_both"] > 0).to_numpy(), "source"] = "rules"
+    _warn_demoted(top, catalogue, exclude)
     top["rank"] = (top.groupby("product_id", sort=False).cumcount() + 1).astype("int32")
-    for col in ("support", "confidence", "lift"):
-        if col not in top:
-            top[col] = np.nan
+    evidence_rows = top["n_both"].to_numpy() > 0
+    n_both = top["n_both"].to_numpy()
+    n_a = np.maximum(top["n_antecedent"].to_numpy(dtype=np.float64), 1.0)
+    n_b = top["recommended_product_id"].map(counts).fillna(0.0).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        top["support"] = np.where(evidence_rows, n_both / n, np.nan)
+        top["confidence"] = np.where(evidence_rows, n_both / n_a, np.nan)
+        top["lift"] = np.where(evidence_rows, n_both * n / (n_a * n_b), np.nan)
     top = top.reset_index(drop=True)
     return top[FBT_RECOMMENDATIONS_SCHEMA.names]
+
+
+def _clean(catalogue: pd.DataFrame) -> pd.DataFrame:
+    """product_id, department, target_audience with an empty department or audience as none."""
+    catalogue = catalogue[["product_id", "department", "target_audience"]].copy()
+    for col in ("department", "target_audience"):
+        values = catalogue[col].astype("string").str.strip()
+        catalogue[col] = values.mask(values == "").fillna(NO_GROUP).astype(object)
+    return catalogue
+
+
+def _warn_demoted(top: pd.DataFrame, catalogue: pd.DataFrame, exclude: bool) -> None:
+    if not exclude or not top["demoted"].any():
+        return
+    short = int(top.loc[top["demoted"], "product_id"].nunique())
+    departments = catalogue.loc[catalogue["department"] != NO_GROUP, "department"]
+    largest = departments.value_counts()
+    detail = ""
+    if len(largest) and largest.iloc[0] / max(len(catalogue), 1) > 0.5:
+        detail = (
+            f"; department {largest.index[0]!r} holds {largest.iloc[0]:,} of "
+            f"{len(catalogue):,} products, too coarse to tell substitutes from complements"
+        )
+    log.warning(
+        "fbt lists: %d products needed same-department products to fill their lists "
+        "(fbt.lists.exclude_same_department)%s",
+        short,
+        detail,
+    )
+
+
+def popularity_lists(
+    catalogue: pd.DataFrame, counts: pd.Series, n_baskets: int, k: int
+) -> pd.DataFrame:
+    """Every product's list as plain popularity: the k most popular other products overall
+    (what the popularity baseline serves), scored by their share of baskets;
+    FBT_RECOMMENDATIONS_SCHEMA."""
+    ids = catalogue["product_id"].astype(str)
+    pop = counts[counts.index.isin(set(ids)) & (counts > 0)]
+    top = pop.sort_values(ascending=False, kind="stable").head(k + 1)
+    pairs = pd.DataFrame({"product_id": ids.to_numpy()}).merge(
+        pd.DataFrame({"recommended_product_id": top.index.astype(str), "count": top.to_numpy()}),
+        how="cross",
+    )
+    pairs = pairs[pairs["product_id"] != pairs["recommended_product_id"]]
+    pairs = pairs.groupby("product_id", sort=True).head(k).copy()
+    pairs["score"] = pairs["count"].astype(np.float64) / max(n_baskets, 1)
+    pairs["source"] = "popularity"
+    pairs["rank"] = (pairs.groupby("product_id", sort=False).cumcount() + 1).astype("int32")
+    for col in ("support", "confidence", "lift"):
+        pairs[col] = np.nan
+    return pairs.reset_index(drop=True)[FBT_RECOMMENDATIONS_SCHEMA.names]
 
 
 def coverage_by_source(lists: pd.DataFrame) -> dict[str, int]:
@@ -186,4 +273,11 @@ def coverage_by_source(lists: pd.DataFrame) -> dict[str, int]:
     return {s: int((lists["source"] == s).sum()) for s in SOURCES}
 
 
-__all__ = ["FBT_RECOMMENDATIONS_SCHEMA", "SOURCES", "co_viewed", "coverage_by_source", "recommend"]
+__all__ = [
+    "FBT_RECOMMENDATIONS_SCHEMA",
+    "SOURCES",
+    "co_viewed",
+    "coverage_by_source",
+    "popularity_lists",
+    "recommend",
+]

@@ -3,7 +3,8 @@
 - Planted look-alikes (synthetic retailer): for a product in a look-alike group of size g,
   R-precision = share of its first g - 1 neighbours that are group mates, and recall@k =
   share of its g - 1 mates found in its top k.
-- Consistency: share of the top-k neighbours with the product's department / colour.
+- Consistency: share of the top-k neighbours with the product's department, colour,
+  audience, variant group and any other attribute the model uses (product type).
 - Robustness: top-k overlap between a product's clean list and the list it gets when its own
   input is perturbed (noised text here; cropped / flipped / jittered images for encoders),
   asked against the unchanged catalogue.
@@ -53,17 +54,26 @@ def lookalike_scores(
     }
 
 
+CONSISTENCY_COLUMNS = ("department", "color", "target_audience", "group_key")
+
+
 def consistency_scores(
-    neighbors: Neighbors, products: pd.DataFrame, k: int
+    neighbors: Neighbors, products: pd.DataFrame, k: int, columns: list[str] | None = None
 ) -> dict[str, tuple[float, int | None, int]]:
+    """Share of the top-k neighbours that share the product's value, for every attribute the
+    catalogue has (`same_<column>`): a coarse department looks consistent while the product
+    type is not, so each attribute is reported. Products missing the value are not asked."""
     out = {}
     idx = neighbors.indices[:, :k]
     valid = idx >= 0
-    for column in ("department", "color"):
+    wanted = columns or [c for c in CONSISTENCY_COLUMNS if c in products]
+    for column in wanted:
         values = products[column].astype("string").fillna("\x00").to_numpy(dtype=object)
-        same = (values[np.where(valid, idx, 0)] == values[:, None]) & valid
-        share = same.sum() / max(valid.sum(), 1)
-        out[f"same_{column}"] = (float(share), k, len(products))
+        known = values != "\x00"
+        asked = valid & known[:, None]
+        same = (values[np.where(asked, idx, 0)] == values[:, None]) & asked
+        share = same.sum() / max(asked.sum(), 1)
+        out[f"same_{column}"] = (float(share), k, int(known.sum()))
     return out
 
 

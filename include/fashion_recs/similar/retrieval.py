@@ -175,9 +175,16 @@ def _annoy_row(index: Any, i: int, kk: int, search_k: int) -> list[tuple[int, fl
 
 
 def annoy_neighbors(
-    vectors: np.ndarray, k: int, params: AnnoyParams, index: Any | None = None
+    vectors: np.ndarray,
+    k: int,
+    params: AnnoyParams,
+    index: Any | None = None,
+    rows: np.ndarray | None = None,
 ) -> Neighbors:
-    """Top-k by Annoy, with every row checked to have k neighbours (see module docstring)."""
+    """Top-k by Annoy, with every row checked to have k neighbours (see module docstring).
+
+    `rows` limits the queries to those rows (an audit needs a sample, not the catalogue);
+    the others are left empty."""
     started = time.perf_counter()
     n = vectors.shape[0]
     index = index if index is not None else build_annoy(vectors, params)
@@ -185,7 +192,7 @@ def annoy_neighbors(
     indices, scores = _empty(n, k)
     kk = min(k, n - 1)
     short = []
-    for i in range(n):
+    for i in range(n) if rows is None else np.asarray(rows).tolist():
         pairs = _annoy_row(index, i, kk, params.search_k)
         if len(pairs) < kk:  # ask again, searching every tree node
             pairs = _annoy_row(index, i, kk, n * params.n_trees)

@@ -3,10 +3,16 @@ attributes.
 
 The seed joined title, target audience, colour, department and the original description,
 vectorised it with TF-IDF (max_features 5000) and stacked a one-hot encoding of colour,
-target audience and department. Here each block is L2-normalised and weighted (config)
-before stacking, and rows are normalised again, so a cosine between two products is a
-weighted mix of their text and attribute similarity rather than whichever block happens to
-have the larger norm.
+target audience and department. Here the text and every attribute column are blocks of
+their own, each L2-normalised and weighted before stacking, and rows are normalised again,
+so a cosine between two products is a weighted mix of their text and per-attribute
+agreement rather than whichever block happens to have the larger norm.
+
+`attribute_weight` is the whole attribute part's weight; `attribute_weights` splits it
+across columns (relative, 1 each by default: the seed's equal one-hot). A catalogue whose
+department is coarse ("tops") says little about what a product is; `product_type` derives
+a type column from the title (`last_word`: "Slim Stretch Denim Jeans" is "jeans") that
+becomes one more attribute block, and `extra_attributes` adds any other product column.
 """
 
 from __future__ import annotations
@@ -21,7 +27,32 @@ from sklearn.preprocessing import OneHotEncoder, normalize
 
 TEXT_COLUMNS = ["title", "target_audience", "color", "department", "original_description"]
 ATTRIBUTE_COLUMNS = ["color", "target_audience", "department"]
+PRODUCT_TYPE = "product_type"
+PRODUCT_TYPE_RULES = ("none", "last_word")
 MISSING = "unknown"
+
+
+def product_type(titles: pd.Series, rule: str = "last_word") -> pd.Series:
+    """A product type read from each title: its last word of letters, lower case (sizes,
+    numbers and punctuation after it are skipped); missing when the title has none."""
+    if rule not in PRODUCT_TYPE_RULES or rule == "none":
+        raise ValueError(f"unknown product type rule {rule!r}; choose 'last_word'")
+    words = titles.astype("string").str.lower().str.findall(r"[a-z]{2,}")
+    return words.map(lambda w: w[-1] if isinstance(w, list) and w else pd.NA).astype("string")
+
+
+def attribute_frame(
+    products: pd.DataFrame, columns: list[str], type_rule: str = "none"
+) -> pd.DataFrame:
+    """The attribute columns as strings, missing ones "unknown"; `product_type` derived from
+    the title when the rule asks for it."""
+    frame = pd.DataFrame(index=products.index)
+    for column in columns:
+        if column == PRODUCT_TYPE and PRODUCT_TYPE not in products:
+            frame[column] = product_type(products["title"], type_rule)
+        else:
+            frame[column] = products[column].astype("string")
+    return frame.fillna(MISSING).astype(object)
 
 
 def combined_text(products: pd.DataFrame) -> pd.Series:
@@ -33,29 +64,30 @@ def combined_text(products: pd.DataFrame) -> pd.Series:
 
 @dataclass
 class TextModel:
-    """A fitted TF-IDF + one-hot featuriser; `transform` maps new text onto the same space
-    (the robustness check noises text and re-embeds it with the fitted model)."""
+    """A fitted TF-IDF + per-attribute one-hot featuriser; `transform` maps new text onto the
+    same space (the robustness check noises text and re-embeds it with the fitted model)."""
 
     tfidf: TfidfVectorizer
-    onehot: OneHotEncoder
+    encoders: dict[str, OneHotEncoder]
     text_weight: float
-    attribute_weight: float
+    column_weights: dict[str, float]
+    type_rule: str = "none"
 
     def transform(self, products: pd.DataFrame, text: pd.Series | None = None) -> sp.csr_matrix:
         text = combined_text(products) if text is None else text
-        words = normalize(self.tfidf.transform(text.tolist()))
-        attributes = self.onehot.transform(
-            products[ATTRIBUTE_COLUMNS].astype("string").fillna(MISSING).to_numpy(dtype=object)
-        )
-        attributes = normalize(sp.csr_matrix(attributes, dtype=np.float64))
-        stacked = sp.hstack(
-            [self.text_weight * words, self.attribute_weight * attributes], format="csr"
-        )
-        return normalize(stacked).astype(np.float32)
+        blocks = [self.text_weight * normalize(self.tfidf.transform(text.tolist()))]
+        attributes = attribute_frame(products, list(self.encoders), self.type_rule)
+        for column, encoder in self.encoders.items():
+            onehot = encoder.transform(attributes[[column]].to_numpy(dtype=object))
+            block = normalize(sp.csr_matrix(onehot, dtype=np.float64))
+            blocks.append(self.column_weights[column] * block)
+        return normalize(sp.hstack(blocks, format="csr")).astype(np.float32)
 
     @property
     def dim(self) -> int:
-        return len(self.tfidf.vocabulary_) + sum(len(c) for c in self.onehot.categories_)
+        return len(self.tfidf.vocabulary_) + sum(
+            len(e.categories_[0]) for e in self.encoders.values()
+        )
 
 
 def fit_text_model(
@@ -65,6 +97,9 @@ def fit_text_model(
     text_weight: float = 1.0,
     attribute_weight: float = 1.0,
     ngram_max: int = 1,
+    attribute_weights: dict[str, float] | None = None,
+    product_type: str = "none",
+    extra_attributes: list[str] | None = None,
 ) -> TextModel:
     """Fit the vocabulary, IDF and attribute categories on the catalogue."""
     tfidf = TfidfVectorizer(
@@ -76,9 +111,20 @@ def fit_text_model(
     )
     text = combined_text(products)
     tfidf.fit(text.tolist() if text.str.len().gt(0).any() else ["empty"])
-    onehot = OneHotEncoder(handle_unknown="ignore")
-    onehot.fit(products[ATTRIBUTE_COLUMNS].astype("string").fillna(MISSING).to_numpy(dtype=object))
-    return TextModel(tfidf, onehot, text_weight, attribute_weight)
+    columns = list(ATTRIBUTE_COLUMNS)
+    if product_type != "none":
+        columns.append(PRODUCT_TYPE)
+    columns += [c for c in extra_attributes or [] if c not in columns]
+    relative = {c: (attribute_weights or {}).get(c, 1.0) for c in columns}
+    norm = float(np.sqrt(sum(w * w for w in relative.values()))) or 1.0
+    weights = {c: attribute_weight * w / norm for c, w in relative.items()}
+    attributes = attribute_frame(products, columns, product_type)
+    encoders = {}
+    for column in columns:
+        encoders[column] = OneHotEncoder(handle_unknown="ignore").fit(
+            attributes[[column]].to_numpy(dtype=object)
+        )
+    return TextModel(tfidf, encoders, text_weight, weights, product_type)
 
 
 def noised_text(text: pd.Series, drop_rate: float, seed: int) -> pd.Series:

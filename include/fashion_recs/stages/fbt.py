@@ -21,6 +21,7 @@ from fashion_recs.config import RetailerConfig
 from fashion_recs.contract import (
     BASKETS,
     FBT_CROSSCHECK,
+    FBT_GATE_METRICS,
     FBT_METRICS,
     FBT_RECOMMENDATIONS,
     FBT_RULES,
@@ -28,6 +29,7 @@ from fashion_recs.contract import (
 from fashion_recs.errors import EngineMismatch, ResourceLimitExceeded
 from fashion_recs.fbt.baskets import build_baskets, to_matrix
 from fashion_recs.fbt.evaluate import basket_completion, bundle_recovery
+from fashion_recs.fbt.gate import gated_lists
 from fashion_recs.fbt.matrix import BasketMatrix
 from fashion_recs.fbt.mining import (
     MINERS,
@@ -37,7 +39,7 @@ from fashion_recs.fbt.mining import (
     mlxtend_itemsets,
     support_threshold,
 )
-from fashion_recs.fbt.recommend import coverage_by_source, recommend
+from fashion_recs.fbt.recommend import coverage_by_source
 from fashion_recs.fbt.rules import association_rules, compare_rules, mlxtend_rules
 
 log = logging.getLogger(__name__)
@@ -218,9 +220,14 @@ def _catalogue(products: Path) -> pd.DataFrame:
 def lists_stage(
     config: RetailerConfig, paths: RunPaths, rules: Path, baskets: Path, products: Path
 ) -> dict[str, Any]:
+    """The published lists, through the gate: never worse than popularity on held-out
+    baskets (the decision is in the summary and in `fbt_metrics_gate`)."""
     matrix = to_matrix(pl.read_parquet(baskets))
-    lists = recommend(pd.read_parquet(rules), _catalogue(products), matrix, config.fbt.lists)
+    lists, decision = gated_lists(
+        pd.read_parquet(rules), _catalogue(products), matrix, config.fbt.lists, config.seed
+    )
     path = write_artifact(paths, FBT_RECOMMENDATIONS, lists)
+    gate_path = write_artifact(paths, FBT_GATE_METRICS, decision.metric_rows())
     sources = coverage_by_source(lists)
     with_rules = int(lists.loc[lists["source"] == "rules", "product_id"].nunique())
     log.info(
@@ -231,9 +238,11 @@ def lists_stage(
     )
     return {
         "fbt_recommendations": str(path),
+        "fbt_metrics_gate": str(gate_path),
         "products": int(lists["product_id"].nunique()),
         "products_with_rules": with_rules,
         "entries_by_source": sources,
+        "gate": decision.as_dict(),
     }
 
 
@@ -248,7 +257,7 @@ def evaluate_stage(
     def build(train: pl.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
         matrix = to_matrix(train)
         train_rules, _ = _mine_rules(config, matrix, choose_engine(config.fbt.mining.engine))
-        lists = recommend(train_rules, catalogue, matrix, config.fbt.lists)
+        lists, _ = gated_lists(train_rules, catalogue, matrix, config.fbt.lists, config.seed)
         popularity = pd.Series(matrix.item_counts(), index=matrix.item_ids.astype(str))
         return lists, popularity
 

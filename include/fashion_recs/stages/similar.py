@@ -21,6 +21,7 @@ from fashion_recs.artifacts import RunPaths, write_artifact
 from fashion_recs.config import RetailerConfig, TextModelConfig
 from fashion_recs.contract import similar_metrics, similar_products
 from fashion_recs.similar.evaluate import (
+    CONSISTENCY_COLUMNS,
     consistency_scores,
     lookalike_scores,
     metric_rows,
@@ -38,7 +39,14 @@ from fashion_recs.similar.retrieval import (
     recall_at_k,
     save_annoy,
 )
-from fashion_recs.similar.text import TextModel, combined_text, fit_text_model, noised_text
+from fashion_recs.similar.text import (
+    PRODUCT_TYPE,
+    TextModel,
+    combined_text,
+    fit_text_model,
+    noised_text,
+    product_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,7 @@ PRODUCT_COLUMNS = [
     "color",
     "department",
     "original_description",
+    "group_key",
 ]
 # Annoy needs dense vectors; above this many bytes the audit is skipped, not the run.
 ANNOY_AUDIT_MAX_BYTES = 1 << 30
@@ -116,8 +125,17 @@ def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
 def list_quality(
     config: RetailerConfig, catalogue: pd.DataFrame, neighbors: Neighbors, k: int
 ) -> dict[str, tuple[float, int | None, int]]:
-    """Department/colour consistency, and planted look-alikes when the truth is known."""
-    values = consistency_scores(neighbors, catalogue, k)
+    """Consistency on every attribute the catalogue has (department, colour, audience,
+    variant group, the derived product type and extra attributes), and planted look-alikes
+    when the truth is known."""
+    text = config.similar.text
+    frame = catalogue.copy()
+    columns = [c for c in CONSISTENCY_COLUMNS if c in frame]
+    if text.product_type != "none":
+        frame[PRODUCT_TYPE] = product_type(frame["title"], text.product_type)
+        columns.append(PRODUCT_TYPE)
+    columns += [c for c in text.extra_attributes if c in frame and c not in columns]
+    values = consistency_scores(neighbors, frame, k, columns)
     truth_dir = config.evaluation.truth_dir
     lookalikes = config.resolve(truth_dir) / "lookalikes.parquet" if truth_dir else None
     if lookalikes is not None and lookalikes.exists():
@@ -126,8 +144,17 @@ def list_quality(
     return values
 
 
-def read_catalogue(products: Path) -> pd.DataFrame:
-    frame = pq.read_table(products, columns=PRODUCT_COLUMNS).to_pandas()
+def read_catalogue(products: Path, extra: list[str] | None = None) -> pd.DataFrame:
+    names = set(pq.read_schema(products).names)
+    wanted = [c for c in PRODUCT_COLUMNS if c in names]
+    missing = [c for c in extra or [] if c not in names]
+    if missing:
+        raise ValueError(
+            f"similar.text.extra_attributes names {missing}, not columns of {products} "
+            f"(it has {sorted(names)})"
+        )
+    wanted += [c for c in extra or [] if c not in wanted]
+    frame = pq.read_table(products, columns=wanted).to_pandas()
     return frame.sort_values("product_id", kind="stable").reset_index(drop=True)
 
 
@@ -140,13 +167,16 @@ def fit_configured_text_model(catalogue: pd.DataFrame, text: TextModelConfig) ->
         text_weight=text.text_weight,
         attribute_weight=text.attribute_weight,
         ngram_max=text.ngram_max,
+        attribute_weights=text.attribute_weights,
+        product_type=text.product_type,
+        extra_attributes=text.extra_attributes,
     )
 
 
 def text_model_stage(config: RetailerConfig, paths: RunPaths, products: Path) -> dict[str, Any]:
     cfg = config.similar
     k = cfg.top_k
-    catalogue = read_catalogue(products)
+    catalogue = read_catalogue(products, cfg.text.extra_attributes)
     ids = catalogue["product_id"].to_numpy(dtype=object)
     model = fit_configured_text_model(catalogue, cfg.text)
     vectors = model.transform(catalogue)
@@ -182,7 +212,8 @@ def text_model_stage(config: RetailerConfig, paths: RunPaths, products: Path) ->
             params = AnnoyParams(r.annoy_trees, r.annoy_search_k, config.seed)
             dense = _dense(vectors)
             index = build_annoy(dense, params)
-            annoy = annoy_neighbors(dense, k, params, index)
+            # Recall is a mean over queries: the sample says it, the catalogue costs minutes.
+            annoy = annoy_neighbors(dense, k, params, index, rows=sample)
             truth = truth if truth is not None else exact_neighbors(vectors, k, rows=sample)
             values["recall_vs_exact_annoy"] = (recall_at_k(annoy, truth, k, sample), k, len(sample))
             save_annoy(
