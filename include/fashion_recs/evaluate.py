@@ -212,12 +212,12 @@ def _top_k_codes(
     user_codes = user_codes[distinct]
     item_codes = item_codes[distinct]
 
-    position = _position_in_run(user_codes)
+    position = position_in_run(user_codes)
     keep = position <= k
     return _TopK(users, user_codes[keep], items, item_codes[keep], position[keep])
 
 
-def _position_in_run(codes: np.ndarray) -> np.ndarray:
+def position_in_run(codes: np.ndarray) -> np.ndarray:
     """1-based position of each element within its run of equal consecutive codes."""
     if len(codes) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -296,7 +296,7 @@ def _scores(truth: pd.DataFrame, top: _TopK, user_col: str, item_col: str, k: in
     # user's run of hits is the number of hits so far.
     hit_users = users[is_hit]
     hit_position = top.position[is_hit].astype(np.float64)
-    hits_so_far = _position_in_run(hit_users)
+    hits_so_far = position_in_run(hit_users)
     n_users = len(truth_users)
     n_hits = np.bincount(hit_users, minlength=n_users)
     precision_sum = np.bincount(hit_users, weights=hits_so_far / hit_position, minlength=n_users)

@@ -78,7 +78,11 @@ def _inputs(products: pd.DataFrame, users: list[str]) -> CandidateInputs:
         }
     )
     segments = pd.DataFrame(
-        {"user_id": users, "age_group": ["25-34", "35-44"] * (len(users) // 2), "region": np.nan}
+        {
+            "user_id": users,
+            "age_group": [("25-34", "35-44")[i % 2] for i in range(len(users))],
+            "region": np.nan,
+        }
     )
     return CandidateInputs.build(products, similar, segments, 30.0)
 
@@ -278,3 +282,28 @@ def test_gate_leaves_known_item_baselines_out_when_models_exclude_known_items(tm
     summary = gate_stage(config, paths)
     assert summary["baseline"] == "item_knn"
     assert summary["chosen"] == "ranker"
+
+
+def test_ranker_step_is_skipped_with_a_reason_when_no_window_has_history(
+    tmp_path, monkeypatch
+) -> None:
+    """Too little history for any training window must not fail the run: the step says why,
+    and the gate simply has one candidate fewer."""
+    from fashion_recs.personal.evaluation import holdout_split
+    from fashion_recs.personal.matrix import user_item_matrix
+    from fashion_recs.stages import ranking
+    from fashion_recs.stages.personal import PersonalInputs
+
+    config = make_config(tmp_path, evaluation={"holdout_days": 2})
+    paths = run_paths(config)
+    log = _interactions(days=4)
+    products = _catalogue()
+    items = pd.Index(products["product_id"])
+    split = holdout_split(log, items, holdout_days=2, half_life_days=30.0)
+    full = user_item_matrix(log, items, as_of=START + 4 * DAY, half_life_days=30.0)
+    inputs = PersonalInputs(log, products, items, split, full)
+    candidates = _inputs(products, sorted(log["user_id"].unique()))
+    monkeypatch.setattr(ranking, "candidate_inputs", lambda *_: candidates)
+    summary = ranking.ranker_stage(config, inputs, paths)
+    assert "no training window" in summary["skipped"]
+    assert not paths.path(personal_metrics("ranker")).exists()

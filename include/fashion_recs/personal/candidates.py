@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from fashion_recs.evaluate import segment_popularity_predictions
+from fashion_recs.evaluate import position_in_run, segment_popularity_predictions
 from fashion_recs.personal.matrix import UserItemMatrix, user_item_matrix
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class History:
         total = np.add.reduceat(decayed, starts) if len(starts) else decayed[:0]
         user, item = unique // n, unique % n
         ordered = np.lexsort((item, -total, -n_events, np.floor(since), user))
-        rank = position_in_runs(user[ordered])
+        rank = position_in_run(user[ordered])
         return OwnItems(
             user=user[ordered],
             item=item[ordered],
@@ -136,15 +136,6 @@ class History:
         """Summed interaction weight per item over the last `days` before the cutoff."""
         recent = self.days <= days
         return np.bincount(self.item[recent], self.weight[recent], minlength=self.n_items)
-
-
-def position_in_runs(codes: np.ndarray) -> np.ndarray:
-    """1-based position of each element within its run of equal consecutive codes."""
-    if len(codes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    lengths = np.diff(np.r_[starts, len(codes)])
-    return np.arange(len(codes), dtype=np.int64) - np.repeat(starts, lengths) + 1
 
 
 def history_before(
@@ -243,7 +234,7 @@ def _ranked(
     pair = user * (int(item.max()) + 1 if len(item) else 1) + item
     first = ~pd.Series(pair).duplicated().to_numpy()
     user, item, score = user[first], item[first], score[first]
-    rank = position_in_runs(user)
+    rank = position_in_run(user)
     keep = rank <= cap
     return _frame(user[keep], item[keep], rank[keep], score[keep])
 
@@ -381,7 +372,7 @@ def basket_complements(
 
 def _from_recommender(model, history: History, rows: np.ndarray, cap: int) -> pd.DataFrame:
     position, cols, scores = model.fit(history.matrix).recommend_rows(rows, cap, True)
-    rank = position_in_runs(position)
+    rank = position_in_run(position)
     return _frame(rows[position], cols, rank, scores)
 
 

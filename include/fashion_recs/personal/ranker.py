@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fashion_recs.evaluate import position_in_run
 from fashion_recs.personal.candidates import (
     CandidateInputs,
     History,
     generate_candidates,
     history_before,
-    position_in_runs,
 )
 from fashion_recs.personal.features import build_features, feature_names
 
@@ -265,7 +265,7 @@ def lists_from_codes(
     user, item = np.asarray(user, dtype=np.int64), np.asarray(item, dtype=np.int64)
     order = np.lexsort((item, -scores, user))
     user, item, scores = user[order], item[order], scores[order]
-    rank = position_in_runs(user)
+    rank = position_in_run(user)
     keep = rank <= k
     return pd.DataFrame(
         {

@@ -677,8 +677,11 @@ def _served_lists(
     if model == "segment_popularity":
         return segment_popular_lists(users, popular, k, unknown)
     if model == "popularity":
-        anyone = users[["user_id"]].assign(age_group=np.nan, region=np.nan)
-        return segment_popular_lists(anyone, popular, k, unknown)
+        overall = popular[popular["segment_type"] == "overall"].nsmallest(k, "rank")
+        lists = users[["user_id"]].merge(
+            overall[["rank", "product_id", "score"]].astype({"rank": np.int32}), how="cross"
+        )
+        return lists.assign(strategy="popular_overall")[LIST_COLUMNS]
     lists = pd.read_parquet(paths.path(personal_lists(model)))
     source = lists["source"]
     strategy = np.where(source.notna(), model + ":" + source.fillna("").astype(str), model)

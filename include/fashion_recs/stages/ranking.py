@@ -115,8 +115,19 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
         window_frame(interactions, w, i + 1, candidates_in, params) for i, w in enumerate(windows)
     ]
     timings["training_windows"] = round(time.perf_counter() - started, 2)
+    training = pd.concat(frames, ignore_index=True)
+    if training.empty:
+        reason = (
+            f"no training window before {cutoff.date()} has users with earlier history and a "
+            "labelled candidate; the ranker needs at least "
+            f"{params.window_days * (params.train_windows + 1)} days of interactions before "
+            "the hold-out ends (fewer personal.ranker.train_windows or a shorter "
+            "evaluation.holdout_days need less)"
+        )
+        log.warning("ranker skipped: %s", reason)
+        return {"skipped": reason}
     mark = time.perf_counter()
-    scored_model = CandidateRanker(params).fit(pd.concat(frames, ignore_index=True))
+    scored_model = CandidateRanker(params).fit(training)
     timings["fit"] = round(time.perf_counter() - mark, 2)
     mark = time.perf_counter()
     holdout = serving_frame(interactions, cutoff, split.users, candidates_in, params)
