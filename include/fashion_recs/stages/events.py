@@ -157,7 +157,7 @@ def _records(
             head = buffer[:RAW_BYTES_KEPT]
             empty = np.empty(0, dtype=np.int64)
             oversized = Records(empty, empty, empty, empty, [(0, size, 0, 1, OVERSIZED_RECORD)])
-            oversized.consumed, oversized.lines_consumed = size, 1
+            oversized.consumed, oversized.lines_consumed, oversized.skipped = size, 1, True
             yield head, oversized
             carried = rest
         else:
@@ -458,10 +458,11 @@ def read_blocks(
                 lines = np.arange(frame.height) + lines_before + 1
                 n_lines = frame.height
             else:
-                n_lines = records.lines_consumed if records.rejected else n_lines
-                if records.rejected and records.rejected[0][4] == OVERSIZED_RECORD:
-                    n_lines = 1
-                frame = _parse_block(header, good_bytes(block, records), raw_columns)
+                n_lines = 1 if records.skipped else n_lines
+                try:
+                    frame = _parse_block(header, good_bytes(block, records), raw_columns)
+                except (pl.exceptions.ComputeError, pl.exceptions.NoDataError):
+                    frame = pl.DataFrame()
                 if frame.height != len(records.starts):
                     frame = pl.from_pandas(parse_records_slowly(block, records, raw_columns))
                 good_at, bad_at = records.order()

@@ -92,6 +92,8 @@ class Records:
     blank_lines: int = 0
     consumed: int = 0
     lines_consumed: int = 0
+    # One oversized record skipped without holding it: the buffer is its first bytes only.
+    skipped: bool = False
 
     @property
     def clean(self) -> bool:
@@ -160,6 +162,10 @@ def split_records(
             (length <= 1) | ((length == 2) & (a[np.minimum(r_starts, len(buf) - 1)] == 13))
         )
         wrong = (fields != n_fields) & ~blank
+        for i in np.flatnonzero(~wrong & (r_lines > 1)):
+            wrong[i] = _swallows_records(
+                nl, delims, quotes, int(prev[i] + 1), int(r_lines[i]), n_fields
+            )
         broken = np.flatnonzero(wrong & (r_lines > 1))
         if ragged_ok:
             wrong &= r_lines > 1
@@ -198,6 +204,20 @@ def split_records(
     out.consumed, out.lines_consumed = min(pos, len(buf)), line
     out.rejected.sort()
     return out
+
+
+def _swallows_records(
+    nl: np.ndarray, delims: np.ndarray, quotes: np.ndarray, first: int, n_lines: int, n_fields: int
+) -> bool:
+    """Whether a record over several lines holds, after its first line, a line that is a whole
+    record by itself (the header's field count, no quote): the mark of an unbalanced quote
+    that swallowed records, not of a quoted value with line breaks."""
+    ends = nl[first : first + n_lines]
+    starts = ends[:-1] + 1
+    inner_ends = ends[1:]
+    d = np.searchsorted(delims, inner_ends) - np.searchsorted(delims, starts)
+    q = np.searchsorted(quotes, inner_ends) - np.searchsorted(quotes, starts)
+    return bool(np.any((d == n_fields - 1) & (q == 0)))
 
 
 def raw_bytes(buf: bytes, start: int, end: int) -> str:
