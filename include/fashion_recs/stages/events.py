@@ -536,7 +536,7 @@ class SeenRows:
             self.runs.append(unique[~seen])
         while len(self.runs) > 1 and 2 * len(self.runs[-1]) >= len(self.runs[-2]):
             last = self.runs.pop()
-            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]))
+            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")
         return repeated
 
 
