@@ -350,6 +350,12 @@ class PublishConfig(_Strict):
     conn_id: str = "fashion_recs_results"
     default_url: str = "sqlite:///data/results.db"
     keep_runs: int = Field(default=3, ge=1)
+    # How long a publish waits for another publish's lock before failing, naming the holder
+    # (a publisher that was stopped, SIGSTOP or a frozen container, holds it for ever).
+    lock_timeout_s: float = Field(default=600.0, gt=0)
+    # Fail fast when the database is down or frozen: connecting, and any one statement.
+    connect_timeout_s: int = Field(default=10, ge=1)
+    statement_timeout_s: int = Field(default=600, ge=1)
 
 
 class TextModelConfig(_Strict):
