@@ -83,7 +83,8 @@ def _context() -> Any:
 
 @contextmanager
 def _bad_data_fails_at_once() -> Iterator[None]:
-    """Bad data fails the task at once, without retries (retrying cannot fix data)."""
+    """Bad data fails the task at once, without retries (retrying cannot fix data); an
+    unreachable database is left to the task's retries."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from fashion_recs.errors import FashionRecsError
@@ -91,6 +92,8 @@ def _bad_data_fails_at_once() -> Iterator[None]:
     try:
         yield
     except FashionRecsError as exc:
+        if getattr(exc, "retryable", False):  # a database that is down may come back
+            raise
         raise AirflowFailException(str(exc)) from None
 
 

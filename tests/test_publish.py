@@ -309,7 +309,7 @@ def test_overlapping_publishes_wait_for_each_other(engine, monkeypatch) -> None:
 def test_a_publish_overtaken_by_a_newer_one_refuses_to_switch(engine, monkeypatch) -> None:
     """The check inside the switch transaction holds even when the lock is bypassed."""
     publish_run(engine, run_id="r1", retailer="demo", tables=shop_tables(1), summary={}, metrics=[])
-    monkeypatch.setattr(publish, "_publish_lock", lambda _engine: contextlib.nullcontext())
+    monkeypatch.setattr(publish, "_publish_lock", lambda *_: contextlib.nullcontext())
     pause = Pause()
     monkeypatch.setattr(publish, "_before_switch", pause)
     errors: list[BaseException] = []

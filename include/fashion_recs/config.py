@@ -147,6 +147,11 @@ class ProductsConfig(_Strict):
     """
 
     group_key: str | None = Field(default="style_code", min_length=1)
+    # Price periods the export should not hold: a price below `min_price` is dropped, a period
+    # starting more than `max_years_ahead` after as-of is dropped, one ending that far ahead
+    # is open-ended; each is a field issue, and a product left without a period is quarantined.
+    min_price: float = Field(default=0.01, gt=0)
+    max_years_ahead: int = Field(default=5, ge=0)
 
 
 class InteractionRule(_Strict):
@@ -172,6 +177,9 @@ class EventsConfig(_Strict):
     # right); beyond these bounds a timestamp is implausible and quarantined.
     max_days_after_as_of: int = Field(default=366, ge=0)
     max_days_before_as_of: int = Field(default=3650, ge=1)
+    # A row of interest that repeats an earlier row exactly (a double submission) is filtered
+    # with the reason `duplicate_event`, as the seed dropped duplicates; `keep` counts it again.
+    duplicate_events: Literal["filter", "keep"] = "filter"
 
     @field_validator("timestamp_formats")
     @classmethod
@@ -238,6 +246,10 @@ class QualityConfig(_Strict):
         if bad:
             raise ValueError(f"reject rates must be within [0, 1]: {bad}")
         return value
+
+    # A CSV record longer than this is quarantined unread: one hostile field must not cost a
+    # stage its memory or its parser.
+    max_record_bytes: int = Field(default=1 << 20, ge=1024)
 
     def threshold(self, stage: str) -> float:
         return self.max_reject_rate.get(stage, 0.05)
@@ -355,6 +367,12 @@ class PublishConfig(_Strict):
     conn_id: str = "fashion_recs_results"
     default_url: str = "sqlite:///data/results.db"
     keep_runs: int = Field(default=3, ge=1)
+    # How long a publish waits for another publish's lock before failing, naming the holder
+    # (a publisher that was stopped, SIGSTOP or a frozen container, holds it for ever).
+    lock_timeout_s: float = Field(default=600.0, gt=0)
+    # Fail fast when the database is down or frozen: connecting, and any one statement.
+    connect_timeout_s: int = Field(default=10, ge=1)
+    statement_timeout_s: int = Field(default=600, ge=1)
 
 
 class TextModelConfig(_Strict):

@@ -26,6 +26,21 @@ class PublishError(FashionRecsError):
     """Publishing to the results database failed; readers stay on the previous run."""
 
 
+class DatabaseUnavailable(PublishError):
+    """The results database could not be reached or did not answer in time. Unlike bad data,
+    this can pass: tasks let Airflow retry it."""
+
+    retryable = True
+
+
+class PublishLockTimeout(PublishError):
+    """Another publish held the database's publish lock longer than the configured wait."""
+
+
+class RunDirectoryBusy(FashionRecsError):
+    """Another process is running the same run id in the same run directory."""
+
+
 class ResourceLimitExceeded(FashionRecsError):
     """A model build would need more memory than its configured limit; nothing was started."""
 

@@ -589,7 +589,10 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
         )
         for row in pq.read_table(ctx.paths.path(artifact)).to_pylist()
     ]
-    engine = make_engine(url)
+    cfg = ctx.config.publish
+    engine = make_engine(
+        url, connect_timeout_s=cfg.connect_timeout_s, statement_timeout_s=cfg.statement_timeout_s
+    )
     try:
         record = publish_run(
             engine,
@@ -598,7 +601,8 @@ def publish(ctx: RunContext, url: str) -> dict[str, Any]:
             tables=tables,
             summary=run_summary,
             metrics=metrics,
-            keep_runs=ctx.config.publish.keep_runs,
+            keep_runs=cfg.keep_runs,
+            lock_timeout_s=cfg.lock_timeout_s,
         )
     finally:
         engine.dispose()

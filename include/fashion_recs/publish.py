@@ -37,6 +37,8 @@ import json
 import logging
 import os
 import re
+import socket
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,7 +50,7 @@ import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from fashion_recs.errors import PublishError
+from fashion_recs.errors import DatabaseUnavailable, PublishError, PublishLockTimeout
 
 log = logging.getLogger(__name__)
 
@@ -80,27 +82,78 @@ def physical_name(name: str, seq: int) -> str:
     return f"{name}__r{seq:06d}"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine whose transactions really cover DDL, and whose SQLite readers never block."""
+def make_engine(
+    url: str,
+    *,
+    connect_timeout_s: int = 10,
+    statement_timeout_s: int | None = None,
+    pool_timeout_s: float = 10.0,
+) -> Engine:
+    """An engine whose transactions really cover DDL, and whose SQLite readers never block.
+
+    A database that is down or frozen fails fast instead of hanging: connecting gives up
+    after `connect_timeout_s`, a statement after `statement_timeout_s` (PostgreSQL; SQLite
+    waits at most that long for a lock), and waiting for a pooled connection after
+    `pool_timeout_s`.
+    """
     if url.startswith("postgres://"):
         url = "postgresql://" + url.removeprefix("postgres://")
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    engine = sa.create_engine(url, future=True)
+    options: dict[str, Any] = {"future": True}
+    if url.startswith("postgresql"):
+        connect_args: dict[str, Any] = {"connect_timeout": connect_timeout_s}
+        if statement_timeout_s:
+            connect_args["options"] = f"-c statement_timeout={statement_timeout_s * 1000}"
+        options.update(connect_args=connect_args, pool_timeout=pool_timeout_s, pool_pre_ping=True)
+    engine = sa.create_engine(url, **options)
     if engine.dialect.name == "sqlite":
+        busy_ms = 1000 * (statement_timeout_s or 30)
+
         # pysqlite neither BEGINs before DDL nor lets SQLAlchemy do it: take over (SQLAlchemy's
         # documented recipe), and use WAL so readers keep reading during a publish.
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
-            dbapi_conn.execute("PRAGMA busy_timeout=30000")
+            dbapi_conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def safe_url(engine: Engine) -> str:
+    """The engine's URL with the password hidden, for messages."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailable:
+    """A database error that is the database's state (down, frozen), not our data."""
+    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    detail = first[0][:300] if first else type(exc).__name__
+    return DatabaseUnavailable(
+        f"the results database {safe_url(engine)} is not available ({detail}). Nothing was "
+        "published; readers stay on the previous run. The task is retried; check the database."
+    )
+
+
+def check_text(tables: Iterable[TableSpec]) -> None:
+    """Fail before anything is loaded when a text column holds a NUL, which PostgreSQL text
+    cannot store (the load would fail at the very end with an encoding error)."""
+    for spec in tables:
+        for name, column in zip(spec.data.column_names, spec.data.columns, strict=True):
+            if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+                continue
+            hits = pc.sum(pc.cast(pc.match_substring(column, "\x00"), pa.int64())).as_py()
+            if hits:
+                raise PublishError(
+                    f"table {spec.name!r}, column {name!r}: {hits} value(s) hold a NUL byte, "
+                    "which the database cannot store; nothing was published. The stage that "
+                    "made this column should have removed control characters: report it."
+                )
 
 
 def _sql_type(arrow_type: pa.DataType) -> sa.types.TypeEngine:
@@ -222,26 +275,66 @@ def _sqlite_lock_path(engine: Engine) -> str | None:
     return f"{database}.publish.lock"
 
 
+def _holder() -> str:
+    """Who holds a publish lock: host, pid and since when (UTC)."""
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"host {socket.gethostname()[:24]} pid {os.getpid()} since {since}"
+
+
+LOCK_POLL_S = 0.2
+
+
+def _pg_holder(conn: Connection) -> str:
+    row = conn.execute(
+        sa.text(
+            "SELECT a.pid, a.application_name, a.client_addr, a.backend_start "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND ((l.classid::bigint << 32) | l.objid::bigint) = CAST(:key AS bigint)"
+        ),
+        {"key": PG_PUBLISH_LOCK_KEY},
+    ).first()
+    if row is None:
+        return "unknown (the lock was released meanwhile)"
+    return (
+        f"{row.application_name or 'a session'} (backend pid {row.pid}, client {row.client_addr})"
+    )
+
+
 @contextlib.contextmanager
-def _publish_lock(engine: Engine) -> Iterator[None]:
+def _publish_lock(engine: Engine, timeout_s: float = 600.0) -> Iterator[None]:
     """Hold the database's publish lock: one publish at a time, from allocation to retention.
 
     PostgreSQL: a session-level advisory lock (per database) on a dedicated autocommit
-    connection. SQLite: an exclusive `flock` on a lock file next to the database file; the OS
-    releases it when the process dies, as PostgreSQL does when the session ends.
+    connection, whose application_name says who holds it. SQLite: an exclusive `flock` on a
+    lock file next to the database file, which says who holds it; the OS releases it when the
+    process dies, as PostgreSQL does when the session ends. A stopped holder (SIGSTOP, a frozen
+    container) releases nothing: after `timeout_s` this fails, naming the holder.
     """
+    deadline = time.monotonic() + timeout_s
     if engine.dialect.name == "postgresql":
         conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         locked = False
         try:
             key = {"key": PG_PUBLISH_LOCK_KEY}
-            got = conn.execute(
-                sa.text("SELECT pg_try_advisory_lock(CAST(:key AS bigint))"), key
-            ).scalar_one()
-            if not got:
-                log.info("publish: another publish into this database is running; waiting")
-                conn.execute(sa.text("SELECT pg_advisory_lock(CAST(:key AS bigint))"), key)
-            locked = True
+            try_lock = sa.text("SELECT pg_try_advisory_lock(CAST(:key AS bigint))")
+            waited = False
+            while not (locked := conn.execute(try_lock, key).scalar_one()):
+                if not waited:
+                    log.info("publish: another publish into this database is running; waiting")
+                    waited = True
+                if time.monotonic() > deadline:
+                    raise PublishLockTimeout(
+                        f"publish: waited {timeout_s:.0f} s for the publish lock of "
+                        f"{safe_url(engine)}, held by {_pg_holder(conn)}. If that publisher is "
+                        "stopped or gone, end its session (pg_terminate_backend) and rerun; "
+                        "publish.lock_timeout_s sets the wait."
+                    )
+                time.sleep(LOCK_POLL_S)
+            conn.execute(
+                sa.text("SELECT set_config('application_name', :name, false)"),
+                {"name": f"fashion-recs publish {_holder()}"[:63]},
+            )
             yield
         finally:
             try:
@@ -262,14 +355,30 @@ def _publish_lock(engine: Engine) -> Iterator[None]:
             return
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("publish: another publish into this database is running; waiting")
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            waited = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not waited:
+                        log.info("publish: another publish into this database is running; waiting")
+                        waited = True
+                    if time.monotonic() > deadline:
+                        holder = os.pread(fd, 300, 0).decode(errors="replace").strip()
+                        raise PublishLockTimeout(
+                            f"publish: waited {timeout_s:.0f} s for the publish lock {path}, "
+                            f"held by {holder or 'an unknown process'}. If that publisher is "
+                            "stopped or gone, end it and rerun; publish.lock_timeout_s sets "
+                            "the wait."
+                        ) from None
+                    time.sleep(LOCK_POLL_S)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _holder().encode() + b"\n", 0)
             try:
                 yield
             finally:
+                os.ftruncate(fd, 0)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
@@ -311,18 +420,40 @@ def publish_run(
     summary: Mapping[str, Any],
     metrics: list[Mapping[str, Any]],
     keep_runs: int = 3,
+    lock_timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Publish `tables` under their stable names; return the publish record.
 
-    Waits for any other publish into the same database to finish first. Raises PublishError
-    (readers untouched) when the database belongs to another retailer, when loading fails, or
-    when a newer run went live while this one was loading.
+    Waits up to `lock_timeout_s` for any other publish into the same database to finish
+    first. Raises PublishError (readers untouched) when a text column holds a NUL, when the
+    database belongs to another retailer, when loading fails, or when a newer run went live
+    while this one was loading; PublishLockTimeout naming the holder of the lock; and
+    DatabaseUnavailable (retried by the task) when the database is down or does not answer.
     """
     if keep_runs < 1:
         raise ValueError(f"keep_runs must be at least 1 (the live run), not {keep_runs}")
+    check_text(tables)
+    try:
+        return _publish(
+            engine, run_id, retailer, tables, summary, metrics, keep_runs, lock_timeout_s
+        )
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
+        raise unavailable(engine, exc) from None
+
+
+def _publish(
+    engine: Engine,
+    run_id: str,
+    retailer: str,
+    tables: list[TableSpec],
+    summary: Mapping[str, Any],
+    metrics: list[Mapping[str, Any]],
+    keep_runs: int,
+    lock_timeout_s: float,
+) -> dict[str, Any]:
     metadata = sa.MetaData()
     runs, run_metrics = _metadata_tables(metadata)
-    with _publish_lock(engine):
+    with _publish_lock(engine, lock_timeout_s):
         metadata.create_all(engine)
         now = datetime.now(UTC)
         with engine.begin() as conn:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fashion_recs.contract import EVENT_PRODUCT_IDS, EVENTS, quarantine
-from fashion_recs.errors import RejectRateExceeded, SourceError
+from fashion_recs.errors import RejectRateExceeded
 from fashion_recs.stages.events import build_events
 from tests.helpers import make_config, run_paths, write_csv
 
@@ -101,7 +101,7 @@ def test_malformed_rows_are_quarantined_with_reason_and_column(tmp_path) -> None
 def test_many_chunks_and_files_account_for_every_row(tmp_path) -> None:
     names = ["product_details_page_view", "app_open", "purchase", "button_click"]
     rows = [
-        [f"U{i % 50}", names[i % 4], "bag_button" if i % 8 == 3 else "", TS, [A, B, C][i % 3], ""]
+        [f"U{i}", names[i % 4], "bag_button" if i % 8 == 3 else "", TS, [A, B, C][i % 3], ""]
         for i in range(5000)
     ]
     rows[16][3] = "bad"  # a page view, so quarantined rather than filtered
@@ -193,7 +193,7 @@ def test_ids_are_case_insensitive_and_a_repeated_id_is_one_event(tmp_path) -> No
     assert summary["counts"]["rows_out"] == 1
 
 
-def test_invalid_utf8_is_read_lossily_and_a_broken_quote_is_a_source_error(tmp_path) -> None:
+def test_invalid_utf8_and_a_broken_quote_are_quarantined_with_their_lines(tmp_path) -> None:
     path = tmp_path / "events_1.csv"
     header = ",".join(HEADER) + "\n"
     path.write_bytes(
@@ -202,18 +202,25 @@ def test_invalid_utf8_is_read_lossily_and_a_broken_quote_is_a_source_error(tmp_p
         + B.encode()
         + b",\n"
     )
-    config = make_config(tmp_path)
-    summary = build_events(config, run_paths(config), [path], CATALOGUE)
-    assert summary["counts"]["rows_out"] == 2
+    config = make_config(tmp_path, quality={"max_reject_rate": {"events": 0.5}})
+    paths = run_paths(config)
+    summary = build_events(config, paths, [path], CATALOGUE)
+    assert summary["counts"]["rows_out"] == 1
+    assert summary["counts"]["reasons"] == {"invalid_utf8": 1}
+    rejected = pq.read_table(paths.path(quarantine("events"))).to_pandas()
+    assert rejected["source_line"].tolist() == ["3"]
     broken = tmp_path / "events_2.csv"
-    broken.write_text(header + f'U1,purchase,,{TS},"{A},\n' + f"U2,purchase,,{TS},{B},\n" * 3)
-    with pytest.raises(SourceError, match=r"events_2\.csv"):
-        build_events(config, run_paths(config, "other"), [broken], CATALOGUE)
+    rows = "".join(f"U{i},purchase,,{TS},{B},\n" for i in range(2, 5))
+    broken.write_text(header + f'U1,purchase,,{TS},"{A},\n' + rows)
+    paths = run_paths(config, "other")
+    summary = build_events(config, paths, [broken], CATALOGUE)
+    assert summary["counts"]["reasons"] == {"unterminated_quote": 1}
+    assert summary["counts"]["rows_in"] == 4
 
 
 def test_blocks_cut_at_record_ends_read_like_the_whole_file(tmp_path) -> None:
     """Quoted line breaks, empty lines and ragged lines survive any block size, with the
-    file's own row numbers."""
+    file's own row numbers; blank lines are not records."""
     import polars as pl
 
     from fashion_recs.stages.events import read_blocks
@@ -231,9 +238,10 @@ def test_blocks_cut_at_record_ends_read_like_the_whole_file(tmp_path) -> None:
     whole = pl.read_csv(
         path, infer_schema=False, truncate_ragged_lines=True, empty_string_is_null=False
     ).select(pl.col(c).fill_null("") for c in HEADER)
+    whole = whole.filter(pl.any_horizontal(pl.col(HEADER) != ""))  # blank lines are no records
     for block_bytes in (16, 100, 1 << 20):
-        blocks = [block for block, _ in read_blocks(path, HEADER, block_bytes)]
+        blocks = [block.rows for block in read_blocks(path, HEADER, block_bytes)]
         joined = pl.concat(blocks)
         assert joined["row_number"].to_list() == list(range(whole.height))
-        assert joined.drop("row_number").equals(whole)
+        assert joined.drop("row_number", "line_number").equals(whole)
         assert len(blocks) > 1 or block_bytes == 1 << 20

@@ -33,6 +33,11 @@ class StageCounts:
     rows_filtered: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     quarantine_path: str = ""
+    # Rows filtered by design, by reason (duplicates, events nobody asked for ...).
+    filtered_reasons: dict[str, int] = field(default_factory=dict)
+    # Physical lines of the source file by where they went (a record may span several).
+    lines: dict[str, int] = field(default_factory=dict)
+    source: str = ""
 
     def __post_init__(self) -> None:
         accounted = self.rows_out + self.rows_filtered + self.rows_quarantined
@@ -112,33 +117,62 @@ def write_quarantine(frames: list[pd.DataFrame], path: Path) -> tuple[int, dict[
     return len(merged), {str(k): int(v) for k, v in reasons.items()}
 
 
+WHOLE_ROW = ("*", "unknown", "<NA>", "nan", "")
+FIRST_LINES_NAMED = 5
+
+
+def _where(column: object) -> str:
+    if column is None or pd.isna(column) or str(column) in WHOLE_ROW:
+        return "the whole row"
+    return f"column {column!r}"
+
+
 def enforce_reject_rate(
     counts: StageCounts, threshold: float, quarantine: pd.DataFrame | None = None
 ) -> None:
-    """Fail the stage, naming file, column and reason, when too many rows were quarantined."""
+    """Fail the stage, naming the source file, the lines, the column and the reason, when too
+    many rows were quarantined."""
     if counts.rows_considered == 0 or counts.reject_rate <= threshold:
         return
-    top_reason, top_column, top_n = "unknown", "unknown", 0
+    top_reason, top_column, top_n = "unknown", None, 0
+    lines = ""
+    source = counts.source
     if quarantine is not None and len(quarantine):
         grouped = quarantine.groupby(["reason", "column"], dropna=False).size().sort_values()
         (top_reason, top_column), top_n = grouped.index[-1], int(grouped.iloc[-1])
+        if "source_line" in quarantine.columns:
+            first = pd.to_numeric(quarantine["source_line"], errors="coerce").dropna()
+            first = sorted(int(n) for n in first)[:FIRST_LINES_NAMED]
+            lines = f" (first at line(s) {', '.join(map(str, first))})" if first else ""
+        if "source_file" in quarantine.columns and not source:
+            files = quarantine["source_file"].dropna().unique()
+            source = ", ".join(str(f) for f in files[:3])
     elif counts.reasons:
         top_reason, top_n = max(counts.reasons.items(), key=lambda kv: kv[1])
     raise RejectRateExceeded(
         f"stage {counts.stage!r} quarantined {counts.rows_quarantined:,} of "
-        f"{counts.rows_considered:,} rows ({counts.reject_rate:.1%}), above the threshold of "
-        f"{threshold:.1%}. Most common: "
-        f"reason {top_reason!r} in column {top_column!r} ({top_n:,} rows). Inspect "
+        f"{counts.rows_considered:,} rows ({counts.reject_rate:.1%}) of {source or 'its input'}, "
+        f"above the threshold of {threshold:.1%}. Most common: reason {top_reason!r} in "
+        f"{_where(top_column)} ({top_n:,} rows){lines}. Inspect "
         f"{counts.quarantine_path}; fix the export or raise quality.max_reject_rate.{counts.stage}."
     )
 
 
 def account_rows(
-    stage: str, frames: list[pd.DataFrame], path: Path, rows_in: int, rows_out: int
+    stage: str,
+    frames: list[pd.DataFrame],
+    path: Path,
+    rows_in: int,
+    rows_out: int,
+    *,
+    lines: dict[str, int] | None = None,
+    source: str = "",
 ) -> StageCounts:
     """Write a stage's quarantine file and return its checked row accounting."""
     n_quarantined, reasons = write_quarantine(frames, path)
     return StageCounts(
+        lines=lines or {},
+        source=source,
         stage=stage,
         rows_in=rows_in,
         rows_out=rows_out,

@@ -34,7 +34,7 @@ from fashion_recs.quality.quarantine import (
     account_rows,
     enforce_reject_rate,
 )
-from fashion_recs.stages.raw_csv import read_raw_csv
+from fashion_recs.stages.raw_csv import RawCsv, read_raw_csv
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,8 @@ def build_demographics(config: RetailerConfig, paths: RunPaths, source: Path, as
     """Stage entry point: survey answers to one clean, fully-filled row per user."""
     cols, cfg = config.columns.answers, config.demographics
     required = [cols.user_id, cols.question, cols.answer, cols.city, cols.region, *cols.extra]
-    raw, bad_lines = read_raw_csv(source, required)
-    cleaned = clean_answers(raw, cols, cfg, as_of)
+    raw = read_raw_csv(source, required, config.quality.max_record_bytes)
+    cleaned = clean_answers(raw.rows, cols, cfg, as_of)
     users = build_user_table(cleaned.answers, cols)
     users = fill_locations(users, cfg.unknown_label)
     survey_features = [c for c in users.columns if c.startswith("q::")]
@@ -201,10 +201,11 @@ def build_demographics(config: RetailerConfig, paths: RunPaths, source: Path, as
         paths,
         users,
         age_report,
-        [cleaned.quarantine, bad_lines],
-        rows_in=len(raw) + len(bad_lines),
+        [raw.locate(cleaned.quarantine), raw.rejected],
+        rows_in=raw.records,
         rows_out=len(cleaned.answers),
         rows_label="answer",
+        raw=raw,
     )
 
 
@@ -219,6 +220,7 @@ def finish_demographics(
     rows_out: int,
     rows_label: str,
     detail: str = "",
+    raw: RawCsv | None = None,
 ) -> dict:
     """Write the users artifact and the quarantine, count and log the rows, enforce the
     reject rate (on the first rejected frame's columns) and summarise: one ending for every
@@ -227,7 +229,13 @@ def finish_demographics(
     schema = users_schema(config.columns.answers.extra)
     users_path = write_artifact(paths, USERS, users[schema.names], schema)
     counts = account_rows(
-        STAGE, rejected, paths.path(quarantine(STAGE)), rows_in=rows_in, rows_out=rows_out
+        STAGE,
+        rejected,
+        paths.path(quarantine(STAGE)),
+        rows_in=rows_in,
+        rows_out=rows_out,
+        lines=raw.line_counts(rejected) if raw is not None else None,
+        source=str(raw.source) if raw is not None else "",
     )
     log.info(
         "demographics: %d %s rows -> %d users (%s ages imputed, CV MAE %s vs %s for the mean%s); "
@@ -242,11 +250,12 @@ def finish_demographics(
         counts.rows_quarantined,
         counts.reasons,
     )
-    enforce_reject_rate(counts, config.quality.threshold(STAGE), rejected[0])
+    enforce_reject_rate(counts, config.quality.threshold(STAGE), pd.concat(rejected))
     return {
         "users": str(users_path),
         "counts": counts.as_dict(),
         "n_users": len(users),
+        "control_characters_removed": len(raw.control_characters) if raw is not None else 0,
         "age_sources": {str(k): int(v) for k, v in users["age_source"].value_counts().items()},
         "location_sources": {
             str(k): int(v) for k, v in users["location_source"].value_counts().items()

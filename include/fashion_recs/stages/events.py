@@ -24,10 +24,12 @@ import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,7 +40,21 @@ from fashion_recs.config import EventColumns, EventsConfig, RetailerConfig
 from fashion_recs.contract import EVENT_PRODUCT_IDS, EVENTS, EVENTS_SCHEMA, quarantine
 from fashion_recs.errors import SourceError
 from fashion_recs.quality.quarantine import StageCounts, enforce_reject_rate
-from fashion_recs.stages.raw_csv import header_of, require_columns
+from fashion_recs.stages.raw_csv import (
+    INVALID_UTF8,
+    MAX_RECORD_BYTES,
+    OVERSIZED_RECORD,
+    RAW_BYTES_KEPT,
+    REPLACEMENT,
+    Records,
+    good_bytes,
+    header_of,
+    parse_records_slowly,
+    raw_bytes,
+    require_columns,
+    split_records,
+    strip_bom,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,6 +62,7 @@ T = TypeVar("T")
 STAGE = "events"
 SLOT_NAMES = ("product_id_cleaned", "product_id_cleaned2")
 AFTER_AS_OF = "after_as_of"
+CONTROL_PATTERN = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F]"
 PROGRESS_EVERY_S = 5.0
 # zstd's fastest level: the same file size as the default level here, in 60 % of the time.
 WRITE_OPTIONS = {"compression": "zstd", "compression_level": 1}
@@ -57,9 +74,12 @@ EVENTS_WRITE_OPTIONS = {
     "column_encoding": {"event_ts": "DELTA_BINARY_PACKED"},
 }
 # A block of the file holds about `events.chunk_size` rows of a typical log line (~75 bytes):
-# 8 MiB by default. A quoted field longer than 16 blocks is taken for an unterminated quote.
+# 8 MiB by default.
 BYTES_PER_ROW = 80
-MAX_BLOCKS_PER_RECORD = 16
+DUPLICATE_EVENT = "duplicate_event"
+CONTROL_CHARACTERS = "control_characters"
+# Filtered by design, not quarantined: rows after as-of (a later run's) and exact repeats.
+FILTERED_VERDICTS = (AFTER_AS_OF, DUPLICATE_EVENT)
 # Orders a block's events by row, then slot.
 _KEY = "_key"
 
@@ -84,47 +104,76 @@ def parse_timestamps(column: str, formats: list[str]) -> pl.Expr:
     return combined if aware else combined.dt.replace_time_zone("UTC")
 
 
-def _records(handle: BinaryIO, source: Path, block_bytes: int) -> Iterator[bytes]:
+def _records(
+    handle: BinaryIO, n_fields: int, block_bytes: int, max_record_bytes: int
+) -> Iterator[tuple[bytes, Records | None]]:
     """The data lines of a CSV file after its header, in blocks of whole records.
 
     A block ends at a line break with an even number of `"` before it, which is how the CSV
-    reader itself tells a record's end from a line break inside a quoted field.
+    reader itself tells a record's end from a line break inside a quoted field. A block comes
+    alone when it was cut that simply; with the `Records` that `split_records` found in it when
+    it was not (an unbalanced quote, a record longer than `max_record_bytes`): those records
+    were checked, and the rejected ones are to be quarantined. Memory holds about one block
+    plus one record, whatever the file.
     """
     carried = b""
     while True:
         data = handle.read(block_bytes)
         if not data:
-            if carried:
-                yield carried
+            if carried and carried.count(b'"') % 2 == 0:
+                yield carried, None
+            elif carried:
+                yield (
+                    carried,
+                    split_records(
+                        carried,
+                        n_fields,
+                        final=True,
+                        max_record_bytes=max_record_bytes,
+                        ragged_ok=True,
+                    ),
+                )
             return
         buffer = carried + data if carried else data
-        quotes = buffer.count(b'"')
         cut = buffer.rfind(b"\n")
-        after = buffer.count(b'"', cut) if cut >= 0 else quotes
-        while cut >= 0 and (quotes - after) % 2:
-            previous = buffer.rfind(b"\n", 0, cut)
-            after += buffer.count(b'"', max(previous, 0), cut)
-            cut = previous
-        if cut < 0:
-            if len(buffer) > MAX_BLOCKS_PER_RECORD * block_bytes:
-                raise SourceError(
-                    f"{source}: a quoted field runs over {len(buffer) >> 20} MiB; an "
-                    "unterminated quote in the export. Fix or re-export the file."
-                )
-            carried = buffer
+        if cut >= 0 and buffer.count(b'"', 0, cut) % 2 == 0:
+            yield buffer[: cut + 1], None
+            carried = buffer[cut + 1 :]
             continue
-        yield buffer[: cut + 1]
-        carried = buffer[cut + 1 :]
+        records = split_records(
+            buffer, n_fields, final=False, max_record_bytes=max_record_bytes, ragged_ok=True
+        )
+        if records.consumed:
+            yield buffer[: records.consumed], records
+            carried = buffer[records.consumed :]
+        elif len(buffer) > max_record_bytes:  # one record, no line break in sight: skip it
+            size, rest = len(buffer), b""
+            while more := handle.read(block_bytes):
+                nl = more.find(b"\n")
+                if nl >= 0:
+                    size, rest = size + nl + 1, more[nl + 1 :]
+                    break
+                size += len(more)
+            head = buffer[:RAW_BYTES_KEPT]
+            empty = np.empty(0, dtype=np.int64)
+            oversized = Records(empty, empty, empty, empty, [(0, size, 0, 1, OVERSIZED_RECORD)])
+            oversized.consumed, oversized.lines_consumed, oversized.skipped = size, 1, True
+            yield head, oversized
+            carried = rest
+        else:
+            carried = buffer
 
 
 def _header_line(handle: BinaryIO) -> bytes:
-    """The header record's bytes (more than one line if a quoted name holds a line break)."""
+    """The header record's bytes (more than one line if a quoted name holds a line break),
+    without a UTF-8 byte-order mark."""
     header = handle.readline()
     while header.count(b'"') % 2:
         more = handle.readline()
         if not more:
             break
         header += more
+    header = strip_bom(header)
     return header if header.endswith(b"\n") else header + b"\n"
 
 
@@ -168,6 +217,8 @@ def classify_rows(
     reason = (
         pl.when(pl.col("user") == "")
         .then(pl.lit("missing_user_id"))
+        .when(pl.col("user").str.contains(CONTROL_PATTERN))
+        .then(pl.lit(CONTROL_CHARACTERS))
         .when(ts.is_null())
         .then(pl.lit("bad_timestamp"))
         .when(implausible)
@@ -329,35 +380,164 @@ def merge_id_counts(frames: list[pl.DataFrame]) -> pl.DataFrame:
     )
 
 
-def read_blocks(
-    source: Path, raw_columns: list[str], block_bytes: int
-) -> Iterator[tuple[pl.DataFrame, int]]:
-    """A file's data rows as frames of its raw columns (as strings, missing as ""), each with
-    `row_number` (0-based data row of the file), and the bytes read so far.
+@dataclass
+class Block:
+    """A block of an events file: its readable rows (`row_number`, `line_number`, the raw
+    columns as strings, missing as ""), the records it could not read (quarantine rows), the
+    file's bytes read so far, and the physical lines it held."""
 
-    Memory holds one block of the file, whatever its size. Invalid UTF-8 is decoded lossily
-    (U+FFFD), never fatal; a line with more fields than the header is cut to its width.
+    rows: pl.DataFrame
+    rejected: pl.DataFrame
+    read_bytes: int
+    lines: int
+
+
+def _parse_block(header: bytes, block: bytes, raw_columns: list[str]) -> pl.DataFrame:
+    return pl.read_csv(
+        header + block,
+        columns=raw_columns,
+        infer_schema=False,
+        empty_string_is_null=False,
+        truncate_ragged_lines=True,
+        encoding="utf8-lossy",
+    )
+
+
+READ_REJECT_COLUMNS = ("reason", "column", "source_row", "source_line", "raw_line")
+
+
+def _rejects(source: Path, rows: list[dict[str, str | None]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        rows,
+        schema=dict.fromkeys(READ_REJECT_COLUMNS, pl.String),
+    ).with_columns(pl.lit(str(source)).alias("source_file"))
+
+
+def read_blocks(
+    source: Path, raw_columns: list[str], block_bytes: int, max_record_bytes: int = MAX_RECORD_BYTES
+) -> Iterator[Block]:
+    """A file's data rows in blocks, with `row_number` (0-based data record of the file) and
+    `line_number` (1-based line of the file where the record starts).
+
+    Memory holds one block of the file, whatever its size. No record fails the read: one with
+    an unbalanced quote (its first line), one longer than `max_record_bytes`, or one with bytes
+    that are not UTF-8 is rejected with its line and raw bytes (cut), and reading resumes at
+    the next line. A line with more fields than the header is cut to its width, one with fewer
+    is padded with "". The common block (one line a record, valid UTF-8) is parsed as is.
     """
     rows_before = 0
     with open(source, "rb") as handle:
         header = _header_line(handle)
-        for block in _records(handle, source, block_bytes):
-            frame = pl.read_csv(
-                header + block,
-                columns=raw_columns,
-                infer_schema=False,
-                empty_string_is_null=False,
-                truncate_ragged_lines=True,
-                encoding="utf8-lossy",
-            )
+        n_fields = len(header_of(source))
+        lines_before = header.count(b"\n")
+        for block, records in _records(handle, n_fields, block_bytes, max_record_bytes):
+            n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+            frame: pl.DataFrame | None = None
+            if records is None:
+                try:
+                    frame = _parse_block(header, block, raw_columns)
+                except (pl.exceptions.ComputeError, pl.exceptions.NoDataError):
+                    frame = None
+                widest = 0
+                if frame is not None and frame.height:
+                    widest = sum(frame.select(pl.col(raw_columns).str.len_bytes().max()).row(0))
+                blank = block.startswith((b"\n", b"\r\n")) or b"\n\n" in block or b"\n\r\n" in block
+                if frame is None or frame.height != n_lines or widest > max_record_bytes or blank:
+                    records = split_records(
+                        block,
+                        n_fields,
+                        final=True,
+                        max_record_bytes=max_record_bytes,
+                        ragged_ok=True,
+                    )
+                    frame = None
+            if records is None:
+                assert frame is not None
+                good_at = np.arange(frame.height)
+                bad_at = np.empty(0, dtype=np.int64)
+                lines = np.arange(frame.height) + lines_before + 1
+                n_lines = frame.height
+            else:
+                n_lines = 1 if records.skipped else n_lines
+                try:
+                    frame = _parse_block(header, good_bytes(block, records), raw_columns)
+                except (pl.exceptions.ComputeError, pl.exceptions.NoDataError):
+                    frame = pl.DataFrame()
+                if frame.height != len(records.starts):
+                    frame = pl.from_pandas(parse_records_slowly(block, records, raw_columns))
+                good_at, bad_at = records.order()
+                lines = records.first_lines + lines_before + 1
             frame = frame.select(
-                pl.int_range(rows_before, rows_before + frame.height, dtype=pl.UInt32).alias(
-                    "row_number"
-                ),
+                pl.Series("row_number", good_at + rows_before, dtype=pl.UInt32),
+                pl.Series("line_number", lines, dtype=pl.UInt32),
                 *[pl.col(c).fill_null("") for c in raw_columns],
             )
-            rows_before += frame.height
-            yield frame, handle.tell()
+            rejected = []
+            if records is not None:
+                rejected = [
+                    {
+                        "reason": why,
+                        "column": "*",
+                        "source_row": str(rows_before + int(at)),
+                        "source_line": str(lines_before + line + 1),
+                        "raw_line": raw_bytes(block, start, end),
+                    }
+                    for (start, end, line, _, why), at in zip(records.rejected, bad_at, strict=True)
+                ]
+            if not block.isascii() and not _valid_utf8(block):
+                undecodable = pl.any_horizontal(pl.col(raw_columns).str.contains(REPLACEMENT))
+                bad = frame.filter(undecodable)
+                frame = frame.filter(~undecodable)
+                rejected += [
+                    {
+                        "reason": INVALID_UTF8,
+                        "column": "*",
+                        "source_row": str(r["row_number"]),
+                        "source_line": str(r["line_number"]),
+                        "raw_line": ",".join(r[c] for c in raw_columns)[:RAW_BYTES_KEPT],
+                        **{c: r[c] for c in raw_columns},
+                    }
+                    for r in bad.iter_rows(named=True)
+                ]
+            rows_before += frame.height + len(rejected)
+            lines_before += n_lines
+            yield Block(frame, _rejects(source, rejected), handle.tell(), n_lines)
+
+
+def _valid_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class SeenRows:
+    """64-bit hashes of the rows seen so far, to tell an exact repeat of an earlier row.
+
+    About 8 bytes a row, in sorted runs merged as they grow (a log-structured set), so a 10M
+    row log costs ~80 MiB and a look-up is a binary search per run.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def repeats(self, hashes: np.ndarray) -> np.ndarray:
+        """Which of `hashes` were seen before (earlier in this call or in an earlier one)."""
+        unique, first = np.unique(hashes, return_index=True)
+        repeated = np.ones(len(hashes), dtype=bool)
+        repeated[first] = False
+        seen = np.zeros(len(unique), dtype=bool)
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, unique), len(run) - 1)
+            seen |= run[at] == unique
+        repeated[first[seen]] = True
+        if (~seen).any():
+            self.runs.append(unique[~seen])
+        while len(self.runs) > 1 and 2 * len(self.runs[-1]) >= len(self.runs[-2]):
+            last = self.runs.pop()
+            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")
+        return repeated
 
 
 def _ahead(items: Iterator[T], executor: ThreadPoolExecutor) -> Iterator[T]:
@@ -376,29 +556,41 @@ def filter_events(
     events_path: Path,
     quarantine_path: Path,
     as_of: datetime | None = None,
-) -> tuple[int, dict[str, int], int, pl.DataFrame]:
+    max_record_bytes: int | None = None,
+) -> tuple[int, dict[str, int], int, pl.DataFrame, int]:
     """Stream every events file through the stage.
 
-    Returns (rows read, rows of interest per verdict, events written, per-id counts). Each
+    Returns (records read, records per verdict (rows of interest, and the records that could
+    not be read), events written, per-id counts, physical data lines read). Each
     block is parsed by a reader thread while the one before is classified, and its events
     and rejects go to a writer thread, so memory holds about four blocks.
     """
     for source in sources:
         require_columns(source, header_of(source), cols.raw_columns)
     known = pl.Series("product_id", sorted(set(catalogue_ids)), dtype=pl.String)
-    q_names = ["reason", "column", "source_row", "source_file", *cols.raw_columns]
+    q_names = [
+        "reason",
+        "column",
+        "source_row",
+        "source_line",
+        "source_file",
+        "raw_line",
+        *cols.raw_columns,
+    ]
     q_schema = pa.schema([pa.field(n, pa.string()) for n in q_names])
     column = (
-        pl.when(pl.col("reason") == "missing_user_id")
+        pl.when(pl.col("reason").is_in(["missing_user_id", CONTROL_CHARACTERS]))
         .then(pl.lit(cols.user_id))
         .when(pl.col("reason").is_in(["bad_timestamp", "implausible_timestamp"]))
         .then(pl.lit(cols.timestamp))
         .otherwise(pl.lit("|".join(cols.product_columns)))
     )
     block_bytes = cfg.chunk_size * BYTES_PER_ROW
+    max_record_bytes = max_record_bytes or MAX_RECORD_BYTES
     total_bytes = sum(s.stat().st_size for s in sources)
-    rows_in = done_bytes = n_events = 0
+    rows_in = done_bytes = n_events = lines_in = 0
     verdicts: dict[str, int] = {}
+    seen = SeenRows() if cfg.duplicate_events == "filter" else None
     id_counts: list[pl.DataFrame] = []
     pending: Future | None = None
     started = last_log = time.monotonic()
@@ -415,27 +607,39 @@ def filter_events(
             if events.height:
                 ev_writer.write_table(events.to_arrow().cast(EVENTS_SCHEMA))
             if rejected.height:
-                q_writer.write_table(rejected.to_arrow().cast(q_schema))
+                q_writer.write_table(rejected.select(q_names).to_arrow().cast(q_schema))
 
         for source in sources:
             file_bytes = 0
-            for block, read_bytes in readable_batches(
-                _ahead(read_blocks(source, cols.raw_columns, block_bytes), reader), source
+            for block in readable_batches(
+                _ahead(
+                    read_blocks(source, cols.raw_columns, block_bytes, max_record_bytes), reader
+                ),
+                source,
             ):
-                rows_in += block.height
-                file_bytes = read_bytes
-                rows = classify_rows(block, cols, cfg, known, as_of)
+                rows_in += block.rows.height + block.rejected.height
+                lines_in += block.lines
+                file_bytes = block.read_bytes
+                rows = classify_rows(block.rows, cols, cfg, known, as_of)
+                if seen is not None:
+                    rows = mark_repeats(rows, cols.raw_columns, seen)
                 for reason, n in rows.group_by(pl.col("reason").fill_null("kept")).len().rows():
                     verdicts[reason] = verdicts.get(reason, 0) + n
+                for reason, n in block.rejected.group_by("reason").len().rows():
+                    verdicts[reason] = verdicts.get(reason, 0) + n
                 rejected = rows.filter(
-                    pl.col("reason").is_not_null() & (pl.col("reason") != AFTER_AS_OF)
+                    pl.col("reason").is_not_null() & ~pl.col("reason").is_in(FILTERED_VERDICTS)
                 ).select(
                     "reason",
                     column.alias("column"),
                     pl.col("row_number").cast(pl.String).alias("source_row"),
+                    pl.col("line_number").cast(pl.String).alias("source_line"),
                     pl.lit(str(source)).alias("source_file"),
+                    pl.lit(None, dtype=pl.String).alias("raw_line"),
                     *cols.raw_columns,
                 )
+                if block.rejected.height:
+                    rejected = pl.concat([block.rejected, rejected], how="diagonal_relaxed")
                 events, mentioned = events_of(rows, cols, known)
                 n_events += events.height
                 if pending is not None:
@@ -462,7 +666,25 @@ def filter_events(
     merged = merge_id_counts(id_counts).with_columns(
         pl.col("product_id").is_in(known.implode()).alias("in_catalogue")
     )
-    return rows_in, verdicts, n_events, merged
+    return rows_in, verdicts, n_events, merged, lines_in
+
+
+def mark_repeats(rows: pl.DataFrame, raw_columns: list[str], seen: SeenRows) -> pl.DataFrame:
+    """Kept rows that repeat an earlier row of the log exactly get the `duplicate_event`
+    verdict (filtered, as the seed's `drop_duplicates` did), so a double submission is not
+    counted twice in the weights."""
+    kept = rows.select(pl.col("reason").is_null()).to_series()
+    if not kept.any():
+        return rows
+    hashes = rows.filter(kept).select(pl.struct(raw_columns).hash(seed=7)).to_series().to_numpy()
+    repeated = np.zeros(rows.height, dtype=bool)
+    repeated[np.flatnonzero(kept.to_numpy())] = seen.repeats(hashes)
+    return rows.with_columns(
+        pl.when(pl.Series(repeated))
+        .then(pl.lit(DUPLICATE_EVENT))
+        .otherwise("reason")
+        .alias("reason")
+    )
 
 
 def build_events(
@@ -483,11 +705,20 @@ def build_events(
     log.info("events: %d file(s), %.0f MiB; filtering ...", len(sources), size_mib)
     started = time.monotonic()
     as_of_ts = as_of_timestamp(as_of) if as_of else None
-    rows_in, verdicts, events_out, ids = filter_events(
-        sources, config.columns.events, config.events, catalogue_ids, events_path, q_path, as_of_ts
+    rows_in, verdicts, events_out, ids, lines_in = filter_events(
+        sources,
+        config.columns.events,
+        config.events,
+        catalogue_ids,
+        events_path,
+        q_path,
+        as_of_ts,
+        config.quality.max_record_bytes,
     )
     elapsed = time.monotonic() - started
     counts, after_as_of = count_verdicts(STAGE, rows_in, verdicts, q_path)
+    counts.lines = {"lines_in": lines_in}
+    counts.source = ", ".join(str(s) for s in sources)
     kept, verdicts = counts.rows_out, counts.reasons
     unknown = ids.filter(~pl.col("in_catalogue"))
     log.info(
@@ -516,7 +747,8 @@ def count_verdicts(
     """
     verdicts = dict(verdicts)
     kept = verdicts.pop("kept", 0)
-    after_as_of = verdicts.pop(AFTER_AS_OF, 0)
+    after_as_of = verdicts.get(AFTER_AS_OF, 0)
+    filtered = {k: verdicts.pop(k) for k in FILTERED_VERDICTS if verdicts.get(k)}
     reasons = dict(sorted(verdicts.items()))
     quarantined = sum(reasons.values())
     counts = StageCounts(
@@ -527,6 +759,7 @@ def count_verdicts(
         rows_filtered=rows_in - kept - quarantined,
         reasons=reasons,
         quarantine_path=str(q_path),
+        filtered_reasons=filtered,
     )
     return counts, after_as_of
 
@@ -545,7 +778,10 @@ def finish_events(
     unknown = ids.filter(~pl.col("in_catalogue"))
     threshold = config.quality.threshold(counts.stage)
     if counts.reject_rate > threshold:
-        rejected = pq.read_table(counts.quarantine_path, columns=["reason", "column"]).to_pandas()
+        wanted = ["reason", "column", "source_line", "source_file"]
+        present = pq.read_schema(counts.quarantine_path).names
+        columns = [c for c in wanted if c in present]
+        rejected = pq.read_table(counts.quarantine_path, columns=columns).to_pandas()
         enforce_reject_rate(counts, threshold, rejected)
     return {
         "events": str(paths.path(EVENTS)),
@@ -557,4 +793,5 @@ def finish_events(
             "mentions": int(unknown["n_events"].sum() or 0),
         },
         "rows_after_as_of": after_as_of,
+        "duplicate_events": counts.filtered_reasons.get(DUPLICATE_EVENT, 0),
     }

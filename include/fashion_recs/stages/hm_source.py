@@ -350,8 +350,8 @@ def build_products_hm(
     as_of: date,
 ) -> dict:
     """Stage entry point (H&M): articles plus prices paid, as the seed stage's artifacts."""
-    raw, bad_lines = read_raw_csv(articles, ARTICLE_COLUMNS)
-    products, rejected = parse_articles(raw, articles.parent)
+    raw = read_raw_csv(articles, ARTICLE_COLUMNS, config.quality.max_record_bytes)
+    products, rejected = parse_articles(raw.rows, articles.parent)
     started = time.monotonic()
     prices, history = transaction_prices(
         transactions, config.events, as_of, products["product_id"].tolist()
@@ -369,8 +369,9 @@ def build_products_hm(
         products,
         history.to_arrow(),
         product_field_issues(products, articles.parent),
-        [rejected, bad_lines],
-        rows_in=len(raw) + len(bad_lines),
+        [raw.locate(rejected), raw.rejected],
+        rows_in=raw.records,
+        raw=raw,
     )
 
 
@@ -577,8 +578,10 @@ def build_demographics_hm(
     stages' shared signature.
     """
     cols, cfg = config.columns.answers, config.demographics
-    raw, bad_lines = read_raw_csv(customers, [CUSTOMER_ID, "age", *cols.extra])
-    users, rejected, age_problems = parse_customers(raw, cols.extra, cfg.min_age, cfg.max_age)
+    raw = read_raw_csv(
+        customers, [CUSTOMER_ID, "age", *cols.extra], config.quality.max_record_bytes
+    )
+    users, rejected, age_problems = parse_customers(raw.rows, cols.extra, cfg.min_age, cfg.max_age)
     features = [c for c in dict.fromkeys([*AGE_PREDICTORS, *cols.extra]) if c in users.columns]
     users, age_report = impute_missing_ages(users, features, cfg, config.seed)
     age_report.update(age_problems)
@@ -590,9 +593,10 @@ def build_demographics_hm(
         paths,
         users,
         age_report,
-        [rejected, bad_lines],
-        rows_in=len(raw) + len(bad_lines),
+        [raw.locate(rejected), raw.rejected],
+        rows_in=raw.records,
         rows_out=len(users),
+        raw=raw,
         rows_label="customer",
         detail=f"; age problems {age_problems}",
     )

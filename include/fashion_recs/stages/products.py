@@ -25,14 +25,14 @@ import pandas as pd
 import pyarrow as pa
 
 from fashion_recs.artifacts import RunPaths, write_artifact, write_table
-from fashion_recs.config import ProductColumns, RetailerConfig
+from fashion_recs.config import ProductColumns, ProductsConfig, RetailerConfig
 from fashion_recs.contract import PRICE_HISTORY, PRODUCTS, quarantine
 from fashion_recs.quality.quarantine import (
     account_rows,
     enforce_reject_rate,
     quarantine_frame,
 )
-from fashion_recs.stages.raw_csv import read_raw_csv
+from fashion_recs.stages.raw_csv import RawCsv, read_raw_csv
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +231,33 @@ def parse_other_attributes(
     return out, issues
 
 
+def screen_periods(
+    periods: list[PricePeriod], as_of: date, cfg: ProductsConfig
+) -> tuple[list[PricePeriod], list[tuple[str, str, str]]]:
+    """Drop the price periods a catalogue should not hold; return (kept, field issues).
+
+    A price below `min_price` (1e-300 is no price), a period that ends before it starts, or one
+    that starts more than `max_years_ahead` after as-of is dropped; a period that ends that far
+    ahead (year 2999 for "until further notice") is kept open-ended. Each is a field issue.
+    """
+    horizon = date(min(as_of.year + cfg.max_years_ahead, 9999), as_of.month, min(as_of.day, 28))
+    kept: list[PricePeriod] = []
+    issues: list[tuple[str, str, str]] = []
+    for p in periods:
+        if p.value < cfg.min_price:
+            issues.append(("price", repr(p.value), "price_below_minimum"))
+        elif p.valid_from and p.valid_to and p.valid_to < p.valid_from:
+            issues.append(("price", f"{p.valid_from}..{p.valid_to}", "price_period_reversed"))
+        elif p.valid_from and p.valid_from > horizon:
+            issues.append(("price", f"from {p.valid_from}", "price_period_far_future"))
+        else:
+            if p.valid_to and p.valid_to > horizon:
+                issues.append(("price", f"to {p.valid_to}", "price_period_open_ended"))
+                p = PricePeriod(p.value, p.currency, p.original, p.valid_from, None)
+            kept.append(p)
+    return kept, issues
+
+
 @dataclass
 class ParsedProducts:
     products: pd.DataFrame
@@ -240,14 +267,20 @@ class ParsedProducts:
 
 
 def parse_products(
-    raw: pd.DataFrame, columns: ProductColumns, as_of: date, group_key: str | None = None
+    raw: pd.DataFrame,
+    columns: ProductColumns,
+    as_of: date,
+    group_key: str | None = None,
+    cfg: ProductsConfig | None = None,
 ) -> ParsedProducts:
     """Parse the raw catalogue (all strings) into products, price history and rejects.
 
     `group_key` is the `other_attributes` key naming a product's design (config
-    products.group_key); a product without one is a group of its own.
+    products.group_key); a product without one is a group of its own. Price periods are
+    screened with `cfg` (see `screen_periods`).
     """
     c = columns
+    cfg = cfg or ProductsConfig(group_key=group_key)
     rows: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
     rejects: list[tuple[int, str, str]] = []
@@ -272,6 +305,10 @@ def parse_products(
             continue
         except ValueError as exc:
             rejects.append((i, str(exc), c.price))
+            continue
+        periods, price_issues = screen_periods(periods, as_of, cfg)
+        if not periods:
+            rejects.append((i, "no_plausible_price_period", c.price))
             continue
         try:
             attributes, field_issues = parse_other_attributes(record[c.other_attributes], group_key)
@@ -307,7 +344,7 @@ def parse_products(
         ]
         issues += [
             {"product_id": product_id, "column": col, "value": val, "reason": why}
-            for col, val, why in field_issues
+            for col, val, why in [*price_issues, *field_issues]
         ]
     reject_idx = [r[0] for r in rejects]
     rejected = quarantine_frame(
@@ -327,18 +364,38 @@ def parse_products(
 def build_products(config: RetailerConfig, paths: RunPaths, source: Path, as_of: date) -> dict:
     """Stage entry point: parse the catalogue export, write artifacts, enforce the reject rate."""
     c = config.columns.products
-    raw, bad_lines = read_raw_csv(
-        source, [c.id, c.title, c.target_audience, c.department, c.price, c.other_attributes]
+    raw = read_raw_csv(
+        source,
+        [c.id, c.title, c.target_audience, c.department, c.price, c.other_attributes],
+        config.quality.max_record_bytes,
     )
-    parsed = parse_products(raw, c, as_of, config.products.group_key)
+    parsed = parse_products(raw.rows, c, as_of, config.products.group_key, config.products)
+    issues = pd.concat([parsed.field_issues, control_character_issues(raw, c)], ignore_index=True)
     return finish_products(
         config,
         paths,
         parsed.products,
         parsed.price_history,
-        parsed.field_issues,
-        [parsed.quarantine, bad_lines],
-        rows_in=len(raw) + len(bad_lines),
+        issues,
+        [raw.locate(parsed.quarantine), raw.rejected],
+        rows_in=raw.records,
+        raw=raw,
+    )
+
+
+def control_character_issues(raw: RawCsv, c: ProductColumns) -> pd.DataFrame:
+    """Field issues for the control characters the reader removed (a NUL in a title would
+    otherwise pass every check and fail the PostgreSQL publish at the very end)."""
+    found = raw.control_characters
+    ids = raw.rows[c.id].iloc[found["source_row"].to_numpy(dtype=int)].map(extract_hexadecimal)
+    return pd.DataFrame(
+        {
+            "product_id": ids.to_numpy(dtype=object),
+            "column": found["column"].to_numpy(dtype=object),
+            "value": found["value"].to_numpy(dtype=object),
+            "reason": "control_characters_removed",
+        },
+        columns=["product_id", "column", "value", "reason"],
     )
 
 
@@ -350,6 +407,7 @@ def finish_products(
     field_issues: pd.DataFrame,
     rejected: list[pd.DataFrame],
     rows_in: int,
+    raw: RawCsv | None = None,
 ) -> dict:
     """Write the catalogue's artifacts, field issues and quarantine, count and log the rows,
     enforce the reject rate (on the first rejected frame's columns) and summarise: one ending
@@ -361,7 +419,13 @@ def finish_products(
     issues_path = paths.run_dir / "09_quarantine" / "products_field_issues.parquet"
     write_table(field_issues.astype("string"), issues_path)
     counts = account_rows(
-        STAGE, rejected, paths.path(quarantine(STAGE)), rows_in=rows_in, rows_out=len(products)
+        STAGE,
+        rejected,
+        paths.path(quarantine(STAGE)),
+        rows_in=rows_in,
+        rows_out=len(products),
+        lines=raw.line_counts(rejected) if raw is not None else None,
+        source=str(raw.source) if raw is not None else "",
     )
     log.info(
         "products: %d rows in, %d products, %d quarantined %s, %d field issues",
@@ -371,7 +435,7 @@ def finish_products(
         counts.reasons,
         len(field_issues),
     )
-    enforce_reject_rate(counts, config.quality.threshold(STAGE), rejected[0])
+    enforce_reject_rate(counts, config.quality.threshold(STAGE), pd.concat(rejected))
     field_counts = field_issues.groupby("reason").size().to_dict()
     return {
         **out,
