@@ -15,7 +15,9 @@ faiss IVF (our choice for dense vectors), at 100,000 products.
    departments, 40 product types named by the title's last word, 20 colours, colour
    variants sharing a design); precision@10 of the product type and of the colour for every
    10th product, with the project's default text model beside the seed's recipe (no type
-   token).
+   token), and the block weights the stage learns from planted similar-item clicks (70% to
+   a product of the same type and colour, the rest within the department) with and without
+   the variant groups.
 Each retrieval figure is seconds for the whole job (index build + every product's
 neighbours) and recall@10 against exact search. One run; writes bench/results/similar.json.
 
@@ -199,6 +201,65 @@ def planted_catalogue(n: int, seed: int = 42) -> pd.DataFrame:
     return pd.DataFrame(rows[:n])
 
 
+def planted_clicks(products: pd.DataFrame, n_clicks: int = 4000, seed: int = 7) -> np.ndarray:
+    """Similar-item clicks as the synthetic retailer plants them: 70% go to a product of the
+    same type and colour (a look-alike), the rest to any product of the same department."""
+    rng = np.random.default_rng(seed)
+    kinds, colours, depts = (products[c].to_numpy() for c in ("kind", "color", "department"))
+    by_look = pd.Series(np.arange(len(products))).groupby([kinds, colours]).apply(np.asarray)
+    by_dept = pd.Series(np.arange(len(products))).groupby(depts).apply(np.asarray)
+    pairs = []
+    for row in rng.choice(len(products), n_clicks, replace=False):
+        mates = by_look[(kinds[row], colours[row])]
+        pool = mates if rng.random() < 0.7 and len(mates) > 1 else by_dept[depts[row]]
+        other = int(pool[rng.integers(len(pool))])
+        if other != row:
+            pairs.append((min(row, other), max(row, other)))
+    return np.unique(np.asarray(pairs, dtype=np.int64), axis=0)
+
+
+def learned_weights(products: pd.DataFrame, rows: np.ndarray) -> dict:
+    """Block weights learned by the stage's search on planted similar clicks with and without
+    the variant groups, scored like the recipes (type and colour precision on every 10th
+    product)."""
+    from fashion_recs.config import LearnWeightsConfig, TextModelConfig
+    from fashion_recs.similar.retrieval import exact_neighbors
+    from fashion_recs.similar.text import fit_text_model
+    from fashion_recs.similar.weights import TEXT_BLOCK, Blocks, learn_weights, variant_pairs
+
+    defaults = TextModelConfig()
+    model = fit_text_model(products, product_type=defaults.product_type)
+    blocks = Blocks(model.text_block(products), model.attribute_codes(products))
+    configured = {TEXT_BLOCK: model.text_weight, **model.column_weights}
+    variants = variant_pairs(products["group_key"].to_numpy(dtype=object))
+    kinds, colours = products["kind"].to_numpy(), products["color"].to_numpy()
+    out = {}
+    for name, signals in {
+        "learned_clicks_and_variants": {
+            "similar_click": planted_clicks(products),
+            "variant_group": variants,
+        },
+        "learned_clicks_only": {"similar_click": planted_clicks(products)},
+    }.items():
+        started = time.perf_counter()
+        choice = learn_weights(blocks, configured, signals, LearnWeightsConfig(), K, 42)
+        weights = choice.weights
+        chosen = model.with_weights(
+            weights[TEXT_BLOCK], {c: w for c, w in weights.items() if c != TEXT_BLOCK}
+        )
+        found = exact_neighbors(chosen.transform(products), K, rows=rows).indices[rows]
+        out[name] = {
+            "type_precision_at_10": round(float((kinds[found] == kinds[rows, None]).mean()), 4),
+            "colour_precision_at_10": round(
+                float((colours[found] == colours[rows, None]).mean()), 4
+            ),
+            "seconds": round(time.perf_counter() - started, 2),
+            **choice.summary(),
+        }
+        print(f"  {name}: {out[name]}", flush=True)
+    return out
+
+
 def list_quality(n: int = 20_000) -> dict:
     """Type and colour precision@10 of the default text model and of the seed's recipe."""
     from fashion_recs.config import TextModelConfig
@@ -231,6 +292,7 @@ def list_quality(n: int = 20_000) -> dict:
             "seconds": round(time.perf_counter() - started, 2),
         }
         print(f"  {name}: {out[name]}", flush=True)
+    out.update(learned_weights(products, rows))
     return {"n_products": n, "queries": len(rows), "recipes": out}
 
 
@@ -360,9 +422,12 @@ def main() -> None:
     print("list quality: planted catalogue with coarse departments", flush=True)
     quality = list_quality()
     chosen = quality["recipes"]["project_defaults"]
+    learned = quality["recipes"]["learned_clicks_and_variants"]
     quality_summary = {
         "type_precision_at_10": chosen["type_precision_at_10"],
         "colour_precision_at_10": chosen["colour_precision_at_10"],
+        "learned_type_precision_at_10": learned["type_precision_at_10"],
+        "learned_colour_precision_at_10": learned["colour_precision_at_10"],
     }
     if args.quick:
         import json

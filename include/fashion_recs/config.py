@@ -375,6 +375,46 @@ class PublishConfig(_Strict):
     statement_timeout_s: int = Field(default=600, ge=1)
 
 
+class LearnWeightsConfig(_Strict):
+    """Learn the text model's block weights from signals the run has, and use them only when
+    they beat the configured weights on held-out pairs.
+
+    Signals: `similar_click` (the two products of a similar-items click), `co_view` (products
+    one user viewed on one day; off by default: a day's views mix alternatives with
+    complements and favourites) and `variant_group` (products sharing `group_key`: extra
+    evidence, never alone). Variants differ in colour by construction, so variant pairs never
+    judge the blocks named in `variant_differs`; clicks and co-views judge every block and
+    decide on the held-out half. `grid` holds the values a block's weight (as the cosine sees
+    it; only ratios matter) may take in the coordinate ascent. Fewer than `min_pairs` pairs of
+    a signal: that signal is not used (without clicks or co-views nothing is learned).
+    """
+
+    enabled: bool = True
+    signals: list[Literal["similar_click", "co_view", "variant_group"]] = Field(
+        default_factory=lambda: ["similar_click", "variant_group"]
+    )
+    click_category: str = "similar_click"
+    view_category: str = "view"
+    # A user-day with more viewed products than this is a browse, not a comparison: skipped.
+    max_views_per_day: int = Field(default=20, ge=2)
+    variant_differs: list[str] = Field(default_factory=lambda: ["color"])
+    min_pairs: int = Field(default=100, ge=2)
+    max_queries: int = Field(default=300, ge=10)
+    grid: list[float] = Field(
+        default_factory=lambda: [0.0, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0, 1.5], min_length=2
+    )
+    rounds: int = Field(default=2, ge=1, le=10)
+    # Learned weights serve only when their held-out pair recall beats the configured by more.
+    min_gain: float = Field(default=0.0, ge=0)
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_non_negative(cls, grid: list[float]) -> list[float]:
+        if any(v < 0 for v in grid):
+            raise ValueError(f"learn_weights.grid values must be >= 0, got {grid}")
+        return sorted(set(grid))
+
+
 class TextModelConfig(_Strict):
     """The seed's TF-IDF (max_features 5000) + one-hot model; block weights before stacking.
 
@@ -382,7 +422,8 @@ class TextModelConfig(_Strict):
     across columns (relative; colour, target_audience, department, product_type and any
     `extra_attributes` product column; 1 each unless given). `product_type: last_word` adds
     a type column read from the title's last word, for catalogues whose department is too
-    coarse to say what a product is; `ngram_max: 2` adds 2-word terms.
+    coarse to say what a product is; `ngram_max: 2` adds 2-word terms. `learn_weights`
+    tunes the block weights on the run's similar clicks and variant groups.
     """
 
     max_features: int = Field(default=5000, ge=10)
@@ -392,6 +433,7 @@ class TextModelConfig(_Strict):
     attribute_weights: dict[str, float] = Field(default_factory=dict)
     product_type: Literal["none", "last_word"] = "last_word"
     extra_attributes: list[str] = Field(default_factory=list)
+    learn_weights: LearnWeightsConfig = LearnWeightsConfig()
 
     @field_validator("attribute_weights")
     @classmethod

@@ -17,7 +17,7 @@ becomes one more attribute block, and `extra_attributes` adds any other product 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -83,11 +83,35 @@ class TextModel:
             blocks.append(self.column_weights[column] * block)
         return normalize(sp.hstack(blocks, format="csr")).astype(np.float32)
 
+    def text_block(self, products: pd.DataFrame) -> sp.csr_matrix:
+        """The unweighted, L2-normalised TF-IDF block (rows of empty text stay zero)."""
+        return normalize(self.tfidf.transform(combined_text(products).tolist())).tocsr()
+
+    def attribute_codes(self, products: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Each attribute block as one integer code a product (equal codes: cosine 1 in
+        that block, else 0), for scoring block weights without re-embedding."""
+        attributes = attribute_frame(products, list(self.encoders), self.type_rule)
+        return {
+            column: pd.factorize(attributes[column], use_na_sentinel=False)[0]
+            for column in self.encoders
+        }
+
+    def with_weights(self, text_weight: float, weights: dict[str, float]) -> TextModel:
+        """The same vocabulary and categories with other block weights."""
+        return replace(self, text_weight=text_weight, column_weights=dict(weights))
+
     @property
     def dim(self) -> int:
         return len(self.tfidf.vocabulary_) + sum(
             len(e.categories_[0]) for e in self.encoders.values()
         )
+
+
+def column_weights(attribute_weight: float, relative: dict[str, float]) -> dict[str, float]:
+    """Each attribute block's weight as the cosine sees it: the relative weights scaled to
+    unit length, times the attribute part's weight."""
+    norm = float(np.sqrt(sum(w * w for w in relative.values()))) or 1.0
+    return {c: attribute_weight * w / norm for c, w in relative.items()}
 
 
 def fit_text_model(
@@ -116,8 +140,7 @@ def fit_text_model(
         columns.append(PRODUCT_TYPE)
     columns += [c for c in extra_attributes or [] if c not in columns]
     relative = {c: (attribute_weights or {}).get(c, 1.0) for c in columns}
-    norm = float(np.sqrt(sum(w * w for w in relative.values()))) or 1.0
-    weights = {c: attribute_weight * w / norm for c, w in relative.items()}
+    weights = column_weights(attribute_weight, relative)
     attributes = attribute_frame(products, columns, product_type)
     encoders = {}
     for column in columns:

@@ -1,9 +1,11 @@
 """Similar products: each model's neighbour lists, recall against exact search, evaluation.
 
-`text_model_stage` is the seed's TF-IDF + one-hot model. The retrieval method comes from
-config; whatever serves the lists, recall@k against exact search is measured on a sample
-and stored with the run's metrics, together with the planted look-alike precision,
-department/colour consistency and robustness to noised text.
+`text_model_stage` is the seed's TF-IDF + one-hot model. Its block weights are learned on
+the run's similar clicks and variant groups when those beat the configured weights on
+held-out pairs (`similar.weights`). The retrieval method comes from config; whatever serves
+the lists, recall@k against exact search is measured on a sample and stored with the run's
+metrics, together with the planted look-alike precision, department/colour consistency and
+robustness to noised text.
 """
 
 from __future__ import annotations
@@ -46,6 +48,14 @@ from fashion_recs.similar.text import (
     fit_text_model,
     noised_text,
     product_type,
+)
+from fashion_recs.similar.weights import (
+    TEXT_BLOCK,
+    Blocks,
+    WeightChoice,
+    behaviour_pairs,
+    learn_weights,
+    variant_pairs,
 )
 
 log = logging.getLogger(__name__)
@@ -173,18 +183,65 @@ def fit_configured_text_model(catalogue: pd.DataFrame, text: TextModelConfig) ->
     )
 
 
-def text_model_stage(config: RetailerConfig, paths: RunPaths, products: Path) -> dict[str, Any]:
+INTERACTION_COLUMNS = ["user_id", "product_id", "event_ts", "category"]
+
+
+def choose_weights(
+    config: RetailerConfig,
+    catalogue: pd.DataFrame,
+    model: TextModel,
+    groups: np.ndarray | None,
+    interactions: Path | None,
+) -> WeightChoice:
+    """The block weights the lists use: learned on the run's signals when they beat the
+    configured ones on held-out pairs, else the configured (with the reason)."""
+    cfg = config.similar.text.learn_weights
+    configured = {TEXT_BLOCK: model.text_weight, **model.column_weights}
+    if not cfg.enabled:
+        return WeightChoice("configured", "similar.text.learn_weights.enabled is false", configured)
+    signals: dict[str, np.ndarray] = {}
+    ids = catalogue["product_id"].to_numpy(dtype=object)
+    if {"similar_click", "co_view"} & set(cfg.signals):
+        if interactions is not None and interactions.exists():
+            frame = pd.read_parquet(interactions, columns=INTERACTION_COLUMNS)
+            signals.update(behaviour_pairs(frame, ids, cfg))
+        else:
+            log.info("similar weights: no interactions artifact given; no clicks to learn from")
+            empty = np.zeros((0, 2), dtype=np.int64)
+            signals.update({s: empty for s in cfg.signals if s != "variant_group"})
+    if "variant_group" in cfg.signals and "group_key" in catalogue:
+        signals["variant_group"] = variant_pairs(catalogue["group_key"].to_numpy(dtype=object))
+    blocks = Blocks(
+        model.text_block(catalogue),
+        model.attribute_codes(catalogue),
+        None if groups is None else pd.factorize(groups)[0],
+    )
+    return learn_weights(blocks, configured, signals, cfg, config.similar.top_k, config.seed)
+
+
+def text_model_stage(
+    config: RetailerConfig, paths: RunPaths, products: Path, interactions: Path | None = None
+) -> dict[str, Any]:
+    """Neighbour lists and metrics of the TF-IDF + one-hot model. `interactions` (the run's
+    weighted events) supplies similar clicks and co-views for learning the block weights;
+    without it only variant groups can."""
     cfg = config.similar
     k = cfg.top_k
     catalogue = read_catalogue(products, cfg.text.extra_attributes)
     ids = catalogue["product_id"].to_numpy(dtype=object)
     model = fit_configured_text_model(catalogue, cfg.text)
-    vectors = model.transform(catalogue)
     groups = (
         catalogue["target_audience"].astype("string").fillna("").to_numpy(dtype=object)
         if cfg.same_audience
         else None
     )
+    choice = choose_weights(config, catalogue, model, groups, interactions)
+    if choice.used == "learned":
+        weights = choice.weights
+        model = model.with_weights(
+            weights[TEXT_BLOCK], {c: w for c, w in weights.items() if c != TEXT_BLOCK}
+        )
+    vectors = model.transform(catalogue)
     method = retrieval_method(config, vectors)
     neighbors = grouped_neighbors(config, vectors, groups, method, k)
     log.info(
@@ -229,6 +286,7 @@ def text_model_stage(config: RetailerConfig, paths: RunPaths, products: Path) ->
             )
 
     values.update(list_quality(config, catalogue, neighbors, k))
+    values.update(choice.metric_rows())
     noisy = model.transform(
         catalogue.iloc[sample],
         noised_text(combined_text(catalogue.iloc[sample]), cfg.text_noise_rate, config.seed),
@@ -258,5 +316,6 @@ def text_model_stage(config: RetailerConfig, paths: RunPaths, products: Path) ->
         "method": method,
         "dim": model.dim,
         "products": len(ids),
+        "weights": choice.summary(),
         "values": rounded,
     }
