@@ -107,7 +107,7 @@ def run_one(name: str) -> dict[str, Any]:
     inter = timed("interactions", pipeline.interactions, ev)
     timed("popular", pipeline.popular, inter, demo)
     timed("evaluate", pipeline.evaluate, inter, demo, prod)
-    timed("similar_text", pipeline.similar_text, prod)
+    timed("similar_text", pipeline.similar_text, prod, inter)
     summaries = {}
     for step in STEPS:
         summaries[step] = timed(step, pipeline.personal_model, step, inter)

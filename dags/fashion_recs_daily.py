@@ -18,8 +18,10 @@ Daily. Each task calls one step of `fashion_recs.pipeline` and passes on only pa
   held identical to the production engine
 * **fbt_recommendations** – every product's complementary list, with labelled fallbacks
 * **evaluate_fbt** – planted-bundle recovery and held-out basket completion vs popularity
-* **similar_products_text** – the seed's TF-IDF + one-hot model: neighbours of every product,
-  recall against exact search, look-alike precision, consistency, robustness to noised text
+* **similar_products_text** – the seed's TF-IDF + one-hot model (attribute blocks weighted
+  apart, weights learned from similar-item clicks when the run has enough): neighbours of
+  every product, recall against exact search, look-alike precision, consistency on every
+  attribute, robustness to noised text
 * **similar_products_encoders** – the seed's encoders (MobileNetV2, CLIP, FashionCLIP, ALIGN,
   RoBERTa + EfficientNet) whose weights are available, through the embedding cache, and the
   fused TF-IDF + MobileNet model; skipped encoders are listed with the reason
@@ -229,8 +231,8 @@ def fashion_recs() -> None:
         return _step("fbt_evaluate", rules, baskets, products)
 
     @task
-    def similar_products_text(products: dict) -> dict:
-        return _step("similar_text", products)
+    def similar_products_text(products: dict, interactions: dict) -> dict:
+        return _step("similar_text", products, interactions)
 
     @task
     def similar_products_encoders(download: dict, products: dict) -> dict:
@@ -319,8 +321,8 @@ def fashion_recs() -> None:
     lists = fbt_recommendations(rules, baskets, products)
     fbt_ok = check_fbt(lists)
     fbt_metrics = evaluate_fbt(rules, baskets, products)
-    similar = similar_products_text(products)
-    products_ok >> similar
+    similar = similar_products_text(products, interactions)
+    [products_ok, interactions_ok] >> similar
     encoders = similar_products_encoders(download, products)
     products_ok >> encoders
     similar_ok = check_similar(similar, encoders)

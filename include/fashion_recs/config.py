@@ -639,6 +639,8 @@ class RankerConfig(_Strict):
     learning_rate: float = Field(default=0.05, gt=0, le=1)
     num_leaves: int = Field(default=31, ge=4)
     min_child_samples: int = Field(default=20, ge=1)
+    # LightGBM threads; one keeps a fit fast on a shared machine and its model reproducible.
+    n_jobs: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _known_sources(self) -> RankerConfig:

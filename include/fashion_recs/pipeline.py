@@ -361,10 +361,19 @@ def fbt_evaluate(
 # --- similar products --------------------------------------------------------------------------
 
 
-def similar_text(ctx: RunContext, products_summary: dict[str, Any]) -> dict[str, Any]:
+def similar_text(
+    ctx: RunContext,
+    products_summary: dict[str, Any],
+    interactions_summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The TF-IDF + one-hot look-alikes; the run's interactions (similar-item clicks) teach
+    the attribute blocks' weights when there are enough of them."""
     from fashion_recs.stages.similar import text_model_stage
 
-    summary = text_model_stage(ctx.config, ctx.paths, Path(products_summary["products"]))
+    interactions = Path(interactions_summary["interactions"]) if interactions_summary else None
+    summary = text_model_stage(
+        ctx.config, ctx.paths, Path(products_summary["products"]), interactions
+    )
     return ctx.save_summary("similar_text", summary)
 
 
@@ -669,7 +678,7 @@ def run_all(ctx: RunContext, url: str) -> dict[str, Any]:
     step("fbt_recommendations", "fbt_recommendations", rules, bask, prod)
     step("check_fbt", "check", "fbt")
     step("evaluate_fbt", "fbt_evaluate", rules, bask, prod)
-    step("similar_products_text", "similar_text", prod)
+    step("similar_products_text", "similar_text", prod, inter)
     step("similar_products_encoders", "similar_encoders", dl, prod)
     step("check_similar", "check", "similar")
     for name in PERSONAL_MODEL_STEPS:

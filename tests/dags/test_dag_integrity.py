@@ -78,6 +78,10 @@ def test_tasks_are_the_seed_stages_in_order(dagbag) -> None:
         "map_interactions"
     ]
     assert upstream["ingest_interaction_log"] == {"clean_products"}
+    # Look-alikes learn their attribute weights from the run's similar-item clicks.
+    assert {"clean_products", "map_interactions", "check_interactions"} <= upstream[
+        "similar_products_text"
+    ]
     assert upstream["publish_tables"] >= {
         "build_data_docs",
         "evaluate_baselines",

@@ -68,7 +68,7 @@ def taste_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     bask = pipeline.baskets(ctx, inter, prod)
     rules = pipeline.fbt_rules(ctx, bask)
     pipeline.fbt_recommendations(ctx, rules, bask, prod)
-    pipeline.similar_text(ctx, prod)
+    pipeline.similar_text(ctx, prod, inter)
     steps = {s: pipeline.personal_model(ctx, s, inter) for s in pipeline.PERSONAL_MODEL_STEPS}
     gate = pipeline.quality_gate(ctx)
     routes = pipeline.route_users(ctx, inter, gate)

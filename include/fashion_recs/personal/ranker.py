@@ -46,7 +46,10 @@ class RankerParams:
     num_leaves: int = 31
     min_child_samples: int = 20
     k: int = 12
-    n_jobs: int = 2
+    # One thread by default: LightGBM's OpenMP threads wait for each other at every split,
+    # and on a 2-core machine shared with another job two threads fitted 6-10x slower than
+    # one (and a model fitted with another thread count may differ in the last bits).
+    n_jobs: int = 1
     seed: int = 42
     caps: dict[str, int] = field(default_factory=dict)
     # True: a user's own items are never served (they still shape the other features).

@@ -57,6 +57,7 @@ def ranker_params(config: RetailerConfig) -> RankerParams:
         learning_rate=rc.learning_rate,
         num_leaves=rc.num_leaves,
         min_child_samples=rc.min_child_samples,
+        n_jobs=rc.n_jobs,
         k=config.personal.top_k,
         seed=config.seed,
         caps={name: cap for name, cap in rc.sources.items() if cap > 0},
