@@ -70,6 +70,7 @@ RESULTS = Asset("fashion_recs://results/recommendation_tables")
 def _context() -> Any:
     """The run's `fashion_recs.pipeline.RunContext`, from the Airflow run and its params."""
     from fashion_recs.pipeline import make_context
+    from fashion_recs.run_lock import airflow_owner
 
     ctx = get_current_context()
     params = ctx["params"]
@@ -80,6 +81,9 @@ def _context() -> Any:
         logical_date=when.date(),
         config_path=params.get("config_path") or None,
         overrides=params.get("overrides") or None,
+        # Tasks, retries and reruns of this DAG run share its run directory; another run with
+        # the same run id fails at once.
+        owner=airflow_owner(ctx["dag"].dag_id, dag_run.run_id),
     )
 
 

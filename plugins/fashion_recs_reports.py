@@ -48,6 +48,11 @@ def _page(title: str, body: str, status_code: int = 200) -> HTMLResponse:
     return HTMLResponse(PAGE.format(title=html.escape(title), body=body), status_code)
 
 
+def _short(name: str, limit: int = 100) -> str:
+    """A requested name in an answer: never the whole of it (a 404 is not an echo service)."""
+    return name if len(name) <= limit else f"{name[:limit]}..."
+
+
 def create_app(data_root: Path | None = None) -> FastAPI:
     """The reports app; `data_root` defaults to the configured one, read on each request."""
     from fashion_recs.artifacts import run_key
@@ -65,7 +70,9 @@ def create_app(data_root: Path | None = None) -> FastAPI:
         runs_dir = root() / "runs"
         run_dir = resolve_inside(runs_dir, f"{retailer}/{key}", kind="dir")
         if run_dir is None or run_dir.parent.parent != runs_dir.resolve():
-            raise HTTPException(status_code=404, detail=f"no run {key!r} of {retailer!r}")
+            raise HTTPException(
+                status_code=404, detail=f"no run {_short(key)!r} of {_short(retailer)!r}"
+            )
         if relative == REPORT:
             target = resolve_inside(run_dir, REPORT)
         elif relative.startswith("data_docs/") and (run_dir / "data_docs").is_dir():
@@ -73,7 +80,8 @@ def create_app(data_root: Path | None = None) -> FastAPI:
         else:
             target = None
         if target is None:
-            raise HTTPException(status_code=404, detail=f"{relative!r} not found for run {key}")
+            detail = f"{_short(relative)!r} not found for run {_short(key)}"
+            raise HTTPException(status_code=404, detail=detail)
         return target
 
     @app.get("/runs", response_class=HTMLResponse)
@@ -129,7 +137,8 @@ def create_app(data_root: Path | None = None) -> FastAPI:
                 return RedirectResponse(url=url + (f"#task-{task}" if task else ""))
         return _page(
             "No report for this run yet",
-            f"<p>Run <code>{html.escape(run_id)}</code> of <code>{html.escape(dag_id)}</code> "
+            f"<p>Run <code>{html.escape(_short(run_id))}</code> of "
+            f"<code>{html.escape(_short(dag_id))}</code> "
             "has no report yet: its last task, <code>run_report</code>, writes it when every "
             "other task has finished.</p>",
             404,

@@ -1,8 +1,9 @@
 """Static checks of the Docker deployment: docker-compose.yaml, docker/Dockerfile, .dockerignore.
 
 No Docker engine is needed. The compose file is parsed with PyYAML (anchors and `<<` merge keys
-resolve at load time) and then interpolated the way `docker compose` does it, by default with an
-empty environment: exactly what a fresh checkout without an .env file gets.
+resolve at load time) and then interpolated the way `docker compose` does it, by default with
+the demo values of `docker/demo.env` (a checkout without an .env file has no secrets and must
+not start: tests/faults/test_deployment_faults.py).
 """
 
 from __future__ import annotations
@@ -107,8 +108,21 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
     return _VARIABLE.sub(substitute, value)
 
 
-def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
-    return interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), env or {})
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines, as `docker compose --env-file` reads them (no quoting used here)."""
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines())
+    return {k.strip(): v.strip() for k, v in (p for p in pairs if len(p) == 2) if k[:1] != "#"}
+
+
+DEMO_ENV_FILE = ROOT / "docker" / "demo.env"
+DEMO_ENV = read_env_file(DEMO_ENV_FILE)
+
+
+def load_compose(env: dict[str, str] | None = None, *, demo: bool = True) -> dict[str, Any]:
+    """The compose file as `docker compose` reads it: by default with the explicit demo values
+    (`--env-file docker/demo.env`) under `env`; `demo=False` is a checkout with only `env`."""
+    base = DEMO_ENV if demo else {}
+    return interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), {**base, **(env or {})})
 
 
 COMPOSE = load_compose()

@@ -14,6 +14,15 @@ from fashion_recs.publish import make_engine, read_table
 from tests.conftest import retailer_overrides
 
 
+def layer_files(run_dir: Path) -> dict[Path, bytes]:
+    """Every file under the run's layer folders (`01_raw` ... `09_quarantine`)."""
+    return {
+        p.relative_to(run_dir): p.read_bytes()
+        for p in sorted(run_dir.glob("[0-9][0-9]_*/**/*"))
+        if p.is_file()
+    }
+
+
 def test_rerunning_a_run_gives_byte_identical_artifacts(retailer, tmp_path) -> None:
     ctx = make_context(
         "rerun_check", date(2026, 11, 1), None, retailer_overrides(retailer, tmp_path / "data")
@@ -24,6 +33,7 @@ def test_rerunning_a_run_gives_byte_identical_artifacts(retailer, tmp_path) -> N
     snapshot = {p.relative_to(ctx.paths.run_dir): p.read_bytes() for p in files}
     assert len(snapshot) >= 12  # every stage's artifacts and quarantine files
 
+    layer_snapshot = layer_files(ctx.paths.run_dir)
     second = run_all(ctx, url)
     again = {
         p.relative_to(ctx.paths.run_dir): p.read_bytes()
@@ -34,6 +44,13 @@ def test_rerunning_a_run_gives_byte_identical_artifacts(retailer, tmp_path) -> N
     tasks = Path("08_reporting/run_tasks.parquet")
     changed = [str(k) for k in snapshot if again[k] != snapshot[k] and k != tasks]
     assert changed == []
+    # So is every other file of the layers, models included (the README lists what differs).
+    layers_again = layer_files(ctx.paths.run_dir)
+    assert layers_again.keys() == layer_snapshot.keys()
+    assert any(k.parts[0] == "06_models" and k.suffix == ".json" for k in layers_again)
+    assert [
+        str(k) for k in layer_snapshot if layers_again[k] != layer_snapshot[k] and k != tasks
+    ] == []
     timed = ["started", "seconds"]
     before = pd.read_parquet(io.BytesIO(snapshot[tasks])).drop(columns=timed)
     pd.testing.assert_frame_equal(

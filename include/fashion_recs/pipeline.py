@@ -52,6 +52,7 @@ from fashion_recs.contract import (
     similar_metrics,
     similar_products,
 )
+from fashion_recs.run_lock import RunOwner, claim_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class RunContext:
     config: RetailerConfig
     paths: RunPaths
     as_of: date
+    # Who runs it (`run_lock`): this process unless the DAG says which Airflow run.
+    owner: RunOwner | None = None
 
     def save_summary(self, step: str, summary: dict[str, Any]) -> dict[str, Any]:
         """Keep each step's summary with the run (the report and publish read them back)."""
@@ -79,11 +82,12 @@ def make_context(
     logical_date: date,
     config_path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    owner: RunOwner | None = None,
 ) -> RunContext:
     """Load the config for one run; as-of is the config's `as_of` or the run's logical date."""
     config = load_config(config_path, overrides)
     paths = RunPaths(config.data_root_path, config.retailer, run_id)
-    return RunContext(config, paths, config.as_of or logical_date)
+    return RunContext(config, paths, config.as_of or logical_date, owner)
 
 
 def run_step(
@@ -94,7 +98,17 @@ def run_step(
     The record (status, start, seconds, try, the step's row counts, the error if it failed)
     is `tasks/<task_id>.json`: the run report's stage table, which must also show the task
     that failed and how far the run got. A rerun of the task replaces its record.
+
+    The step holds the run directory for the run's owner (`run_lock`): a step of another run
+    with the same run id fails at once with `RunDirectoryBusy`, writing nothing there.
     """
+    with claim_run_dir(ctx.paths.run_dir, ctx.paths.run_id, ctx.owner):
+        return _run_recorded(ctx, task_id, step, *args, try_number=try_number)
+
+
+def _run_recorded(
+    ctx: RunContext, task_id: str, step: str, *args: Any, try_number: int
+) -> dict[str, Any]:
     started = time.time()
     clock = time.perf_counter()
     record: dict[str, Any] = {"task_id": task_id, "step": step, "try_number": try_number}
@@ -631,8 +645,10 @@ def run_report(ctx: RunContext, task_ids: list[str] | None = None) -> dict[str, 
 
     download = ctx.paths.file(SUMMARY_DIR, "download.json")
     base_dir = product_export(ctx, read_json(download)).parent if download.is_file() else None
-    result = write_run_report(ctx.config, ctx.paths, task_ids, base_dir)
-    summary = ctx.save_summary("run_report", result.summary())
+    # The run's last task: its owner's claim on the run directory ends here.
+    with claim_run_dir(ctx.paths.run_dir, ctx.paths.run_id, ctx.owner, finishes=True):
+        result = write_run_report(ctx.config, ctx.paths, task_ids, base_dir)
+        summary = ctx.save_summary("run_report", result.summary())
     if not result.published:
         failed = ", ".join(result.failed_tasks) or "none recorded"
         raise RunNotPublished(
@@ -652,8 +668,13 @@ def _redact(url: str) -> str:
 
 def run_all(ctx: RunContext, url: str) -> dict[str, Any]:
     """Every step in dependency order, without Airflow (CLI and fast tests), under the DAG's
-    task ids, ending with the run report."""
+    task ids, ending with the run report. The run directory is held for the whole run, so
+    another run with the same run id fails at once, not between two steps."""
+    with claim_run_dir(ctx.paths.run_dir, ctx.paths.run_id, ctx.owner):
+        return _run_all(ctx, url)
 
+
+def _run_all(ctx: RunContext, url: str) -> dict[str, Any]:
     def step(task_id: str, name: str, *args: Any) -> dict[str, Any]:
         return run_step(ctx, task_id, name, *args)
 

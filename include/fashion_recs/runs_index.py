@@ -55,10 +55,16 @@ def list_runs(data_root: Path) -> list[RunEntry]:
 
 def resolve_inside(base: Path, relative: str, kind: str = "file") -> Path | None:
     """`base / relative` if it stays inside `base` and exists (as a file, or a directory with
-    kind="dir"), else None: request paths never reach outside the data root."""
-    base = base.resolve()
-    target = (base / relative).resolve()
-    if base not in target.parents:
+    kind="dir"), else None: request paths never reach outside the data root, and a name no
+    file can have (a NUL, a component too long) is not found rather than an error."""
+    if "\x00" in relative:
         return None
-    exists = target.is_dir() if kind == "dir" else target.is_file()
+    try:
+        base = base.resolve()
+        target = (base / relative).resolve()
+        if base not in target.parents:
+            return None
+        exists = target.is_dir() if kind == "dir" else target.is_file()
+    except (OSError, ValueError):
+        return None
     return target if exists else None

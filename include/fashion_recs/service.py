@@ -36,23 +36,29 @@ second. SQLite goes through the SQLAlchemy engine in worker threads.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import hmac
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Annotated, Any, Protocol, TypeVar
 
 import anyio.to_thread
 import msgspec
 import pandas as pd
-from fastapi import FastAPI, HTTPException, Query, Request, Response
-from pydantic import BaseModel, Field
+import sqlalchemy as sa
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy.engine import Engine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fashion_recs.errors import FashionRecsError
 from fashion_recs.interaction_log import TABLE as LOG_TABLE
@@ -76,6 +82,77 @@ SERVER_SETTINGS = {
     "plan_cache_mode": "force_generic_plan",
 }
 NOTHING_PUBLISHED = "nothing is published yet: run the pipeline first"
+MAX_ID = 200
+MAX_CART = 100
+API_KEY_HEADER = "X-API-Key"
+API_KEY_ENV = "FASHION_RECS_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """What the service accepts and how long it waits: every request ends, fast, in an answer.
+
+    A database that is down or frozen is a 503 after at most about `connect_timeout_s` (a new
+    connection) or `statement_timeout_s` (a statement), and a request waits at most
+    `pool_timeout_s` for a free connection. A body over `max_body_bytes` is a 413 before it is
+    read; an `event_ts` later than now + `max_clock_skew_s` a 422. With `api_key` set, writes
+    (POST /interactions) need it in the X-API-Key header.
+    """
+
+    connect_timeout_s: float = 3.0
+    statement_timeout_s: float = 5.0
+    pool_timeout_s: float = 5.0
+    max_body_bytes: int = 1 << 20
+    max_clock_skew_s: float = 300.0
+    api_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceLimits:
+        """`FASHION_RECS_SERVICE_<FIELD>` (e.g. FASHION_RECS_SERVICE_MAX_BODY_BYTES) and
+        FASHION_RECS_API_KEY; unset or empty means the default."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, default in cls.__dataclass_fields__.items():
+            if name == "api_key":
+                continue
+            raw = env.get(f"FASHION_RECS_SERVICE_{name.upper()}", "").strip()
+            if raw:
+                kind = type(default.default)
+                try:
+                    values[name] = kind(raw)
+                except ValueError:
+                    raise FashionRecsError(
+                        f"FASHION_RECS_SERVICE_{name.upper()} must be a number, got {raw!r}"
+                    ) from None
+        return cls(**values, api_key=env.get(API_KEY_ENV) or None)
+
+
+def _plain_text(value: str) -> str:
+    """Ids and names are text the database can store: no NUL, no lone surrogates."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+def _text(max_length: int) -> Any:
+    return Annotated[str, Field(min_length=1, max_length=max_length), AfterValidator(_plain_text)]
+
+
+Id = _text(MAX_ID)
+PathId = Annotated[str, Path(min_length=1, max_length=MAX_ID), AfterValidator(_plain_text)]
+
+
+def _plain_optional(value: str | None) -> str | None:
+    return None if value is None else _plain_text(value)
+
+
+QueryText = Annotated[
+    str | None, Query(min_length=1, max_length=MAX_ID), AfterValidator(_plain_optional)
+]
 K = Annotated[int, Query(ge=1, le=MAX_K)]
 Row = Mapping[str, Any]
 T = TypeVar("T")
@@ -100,16 +177,14 @@ class Recommendations(BaseModel):
 
 
 class Cart(BaseModel):
-    product_ids: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        min_length=1, max_length=100
-    )
+    product_ids: list[Id] = Field(min_length=1, max_length=MAX_CART)
 
 
 class Interaction(BaseModel):
-    user_id: str = Field(min_length=1, max_length=200)
-    product_id: str = Field(min_length=1, max_length=200)
-    event_name: str = Field(min_length=1, max_length=100)
-    button_name: str | None = Field(default=None, min_length=1, max_length=100)
+    user_id: Id
+    product_id: Id
+    event_name: _text(100)
+    button_name: _text(100) | None = None
     event_ts: datetime | None = None
 
 
@@ -247,6 +322,29 @@ def _pick_popular(keys: list[tuple[str, object, object]], rows: Sequence[Row]) -
 # --------------------------------------------------------------------------------------------
 
 
+class DatabaseBusy(Exception):
+    """Every database connection stayed in use for the whole pool wait."""
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What a database that is down, frozen or overloaded raises: answered with a 503, never
+    a 500. Errors of the statements themselves (a bug) stay 500s."""
+    found: list[type[BaseException]] = [
+        DatabaseBusy, OSError, TimeoutError, sa.exc.OperationalError, sa.exc.TimeoutError,
+    ]  # fmt: skip
+    try:
+        import asyncpg
+    except ImportError:
+        return tuple(found)
+    errors = asyncpg.exceptions
+    return (
+        *found, errors.PostgresConnectionError, errors.InterfaceError,
+        errors.QueryCanceledError, errors.CannotConnectNowError,
+        errors.TooManyConnectionsError, errors.AdminShutdownError, errors.CrashShutdownError,
+        errors.InternalClientError,
+    )  # fmt: skip
+
+
 class Reader(Protocol):
     async def fetch(self, query: Sql, *args: Any) -> Sequence[Row]: ...
 
@@ -293,13 +391,14 @@ class Postgres:
     and its slot goes back empty, so a request never inherits another one's transaction.
     """
 
-    def __init__(self, engine: Engine, size: int = POOL_SIZE) -> None:
-        import asyncio
-
+    def __init__(
+        self, engine: Engine, size: int = POOL_SIZE, limits: ServiceLimits | None = None
+    ) -> None:
         import asyncpg
 
         self._asyncpg = asyncpg
         self._engine = engine
+        self._limits = limits or ServiceLimits()
         self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._slots: asyncio.LifoQueue[Any] = asyncio.LifoQueue()
         for _ in range(size):
@@ -316,12 +415,32 @@ class Postgres:
             errors.InternalClientError, ConnectionError,
         )  # fmt: skip
 
+    async def _connect(self) -> Any:
+        """A new session that gives up on a database that does not answer: connecting after
+        connect_timeout_s, each statement after statement_timeout_s (the server ends it, and
+        the client stops waiting for a server that is frozen)."""
+        limits = self._limits
+        return await self._asyncpg.connect(
+            self._dsn,
+            timeout=limits.connect_timeout_s,
+            command_timeout=limits.statement_timeout_s,
+            server_settings={
+                **SERVER_SETTINGS,
+                "statement_timeout": str(int(limits.statement_timeout_s * 1000)),
+            },
+        )
+
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
-        conn = await self._slots.get()
+        try:
+            conn = await asyncio.wait_for(self._slots.get(), self._limits.pool_timeout_s)
+        except TimeoutError:
+            raise DatabaseBusy(
+                f"no free database connection within {self._limits.pool_timeout_s:g} s"
+            ) from None
         if conn is None or conn.is_closed():
             try:
-                conn = await self._asyncpg.connect(self._dsn, server_settings=SERVER_SETTINGS)
+                conn = await self._connect()
             except BaseException:
                 self._slots.put_nowait(None)
                 raise
@@ -331,7 +450,8 @@ class Postgres:
             # A statement failed (or the answer was an error): the session is sound once out
             # of its transaction, unless the connection itself was lost.
             try:
-                if isinstance(exc, self._lost):
+                # A statement that timed out may be on a frozen server: never wait on it again.
+                if isinstance(exc, (*self._lost, TimeoutError)):
                     conn.terminate()
                 elif not conn.is_closed() and conn.is_in_transaction():
                     await conn.execute("ROLLBACK")
@@ -528,6 +648,114 @@ async def _live(request: Request) -> Database:
     return db
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with a 413, before they are held in memory:
+    at once when Content-Length says so, else as soon as the streamed bytes pass the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                await self._refuse(send)
+                return
+        seen = 0
+        over = refused = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    over = True
+                    raise _BodyTooLarge
+            return message
+
+        async def checked_send(message: Message) -> None:
+            # The app answers a body it could not read with an error of its own (FastAPI:
+            # 400): the answer is ours.
+            nonlocal refused
+            if not over:
+                await send(message)
+            elif not refused:
+                refused = True
+                await self._refuse(send)
+
+        try:
+            await self.app(scope, limited_receive, checked_send)
+        except _BodyTooLarge:
+            if not refused:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = _encode(
+            {"detail": f"request body over {self.max_bytes} bytes (the service's limit)"}
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _install_error_answers(app: FastAPI) -> None:
+    """Every error is a short JSON answer: a 422 names the fields and what is wrong with them
+    but never echoes the input, and a database that is down or frozen is a 503 that says so
+    (the client may retry), not a 500."""
+
+    async def invalid(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {
+                "loc": [_short(part, 40) for part in list(e.get("loc", ()))[:6]],
+                "msg": _short(e.get("msg", ""), 200),
+                "type": _short(e.get("type", ""), 40),
+            }
+            for e in exc.errors()[:10]
+        ]
+        return _json({"detail": errors}, status_code=422)
+
+    async def unavailable(_request: Request, exc: Exception) -> Response:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        reason = getattr(exc, "orig", None) or first or type(exc).__name__
+        log.warning("results database unavailable: %s", _short(reason, 300))
+        response = _json(
+            {
+                "detail": "the results database is not available; try again shortly",
+                "reason": _short(f"{type(exc).__name__}: {reason}", 300),
+            },
+            status_code=503,
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+
+    app.add_exception_handler(RequestValidationError, invalid)
+    for error in _unavailable_errors():
+        app.add_exception_handler(error, unavailable)
+
+
 @dataclass
 class _NewUser:
     """What a new user's routing read in its snapshot."""
@@ -541,18 +769,25 @@ class _NewUser:
 
 
 def create_app(
-    engine: Engine, unknown_label: str = "unknown", pool_size: int = POOL_SIZE
+    engine: Engine,
+    unknown_label: str = "unknown",
+    pool_size: int = POOL_SIZE,
+    limits: ServiceLimits | None = None,
 ) -> FastAPI:
     """The app over one results database (an engine from `publish.make_engine`).
 
     Database access is opened by the app's lifespan, once per worker process (or per
-    `with TestClient(app)`), in the event loop that will use it.
+    `with TestClient(app)`), in the event loop that will use it. `limits` bounds what a
+    request may send and how long it waits (`ServiceLimits`).
     """
+    limits = limits or ServiceLimits()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         db: Database = (
-            Postgres(engine, pool_size) if engine.dialect.name == "postgresql" else SQLite(engine)
+            Postgres(engine, pool_size, limits)
+            if engine.dialect.name == "postgresql"
+            else SQLite(engine)
         )
         try:
             yield {"db": db}
@@ -560,6 +795,8 @@ def create_app(
             await db.close()
 
     app = FastAPI(title="fashion-recs reference service", version="1", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    _install_error_answers(app)
 
     @app.get("/health")
     async def health(request: Request) -> Response:
@@ -574,8 +811,8 @@ def create_app(
 
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations)
     async def user_recommendations(
-        request: Request, user_id: str, k: K = 12, age_group: str | None = None,
-        region: str | None = None,
+        request: Request, user_id: PathId, k: K = 12, age_group: QueryText = None,
+        region: QueryText = None,
     ) -> Response:  # fmt: skip
         """The seed's process_user: existing, new with events, or new with nothing."""
         db = await _live(request)
@@ -644,7 +881,7 @@ def create_app(
 
     @app.get("/products/{product_id}/similar", response_model=Recommendations)
     async def similar(
-        request: Request, product_id: str, k: K = 12, model: str | None = None
+        request: Request, product_id: PathId, k: K = 12, model: QueryText = None
     ) -> Response:
         db = await _live(request)
         args = (product_id, k, model) if model else (product_id, k)
@@ -661,7 +898,7 @@ def create_app(
         )
 
     @app.get("/products/{product_id}/fbt", response_model=Recommendations)
-    async def fbt(request: Request, product_id: str, k: K = 12) -> Response:
+    async def fbt(request: Request, product_id: PathId, k: K = 12) -> Response:
         db = await _live(request)
         rows = await db.fetch(FBT, product_id, k)
         current = _run_id(rows)
@@ -694,7 +931,7 @@ def create_app(
 
     @app.get("/popular", response_model=Recommendations)
     async def popular_items(
-        request: Request, k: K = 12, age_group: str | None = None, region: str | None = None
+        request: Request, k: K = 12, age_group: QueryText = None, region: QueryText = None
     ) -> Response:
         db = await _live(request)
         keys = segment_level_keys(age_group, region, unknown_label)
@@ -705,10 +942,17 @@ def create_app(
 
     @app.post("/interactions", status_code=201)
     async def post_interaction(request: Request, body: Interaction) -> Response:
-        """The seed's log_user_interaction; the next pipeline run takes the row in."""
+        """The seed's log_user_interaction; the next pipeline run takes the row in. With an
+        API key configured, only callers that send it may write."""
+        if limits.api_key is not None:
+            sent = request.headers.get(API_KEY_HEADER, "")
+            if not hmac.compare_digest(sent.encode(), limits.api_key.encode()):
+                raise HTTPException(
+                    401, f"POST /interactions needs the service's API key in {API_KEY_HEADER}"
+                )
         db = _db(request)
         try:
-            row = _interaction_row(body)
+            row = _interaction_row(body, limits.max_clock_skew_s)
         except FashionRecsError as exc:
             # An unknown product is the first thing to say, as before the row was looked at.
             if not await db.fetch(PRODUCT_KNOWN, body.product_id):
@@ -732,12 +976,19 @@ def _flat(query: tuple[Sql, list[Any]]) -> tuple[Any, ...]:
     return (query[0], *query[1])
 
 
-def _interaction_row(body: Interaction) -> dict[str, Any]:
-    """`interaction_log.log_user_interaction`'s row and checks, for a one-statement insert."""
+def _interaction_row(body: Interaction, max_clock_skew_s: float = 300.0) -> dict[str, Any]:
+    """`interaction_log.log_user_interaction`'s row and checks, for a one-statement insert.
+    An event from the future (beyond the clocks' allowed skew) is refused: the pipeline would
+    keep it out of every window, or worse, count it in a later one."""
     when = body.event_ts
     if when is not None and when.tzinfo is None:
         raise FashionRecsError("event_ts needs a timezone offset, e.g. 2026-11-02T10:00Z")
     now = datetime.now(UTC)
+    if when is not None and when > now + timedelta(seconds=max_clock_skew_s):
+        raise FashionRecsError(
+            f"event_ts {when.isoformat()} is in the future (now {now.isoformat()} plus "
+            f"{max_clock_skew_s:g} s of allowed clock skew)"
+        )
     return {
         "user_id": checked_text("user_id", body.user_id),
         "product_id": checked_text("product_id", body.product_id),
@@ -749,15 +1000,21 @@ def _interaction_row(body: Interaction) -> dict[str, Any]:
 
 
 def app_from_env() -> FastAPI:
-    """The app over the database named by FASHION_RECS_RESULTS_URL (`fashion-recs serve`)."""
-    import os
-
+    """The app over the database named by FASHION_RECS_RESULTS_URL (`fashion-recs serve`),
+    with `ServiceLimits.from_env()`."""
     from fashion_recs.publish import make_engine
 
     url = os.environ.get(DB_ENV)
     if not url:
         raise FashionRecsError(f"set {DB_ENV} to the results database's SQLAlchemy URL")
-    app = create_app(make_engine(url))
+    limits = ServiceLimits.from_env()
+    engine = make_engine(
+        url,
+        connect_timeout_s=max(1, round(limits.connect_timeout_s)),
+        statement_timeout_s=max(1, round(limits.statement_timeout_s)),
+        pool_timeout_s=limits.pool_timeout_s,
+    )
+    app = create_app(engine, limits=limits)
     # Everything built so far (modules, the app, its models) lives as long as the worker:
     # keep it out of the cyclic collector's full passes, which would otherwise walk it all and
     # stall requests for milliseconds.

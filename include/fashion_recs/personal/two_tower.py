@@ -961,7 +961,9 @@ class TwoTowerModel:
                 {
                     "format_version": _FORMAT_VERSION,
                     "params": asdict(self.params),
-                    "history": asdict(self.history),
+                    # What training measured (its time, its rate) stays with the run report:
+                    # a refit on the same data saves the same bytes.
+                    "history": asdict(replace(self.history, seconds=0.0, examples_per_s=0.0)),
                     "content_dim": 0
                     if self._towers.content is None
                     else self._towers.content.in_features,
