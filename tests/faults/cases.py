@@ -311,6 +311,30 @@ def input_cases(big: int = 2 << 20) -> list[InputCase]:
             config={"quality": {"max_reject_rate": {"events": 0.05}}},
         )
     )
+    # One bad event each, with the verdict the stage must give it.
+    for name, changes, reasons, filtered in (
+        ("empty_user_id", {"user_id": ""}, {"missing_user_id": 1}, {}),
+        ("bad_timestamp", {"event_timestamp": "2026-13-45 25:61:00"}, {"bad_timestamp": 1}, {}),
+        (
+            "implausible_timestamp",
+            {"event_timestamp": "1900-01-01 00:00:00"},
+            {"implausible_timestamp": 1},
+            {},
+        ),
+        ("after_as_of", {"event_timestamp": "2026-11-05 10:00:00"}, {}, {"after_as_of": 1}),
+        ("no_product_id", {"product_id": "[]"}, {"no_product_id": 1}, {}),
+        ("unknown_product_id", {"product_id": f"['{'e' * 24}']"}, {"unknown_product_id": 1}, {}),
+    ):
+        cases.append(
+            InputCase(
+                f"events:{name}",
+                "events",
+                with_lines("events", {11: cell("events", 11, *next(iter(changes.items())))}),
+                N_EVENTS,
+                reasons=reasons,
+                filtered=filtered,
+            )
+        )
     cases.append(
         InputCase(
             "products:nul_in_title",
