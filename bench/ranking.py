@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -174,6 +175,8 @@ def main() -> None:
         line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
         results[name] = json.loads(line.removeprefix("RESULT "))
         results[name]["wall_seconds"] = round(time.perf_counter() - started, 1)
+        # Timings on a shared machine: what else ran shows in the load (1, 5, 15 min).
+        results[name]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         shown = ("served_by", "map_at_12_published", "best_baseline", "lift_vs_best_baseline")
         print(name, json.dumps({k: results[name][k] for k in (*shown, "ranker_seconds")}))
     head = results.get("planted_50k") or next(iter(results.values()))
