@@ -142,6 +142,7 @@ def run_one(name: str) -> dict[str, Any]:
         "best_baseline": gate["baseline"],
         "lift_vs_best_baseline": round(published / best, 4) if best else None,
         "ranker_seconds": seconds["ranker"],
+        "ranker_cpu_seconds": (ranker.get("timings") or {}).get("cpu"),
         "ranker_timings": ranker.get("timings"),
         "ranker_candidate_recall": ranker.get("holdout_candidate_recall"),
         "ranker_top_features": ranker.get("importance"),
@@ -161,6 +162,9 @@ def main() -> None:
         return
     names = args.only or list(RETAILERS)
     results: dict[str, Any] = {}
+    if args.only and RESULTS.exists():
+        # Rerunning some retailers keeps the others' last figures.
+        results = json.loads(RESULTS.read_text()).get("results", {})
     for name in names:
         started = time.perf_counter()
         proc = subprocess.run(
@@ -192,6 +196,7 @@ def main() -> None:
     }
     if "demo" in results:
         summary["ranker_seconds_demo"] = results["demo"]["ranker_seconds"]
+        summary["ranker_cpu_seconds_demo"] = results["demo"]["ranker_cpu_seconds"]
     if "demo" in results and "planted_50k" in results:
         summary["ranker_growth_users_2_5x"] = round(
             results["planted_50k"]["ranker_seconds"] / results["demo"]["ranker_seconds"], 2
@@ -204,7 +209,7 @@ def main() -> None:
             "benchmark": "ranking",
             "when": now(),
             "machine": machine(),
-            "parameters": {"retailers": {n: RETAILERS[n] for n in names}, "steps": list(STEPS)},
+            "parameters": {"retailers": {n: RETAILERS[n] for n in results}, "steps": list(STEPS)},
             "summary": summary,
             "results": results,
         },

@@ -7,6 +7,7 @@ groups finds most of each user's later items; popularity cannot.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -423,7 +424,10 @@ def test_save_and_load_round_trip_gives_the_same_lists(
     assert np.array_equal(loaded.item_vectors(), softmax_model.item_vectors())
     assert np.array_equal(loaded.user_vectors(users), softmax_model.user_vectors(users))
     pd.testing.assert_frame_equal(loaded.recommend(users, K), softmax_model.recommend(users, K))
-    assert loaded.history == softmax_model.history
+    # Measured timings stay out of the saved model, so a rerun saves identical files.
+    assert loaded.history == dataclasses.replace(
+        softmax_model.history, seconds=0.0, examples_per_s=0.0
+    )
 
 
 def test_top_k_by_dot_breaks_ties_by_item_row_and_honours_exclusions() -> None:

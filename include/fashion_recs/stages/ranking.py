@@ -107,6 +107,7 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
     end = cutoff + pd.Timedelta(days=params.window_days)
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    cpu_started = time.process_time()
     candidates_in = candidate_inputs(config, paths)
     interactions = inputs.interactions
 
@@ -163,6 +164,8 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
     importance = published_model.importances()
     write_artifact(paths, RANKER_IMPORTANCE, importance)
     timings["ranker"] = round(time.perf_counter() - started, 2)
+    # CPU seconds of this process: what the step costs, whatever else shares the machine.
+    timings["cpu"] = round(time.process_time() - cpu_started, 2)
     summary = save_metrics(paths, "ranker", metrics, {"ranker": timings["ranker"]})
     values = summary["values"]
     log.info(
