@@ -593,9 +593,11 @@ class GateConfig(_Strict):
             "blend",
         ]
     )
+    # source_own: the customer's own items newest day first (the ranker step's own source).
     baselines: list[str] = Field(
         default_factory=lambda: [
             "repurchase",
+            "source_own",
             "popularity",
             "segment_popularity",
             "item_knn",

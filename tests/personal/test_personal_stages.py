@@ -101,7 +101,13 @@ def test_models_beat_popularity_and_the_gate_bar_is_the_best_baseline(taste_run)
     )
     gate = pd.read_parquet(taste_run["ctx"].paths.path(PERSONAL_GATE))
     baselines = gate[gate["role"] == "baseline"]
-    assert set(baselines["model"]) == {"repurchase", "popularity", "segment_popularity", "item_knn"}
+    assert set(baselines["model"]) == {
+        "repurchase",
+        "source_own",
+        "popularity",
+        "segment_popularity",
+        "item_knn",
+    }
     best = baselines["value"].max()
     assert gate["baseline_value"].to_numpy() == pytest.approx(best)
     assert gate["baseline"].iloc[0] == baselines.loc[baselines["value"].idxmax(), "model"]

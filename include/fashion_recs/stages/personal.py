@@ -465,7 +465,7 @@ def blend_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths)
 
 
 # Baselines that show a user's own items, and what stands in for them when models may not.
-KNOWN_ITEM_BASELINES = {"repurchase", "popularity", "segment_popularity"}
+KNOWN_ITEM_BASELINES = {"repurchase", "source_own", "popularity", "segment_popularity"}
 
 
 def gate_baselines(config: RetailerConfig) -> list[str]:

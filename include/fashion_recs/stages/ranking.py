@@ -44,6 +44,7 @@ from fashion_recs.stages.personal import PersonalInputs, save_metrics
 log = logging.getLogger(__name__)
 
 FIXED_ORDER = "candidates_fixed_order"
+OWN_ITEMS = "source_own"
 
 
 def ranker_params(config: RetailerConfig) -> RankerParams:
@@ -159,6 +160,10 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
     write_artifact(paths, personal_lists("ranker"), _lists(full))
     fixed_full = fixed_order(everyone, rc.fixed_order, params.caps, k)
     write_artifact(paths, personal_lists(FIXED_ORDER), _lists(fixed_full, "fixed_order"))
+    own = source_lists(everyone, k).get("own")
+    if own is not None:
+        # The customer's own items, newest day first: a baseline the gate may have to serve.
+        write_artifact(paths, personal_lists(OWN_ITEMS), _lists(own, "own"))
     timings["publish"] = round(time.perf_counter() - mark, 2)
 
     importance = published_model.importances()
