@@ -114,6 +114,12 @@ def _read(
     return collect.read_optional(paths.path(artifact), columns, filters)
 
 
+def _is_share(metric: str) -> bool:
+    """Quality shares in [0, 1] belong on the similar-products chart; the learned block
+    weights and signal pair counts (weight_*, weights_*) stay in the metrics tables."""
+    return not metric.startswith("weight")
+
+
 def _models_section(paths: RunPaths, metrics: pd.DataFrame) -> dict[str, Any]:
     gate = _read(paths, PERSONAL_GATE)
     personal = metrics[metrics["family"] == "personal"]
@@ -162,7 +168,7 @@ def _models_section(paths: RunPaths, metrics: pd.DataFrame) -> dict[str, Any]:
         "fbt_metrics": metrics[metrics["family"] == "fbt"],
         "similar_chart": plots.grouped_metrics(
             similar,
-            sorted(similar["metric"].unique()),
+            sorted(m for m in similar["metric"].unique() if _is_share(m)),
             "Similar products: quality per model",
         )
         if not similar.empty
