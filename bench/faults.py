@@ -22,11 +22,9 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "include")]
 import pyarrow as pa  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from tests.faults.cases import check_case, input_cases, rows_unaccounted, run_case  # noqa: E402
+from tests.faults.servers import SilentServer, closed_port  # noqa: E402
 from tests.postgres_server import start_server  # noqa: E402
 from tests.test_service import P  # noqa: E402
 from tests.test_service import publish as publish_small  # noqa: E402
@@ -135,36 +134,6 @@ def kill_points(url: str, points: int) -> dict[str, Any]:
     engine.dispose()
     return {"publish_s": round(whole, 3), "points": points, "survived": survived,
             "details": details}  # fmt: skip
-
-
-class SilentServer:
-    """Accepts connections and never answers: a frozen database as its clients see it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                self.held.append(self.sock.accept()[0])
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.sock.close()
-        for c in self.held:
-            c.close()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def timed(fn: Any) -> tuple[float, Any]:

@@ -3,8 +3,6 @@ a JSON 503 for a database that is down or frozen, never a 500 and never a wait w
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from fashion_recs.publish import make_engine
 from fashion_recs.service import ServiceLimits, create_app
+from tests.faults.servers import SilentServer, closed_port
 from tests.test_service import P, publish
 
 MiB = 1 << 20
@@ -136,18 +135,12 @@ def test_limits_come_from_the_environment() -> None:
     assert ServiceLimits.from_env({}) == ServiceLimits()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_database_that_is_down_is_a_json_503(kind, tmp_path) -> None:
     if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'missing' / 'results.db'}"
     else:
-        url = f"postgresql://recs:pw@127.0.0.1:{_closed_port()}/recs"
+        url = f"postgresql://recs:pw@127.0.0.1:{closed_port()}/recs"
     with serve(make_engine(url), connect_timeout_s=1) as client:
         for path in ("/health", "/users/old/recommendations", f"/products/{P[0]}/fbt"):
             answer = client.get(path)
@@ -156,30 +149,6 @@ def test_a_database_that_is_down_is_a_json_503(kind, tmp_path) -> None:
             assert "not available" in body["detail"] and body["reason"]
             assert answer.headers["retry-after"] == "5" and "pw" not in answer.text
         assert client.post("/interactions", json=interaction()).status_code == 503
-
-
-class SilentServer:
-    """Accepts connections and never answers: a frozen database, as a client sees it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                self.held.append(self.sock.accept()[0])
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
 
 
 def test_a_frozen_database_is_a_503_within_seconds() -> None:
