@@ -288,3 +288,33 @@ def test_profile_vectors_come_from_an_encoders_embeddings_artifact(tmp_path) -> 
     write_artifact(paths, embeddings_artifact("fashion_clip"), embeddings)
     vectors = item_vectors(config, paths, "fashion_clip", products)
     np.testing.assert_array_equal(vectors, [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        Repurchase,
+        lambda: ItemKNN(5),
+        lambda: UserCF("cosine", 7),
+        lambda: UserCF("pearson", 7),
+    ],
+    ids=["repurchase", "item_knn", "user_cf_cosine", "user_cf_pearson"],
+)
+@pytest.mark.parametrize("exclude_known", [True, False])
+def test_sparse_ranking_gives_the_dense_blocks_lists(make, exclude_known: bool) -> None:
+    """Ranking from the sparse scores is a speed-up only: the same rows, items, scores and
+    order as ranking the dense score block, users in several blocks."""
+    rng = np.random.default_rng(7)
+    dense = rng.random((300, 80)) * (rng.random((300, 80)) < 0.1)
+    matrix = matrix_from(dense)
+    rows = np.arange(matrix.n_users)[::-1]
+    sparse_model = make()
+    sparse_model.block_rows = 64
+    dense_model = make()
+    dense_model.block_rows = 64
+    dense_model.sparse_scores = lambda rows: None
+    got = sparse_model.fit(matrix).recommend_rows(rows, 12, exclude_known)
+    want = dense_model.fit(matrix).recommend_rows(rows, 12, exclude_known)
+    assert len(want[0]) > 0
+    for ours, theirs in zip(got, want, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
