@@ -313,6 +313,7 @@ def test_sparse_ranking_gives_the_dense_blocks_lists(make, exclude_known: bool) 
     dense_model = make()
     dense_model.block_rows = 64
     dense_model.sparse_scores = lambda rows: None
+    dense_model.score_factors = lambda rows: None
     got = sparse_model.fit(matrix).recommend_rows(rows, 12, exclude_known)
     want = dense_model.fit(matrix).recommend_rows(rows, 12, exclude_known)
     assert len(want[0]) > 0

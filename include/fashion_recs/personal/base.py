@@ -85,6 +85,12 @@ class Recommender(ABC):
         """
         return None
 
+    def score_factors(self, rows: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix] | None:
+        """Sparse (A, B) whose product A @ B is `score_block`'s scores (its positive entries
+        the evidence), or None. Ranking then keeps the top entries inside the product
+        (sparse_dot_topn) and never materialises a row's full scores."""
+        return None
+
     def recommend(
         self, user_ids: Iterable[str], k: int, *, exclude_known: bool = True
     ) -> pd.DataFrame:
@@ -128,8 +134,13 @@ class Recommender(ABC):
         parts = []
         for lo in range(0, len(rows), step):
             which = np.arange(lo, min(lo + step, len(rows)))
-            sparse = self.sparse_scores(rows[which])
-            if sparse is not None:
+            factors = self.score_factors(rows[which])
+            sparse = None if factors is not None else self.sparse_scores(rows[which])
+            if factors is not None:
+                known = matrix.known(rows[which]) if exclude else None
+                position, cols, scores = top_k_product(*factors, kk, known)
+                parts.append((which[position], cols, scores))
+            elif sparse is not None:
                 known = matrix.known(rows[which]) if exclude else None
                 position, cols, scores = top_k_sparse(sparse, kk, known)
                 parts.append((which[position], cols, scores))
@@ -156,6 +167,27 @@ class Recommender(ABC):
                 )
         position, cols, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
         return position, cols, scores
+
+
+def top_k_product(
+    left: sp.csr_matrix, right: sp.csr_matrix, k: int, known: sp.csr_matrix | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`top_k_sparse` of `left @ right`, the product and the selection in sparse_dot_topn's
+    multi-threaded kernel: each row keeps its k best plus as many as it has known items (so k
+    are left once those are dropped), whatever the width of the catalogue."""
+    import os
+
+    from sparse_dot_topn import sp_matmul_topn
+
+    extra = int(np.diff(known.indptr).max()) if known is not None and known.nnz else 0
+    found = sp_matmul_topn(
+        sp.csr_matrix(left, dtype=np.float32),
+        sp.csr_matrix(right, dtype=np.float32),
+        top_n=min(k + extra, right.shape[1]),
+        threshold=0.0,
+        n_threads=os.cpu_count() or 1,
+    )
+    return top_k_sparse(found, k, known)
 
 
 def top_k_sparse(

@@ -39,8 +39,8 @@ class ItemKNN(Recommender):
         self.item_similarity = user_neighbours(item_vectors, self.n_neighbours, rows)
         self._profiles = l2_rows(values)
 
-    def sparse_scores(self, rows: np.ndarray) -> sp.csr_matrix:
-        return sp.csr_matrix(self._profiles[rows] @ self.item_similarity, dtype=np.float32)
+    def score_factors(self, rows: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        return self._profiles[rows], self.item_similarity
 
     def score_block(self, rows: np.ndarray):
         import torch

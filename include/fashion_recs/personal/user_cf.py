@@ -122,8 +122,8 @@ class UserCF(Recommender):
             self._similarity_vectors, self.n_neighbours, rows, transposed=self._transposed
         )
 
-    def sparse_scores(self, rows: np.ndarray) -> sp.csr_matrix:
-        return sp.csr_matrix(self.neighbours(rows) @ self._votes, dtype=np.float32)
+    def score_factors(self, rows: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        return self.neighbours(rows), self._votes
 
     def score_block(self, rows: np.ndarray):
         import torch
