@@ -319,3 +319,22 @@ def test_sparse_ranking_gives_the_dense_blocks_lists(make, exclude_known: bool) 
     assert len(want[0]) > 0
     for ours, theirs in zip(got, want, strict=True):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_narrow_sparse_item_vectors_profile_like_the_sparse_product(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Profiles over narrow sparse vectors are scored densely: the same lists as the sparse
+    product, scores equal to float rounding."""
+    from fashion_recs.personal import profiles
+
+    m = random_matrix(9, n_users=120, n_items=50)
+    rng = np.random.default_rng(1)
+    vectors = sp.csr_matrix(rng.random((m.n_items, 30)) * (rng.random((m.n_items, 30)) < 0.2))
+    dense = EmbeddingProfile(vectors).fit(m).recommend(m.users, k=6)
+    monkeypatch.setattr(profiles, "DENSE_MAX_DIM", 0)
+    sparse = EmbeddingProfile(vectors).fit(m).recommend(m.users, k=6)
+    pd.testing.assert_frame_equal(
+        dense.drop(columns="score"), sparse.drop(columns="score"), check_dtype=False
+    )
+    np.testing.assert_allclose(dense["score"], sparse["score"], rtol=1e-5)
