@@ -269,6 +269,7 @@ def _two_tower_params(config: RetailerConfig, loss: str, max_epochs: int | None 
         val_fraction=tt.val_fraction,
         val_k=config.personal.top_k,
         seed=config.seed,
+        num_threads=tt.num_threads,
     )
 
 
