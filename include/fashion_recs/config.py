@@ -461,6 +461,10 @@ class UserCfConfig(_Strict):
     n_neighbours: int = Field(default=200, ge=1)
     # log1p damps repeat visits before similarities are computed; raw uses decayed weights.
     weighting: Literal["raw", "log1p"] = "log1p"
+    # Through one item a user is compared with at most this many of its users (those who
+    # weigh it most), so the neighbour search grows with users, not users squared; null:
+    # exact. The demo caps only its 1 % most popular items.
+    max_item_users: int | None = Field(default=1000, ge=1)
 
 
 class ProfileConfig(_Strict):

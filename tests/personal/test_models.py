@@ -338,3 +338,30 @@ def test_narrow_sparse_item_vectors_profile_like_the_sparse_product(
         dense.drop(columns="score"), sparse.drop(columns="score"), check_dtype=False
     )
     np.testing.assert_allclose(dense["score"], sparse["score"], rtol=1e-5)
+
+
+def test_cap_rows_keeps_each_rows_largest_entries_ties_by_column() -> None:
+    from fashion_recs.personal.user_cf import cap_rows
+
+    matrix = sp.csr_matrix(
+        np.array([[0.5, 0.9, 0.0, 0.9, 0.1], [0.0, 0.2, 0.0, 0.0, 0.3]], dtype=np.float32)
+    )
+    kept, capped = cap_rows(matrix, 2)
+    assert capped == 1
+    np.testing.assert_array_equal(
+        kept.toarray(), np.array([[0, 0.9, 0, 0.9, 0], [0, 0.2, 0, 0, 0.3]], dtype=np.float32)
+    )
+    assert cap_rows(matrix, 4)[1] == 0
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "pearson"])
+def test_user_cf_item_cap_above_every_items_users_is_exact(similarity: str) -> None:
+    matrix = random_matrix(11, n_users=200, n_items=30)
+    rows = np.arange(matrix.n_users)
+    most = int(np.diff(matrix.values.tocsc().indptr).max())
+    exact = UserCF(similarity, 10).fit(matrix).recommend_rows(rows, 8)
+    capped = UserCF(similarity, 10, max_item_users=most).fit(matrix).recommend_rows(rows, 8)
+    for a, b in zip(exact, capped, strict=True):
+        np.testing.assert_array_equal(a, b)
+    smaller = UserCF(similarity, 10, max_item_users=most // 3).fit(matrix)
+    assert len(smaller.recommend_rows(rows, 8)[0]) > 0

@@ -204,7 +204,11 @@ def user_cf_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPath
 
     cfg = config.personal.user_cf
     factories: dict[str, Callable[[], Recommender]] = {
-        f"user_cf_{s}": (lambda s=s: UserCF(s, cfg.n_neighbours, cfg.weighting))
+        f"user_cf_{s}": (
+            lambda s=s: UserCF(
+                s, cfg.n_neighbours, cfg.weighting, max_item_users=cfg.max_item_users
+            )
+        )
         for s in cfg.similarities
     }
     return run_models(config, paths, "user_cf", inputs, factories)
