@@ -365,3 +365,20 @@ def test_user_cf_item_cap_above_every_items_users_is_exact(similarity: str) -> N
         np.testing.assert_array_equal(a, b)
     smaller = UserCF(similarity, 10, max_item_users=most // 3).fit(matrix)
     assert len(smaller.recommend_rows(rows, 8)[0]) > 0
+
+
+def test_item_knn_similar_items_lists_each_products_nearest_items_by_score() -> None:
+    """The vectorised lists equal a per-product loop over the similarity rows."""
+    matrix = random_matrix(12, n_users=150, n_items=40)
+    model = ItemKNN(6).fit(matrix)
+    asked = ["p3", "unknown", "p0", *[f"p{j}" for j in range(10, 40)]]
+    expected = []
+    for pid in asked:
+        if pid not in matrix.items:
+            continue
+        row = model.item_similarity.getrow(matrix.items.get_loc(pid))
+        order = np.lexsort((row.indices, -row.data))[:4]
+        for rank, j in enumerate(order, start=1):
+            expected.append((pid, rank, matrix.items[row.indices[j]], float(row.data[j])))
+    got = model.similar_items(asked, 4)
+    assert list(got.itertuples(index=False, name=None)) == expected
