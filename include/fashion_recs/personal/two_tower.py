@@ -509,16 +509,21 @@ def top_k_by_dot(
     items = torch.tensor(np.asarray(item_vectors, dtype=np.float32))
     n_users, n_items = len(user_vectors), len(items)
     kk = min(int(k), n_items)
+    if excluded is not None:
+        # Sorted by user once, so each block finds its pairs by bisection instead of a scan
+        # of every pair (which costs blocks x pairs, i.e. grows with users squared).
+        by_user = np.argsort(excluded[0], kind="stable")
+        excluded = (excluded[0][by_user], excluded[1][by_user])
     out_users, out_items, out_ranks, out_scores = [], [], [], []
     for start in range(0, n_users, block):
         stop = min(start + block, n_users)
         users = torch.tensor(np.asarray(user_vectors[start:stop], dtype=np.float32))
         scores = torch.nan_to_num(users @ items.T, nan=-math.inf)
         if excluded is not None:
-            in_block = (excluded[0] >= start) & (excluded[0] < stop)
+            lo, hi = np.searchsorted(excluded[0], [start, stop])
             scores[
-                torch.tensor(excluded[0][in_block] - start, dtype=torch.int64),
-                torch.tensor(excluded[1][in_block], dtype=torch.int64),
+                torch.tensor(excluded[0][lo:hi] - start, dtype=torch.int64),
+                torch.tensor(excluded[1][lo:hi], dtype=torch.int64),
             ] = -math.inf
         threshold = torch.topk(scores, kk, dim=1).values[:, -1:]
         above = scores > threshold
