@@ -1,6 +1,6 @@
-"""Benchmark: the seed's pandas loop vs the `events` stage on the same generated event log.
+"""Benchmark: the seed's pandas loop, a plain polars query and DuckDB vs the `events` stage.
 
-Both read the same synthetic `events_*.csv` files (10M rows by default), extract product ids
+All four read the same synthetic `events_*.csv` files (10M rows by default), extract product ids
 with the regex `[a-zA-Z0-9]{3,}`, explode multi-id cells, keep the events and buttons of
 interest and write the result. Each engine runs in its own child process so its peak RSS is its
 own (`ru_maxrss` of the child). Writes `bench/results/events.json`.
@@ -24,6 +24,7 @@ from machine import machine, now, write_report
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "events.json"
 PATTERN = r"[a-zA-Z0-9]{3,}"
+ENGINES = ("seed_loop", "polars_peer", "duckdb_peer", "ours")
 
 
 def seed_loop(files: list[Path], out: Path, events: list[str], buttons: list[str]) -> int:
@@ -44,6 +45,78 @@ def seed_loop(files: list[Path], out: Path, events: list[str], buttons: list[str
     all_df_filtered.to_parquet(out / "all_df_filtered.parquet")
     cleaned_product_ids.to_frame("product_id").to_parquet(out / "cleaned_product_ids.parquet")
     return len(all_df_filtered)
+
+
+def polars_peer(files: list[Path], out: Path, events: list[str], buttons: list[str]) -> int:
+    """The seed's logic as a plain polars lazy streaming query: the peer to beat."""
+    import polars as pl
+
+    frame = (
+        pl.scan_csv([str(f) for f in files], infer_schema=False)
+        .filter(pl.col("event_name").is_in(events) | pl.col("button_name").is_in(buttons))
+        .with_columns(
+            pl.col("product_id").str.extract_all(PATTERN).alias("product_id_cleaned"),
+            pl.col("related_product_ids").str.extract_all(PATTERN).alias("product_id_cleaned2"),
+        )
+        .explode("product_id_cleaned")
+        .explode("product_id_cleaned2")
+    )
+    target = out / "all_df_filtered.parquet"
+    frame.sink_parquet(target)
+    ids = pl.scan_parquet(target)
+    unique = (
+        pl.concat(
+            [
+                ids.select(pl.col("product_id_cleaned").alias("product_id")),
+                ids.select(pl.col("product_id_cleaned2").alias("product_id")),
+            ]
+        )
+        .drop_nulls()
+        .unique()
+    )
+    unique.sink_parquet(out / "cleaned_product_ids.parquet")
+    return pl.scan_parquet(target).select(pl.len()).collect().item()
+
+
+def duckdb_peer(files: list[Path], out: Path, events: list[str], buttons: list[str]) -> int:
+    """The same query in DuckDB: `regexp_extract_all` + `unnest`, `COPY` to Parquet."""
+    import duckdb
+
+    con = duckdb.connect()
+    listed = ", ".join(f"'{f}'" for f in files)
+    target = out / "all_df_filtered.parquet"
+    con.execute(
+        f"""
+        COPY (
+          WITH kept AS (
+            SELECT *,
+              regexp_extract_all(product_id, '{PATTERN}') AS a,
+              regexp_extract_all(related_product_ids, '{PATTERN}') AS b
+            FROM read_csv([{listed}], all_varchar = true, header = true)
+            WHERE event_name IN ({", ".join(f"'{e}'" for e in events)})
+               OR button_name IN ({", ".join(f"'{b}'" for b in buttons)})
+          ), one AS (
+            SELECT * EXCLUDE (a, b), b,
+              unnest(CASE WHEN coalesce(len(a), 0) = 0 THEN [NULL] ELSE a END) AS product_id_cleaned
+            FROM kept
+          )
+          SELECT * EXCLUDE (b),
+            unnest(CASE WHEN coalesce(len(b), 0) = 0 THEN [NULL] ELSE b END) AS product_id_cleaned2
+          FROM one
+        ) TO '{target}' (FORMAT parquet)
+        """
+    )
+    con.execute(
+        f"""
+        COPY (
+          SELECT DISTINCT product_id FROM (
+            SELECT product_id_cleaned AS product_id FROM '{target}'
+            UNION ALL SELECT product_id_cleaned2 FROM '{target}'
+          ) WHERE product_id IS NOT NULL
+        ) TO '{out / "cleaned_product_ids.parquet"}' (FORMAT parquet)
+        """
+    )
+    return con.execute(f"SELECT count(*) FROM '{target}'").fetchone()[0]
 
 
 def ours(files: list[Path], out: Path, data_dir: Path) -> int:
@@ -74,6 +147,10 @@ def child(engine: str, data_dir: Path, out: Path) -> None:
     started = time.perf_counter()
     if engine == "seed_loop":
         rows_out = seed_loop(files, out, cfg.events_of_interest, cfg.buttons_of_interest)
+    elif engine == "polars_peer":
+        rows_out = polars_peer(files, out, cfg.events_of_interest, cfg.buttons_of_interest)
+    elif engine == "duckdb_peer":
+        rows_out = duckdb_peer(files, out, cfg.events_of_interest, cfg.buttons_of_interest)
     else:
         rows_out = ours(files, out, data_dir)
     seconds = time.perf_counter() - started
@@ -110,7 +187,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--data", type=Path, default=Path("/tmp/fashion-recs-bench-events"))
     parser.add_argument("--out", type=Path, default=Path("/tmp/fashion-recs-bench-events-out"))
-    parser.add_argument("--child", choices=["seed_loop", "ours"])
+    parser.add_argument("--child", choices=ENGINES)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.data, args.out / args.child)
@@ -128,7 +205,7 @@ def main() -> None:
     print(f"{rows:,} rows, {size_mib:.0f} MiB in {len(files)} files", flush=True)
 
     results = {}
-    for engine in ("seed_loop", "ours"):
+    for engine in ENGINES:
         print(f"running {engine} ...", flush=True)
         figures = run_child(engine, args.data, args.out)
         figures["rows_per_s"] = rows / figures["seconds"]
@@ -136,6 +213,7 @@ def main() -> None:
         print(f"  {engine}: {figures['seconds']:.1f} s, {figures['rows_per_s']:,.0f} rows/s, "
               f"peak RSS {figures['peak_rss_mib']:,.0f} MiB", flush=True)  # fmt: skip
 
+    import duckdb
     import pandas as pd
     import polars as pl
     import pyarrow as pa
@@ -145,6 +223,12 @@ def main() -> None:
         "summary": {
             "rows": rows,
             "speedup_vs_seed_loop": round(speedup, 2),
+            "speedup_vs_polars_peer": round(
+                results["polars_peer"]["seconds"] / results["ours"]["seconds"], 2
+            ),
+            "speedup_vs_duckdb_peer": round(
+                results["duckdb_peer"]["seconds"] / results["ours"]["seconds"], 2
+            ),
             "peak_rss_mib": round(results["ours"]["peak_rss_mib"], 1),
             "seed_loop_peak_rss_mib": round(results["seed_loop"]["peak_rss_mib"], 1),
             "rows_per_s": round(results["ours"]["rows_per_s"]),
@@ -157,11 +241,17 @@ def main() -> None:
             "files": len(files),
             "chunk_size": 100_000,
             "pattern": PATTERN,
-            "note": "seed_loop explodes both product columns as the report does (a cross "
-            "product when both hold ids); ours writes one row per extracted id",
+            "note": "seed_loop and both peers explode both product columns as the report "
+            "does (a cross product when both hold ids); ours writes one row per extracted id "
+            "and also parses timestamps, keeps accounting, quarantines and counts",
         },
         "machine": machine(),
-        "versions": {"pandas": pd.__version__, "polars": pl.__version__, "pyarrow": pa.__version__},
+        "versions": {
+            "pandas": pd.__version__,
+            "polars": pl.__version__,
+            "pyarrow": pa.__version__,
+            "duckdb": duckdb.__version__,
+        },
         "measured_at": now(),
     }
     write_report(RESULTS, report)

@@ -288,3 +288,97 @@ def test_profile_vectors_come_from_an_encoders_embeddings_artifact(tmp_path) -> 
     write_artifact(paths, embeddings_artifact("fashion_clip"), embeddings)
     vectors = item_vectors(config, paths, "fashion_clip", products)
     np.testing.assert_array_equal(vectors, [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        Repurchase,
+        lambda: ItemKNN(5),
+        lambda: UserCF("cosine", 7),
+        lambda: UserCF("pearson", 7),
+    ],
+    ids=["repurchase", "item_knn", "user_cf_cosine", "user_cf_pearson"],
+)
+@pytest.mark.parametrize("exclude_known", [True, False])
+def test_sparse_ranking_gives_the_dense_blocks_lists(make, exclude_known: bool) -> None:
+    """Ranking from the sparse scores is a speed-up only: the same rows, items, scores and
+    order as ranking the dense score block, users in several blocks."""
+    rng = np.random.default_rng(7)
+    dense = rng.random((300, 80)) * (rng.random((300, 80)) < 0.1)
+    matrix = matrix_from(dense)
+    rows = np.arange(matrix.n_users)[::-1]
+    sparse_model = make()
+    sparse_model.block_rows = 64
+    dense_model = make()
+    dense_model.block_rows = 64
+    dense_model.sparse_scores = lambda rows: None
+    dense_model.score_factors = lambda rows: None
+    got = sparse_model.fit(matrix).recommend_rows(rows, 12, exclude_known)
+    want = dense_model.fit(matrix).recommend_rows(rows, 12, exclude_known)
+    assert len(want[0]) > 0
+    for ours, theirs in zip(got, want, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_narrow_sparse_item_vectors_profile_like_the_sparse_product(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Profiles over narrow sparse vectors are scored densely: the same lists as the sparse
+    product, scores equal to float rounding."""
+    from fashion_recs.personal import profiles
+
+    m = random_matrix(9, n_users=120, n_items=50)
+    rng = np.random.default_rng(1)
+    vectors = sp.csr_matrix(rng.random((m.n_items, 30)) * (rng.random((m.n_items, 30)) < 0.2))
+    dense = EmbeddingProfile(vectors).fit(m).recommend(m.users, k=6)
+    monkeypatch.setattr(profiles, "DENSE_MAX_DIM", 0)
+    sparse = EmbeddingProfile(vectors).fit(m).recommend(m.users, k=6)
+    pd.testing.assert_frame_equal(
+        dense.drop(columns="score"), sparse.drop(columns="score"), check_dtype=False
+    )
+    np.testing.assert_allclose(dense["score"], sparse["score"], rtol=1e-5)
+
+
+def test_cap_rows_keeps_each_rows_largest_entries_ties_by_column() -> None:
+    from fashion_recs.personal.user_cf import cap_rows
+
+    matrix = sp.csr_matrix(
+        np.array([[0.5, 0.9, 0.0, 0.9, 0.1], [0.0, 0.2, 0.0, 0.0, 0.3]], dtype=np.float32)
+    )
+    kept, capped = cap_rows(matrix, 2)
+    assert capped == 1
+    np.testing.assert_array_equal(
+        kept.toarray(), np.array([[0, 0.9, 0, 0.9, 0], [0, 0.2, 0, 0, 0.3]], dtype=np.float32)
+    )
+    assert cap_rows(matrix, 4)[1] == 0
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "pearson"])
+def test_user_cf_item_cap_above_every_items_users_is_exact(similarity: str) -> None:
+    matrix = random_matrix(11, n_users=200, n_items=30)
+    rows = np.arange(matrix.n_users)
+    most = int(np.diff(matrix.values.tocsc().indptr).max())
+    exact = UserCF(similarity, 10).fit(matrix).recommend_rows(rows, 8)
+    capped = UserCF(similarity, 10, max_item_users=most).fit(matrix).recommend_rows(rows, 8)
+    for a, b in zip(exact, capped, strict=True):
+        np.testing.assert_array_equal(a, b)
+    smaller = UserCF(similarity, 10, max_item_users=most // 3).fit(matrix)
+    assert len(smaller.recommend_rows(rows, 8)[0]) > 0
+
+
+def test_item_knn_similar_items_lists_each_products_nearest_items_by_score() -> None:
+    """The vectorised lists equal a per-product loop over the similarity rows."""
+    matrix = random_matrix(12, n_users=150, n_items=40)
+    model = ItemKNN(6).fit(matrix)
+    asked = ["p3", "unknown", "p0", *[f"p{j}" for j in range(10, 40)]]
+    expected = []
+    for pid in asked:
+        if pid not in matrix.items:
+            continue
+        row = model.item_similarity.getrow(matrix.items.get_loc(pid))
+        order = np.lexsort((row.indices, -row.data))[:4]
+        for rank, j in enumerate(order, start=1):
+            expected.append((pid, rank, matrix.items[row.indices[j]], float(row.data[j])))
+    got = model.similar_items(asked, 4)
+    assert list(got.itertuples(index=False, name=None)) == expected

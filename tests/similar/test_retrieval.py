@@ -105,3 +105,22 @@ def test_recall_is_one_for_identical_lists() -> None:
     x = clustered(100)
     e = exact_neighbors(x, 5)
     assert recall_at_k(e, e, 5) == pytest.approx(1.0)
+
+
+def test_narrow_sparse_vectors_searched_densely_give_the_sparse_products_lists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Searching few-column sparse vectors as dense ones is a speed-up only: the same
+    neighbours and (to float rounding) the same cosines as the sparse product."""
+    from sklearn.preprocessing import normalize
+
+    from fashion_recs.similar import retrieval
+
+    rng = np.random.default_rng(3)
+    values = rng.random((400, 60)) * (rng.random((400, 60)) < 0.15)
+    vectors = sp.csr_matrix(normalize(values).astype(np.float32))
+    dense = retrieval.exact_neighbors(vectors, 10, block_rows=64)
+    monkeypatch.setattr(retrieval, "DENSE_MAX_DIM", 0)
+    sparse = retrieval.exact_neighbors(vectors, 10, block_rows=64)
+    np.testing.assert_array_equal(dense.indices, sparse.indices)
+    np.testing.assert_allclose(dense.scores, sparse.scores, rtol=1e-5, atol=1e-6)

@@ -203,3 +203,21 @@ def test_annoy_audit_asks_only_the_sample() -> None:
     asked[rows] = True
     assert (nb.indices[asked] >= 0).all() and (nb.indices[~asked] == -1).all()
     assert recall_at_k(nb, exact_neighbors(x, 5, rows=rows), 5, rows) > 0.5
+
+
+def test_combined_text_is_the_row_wise_join_of_the_text_columns() -> None:
+    """The column-wise concatenation gives the seed's row-wise join, missing parts skipped."""
+    from fashion_recs.similar.text import TEXT_COLUMNS
+
+    frame = pd.DataFrame(
+        {
+            "title": ["Red  Dress", None, "Blue shirt"],
+            "target_audience": ["women", "men", None],
+            "color": [None, "black", "blue"],
+            "department": ["dresses", None, "tops"],
+            "original_description": ["A dress ", "", None],
+        }
+    )
+    parts = frame[TEXT_COLUMNS].astype("string").fillna("")
+    expected = parts.agg(" ".join, axis=1).str.replace(r"\s+", " ", regex=True).str.strip()
+    assert combined_text(frame).tolist() == expected.astype(str).tolist()

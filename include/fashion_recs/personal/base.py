@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from fashion_recs.personal.matrix import UserItemMatrix
 from fashion_recs.similar.retrieval import select_top_k
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 RECOMMENDATION_COLUMNS = ["user_id", "product_id", "rank", "score"]
 # A score block is at most this many float32 cells (256 MiB), whatever the catalogue size.
 MAX_BLOCK_CELLS = 64 * 2**20
+PROGRESS_EVERY_S = 10.0
 
 
 def empty_recommendations() -> pd.DataFrame:
@@ -73,6 +75,22 @@ class Recommender(ABC):
     def score_block(self, rows: np.ndarray):  # -> torch.Tensor (len(rows), n_items) float32
         """Scores of known users `rows` (matrix rows) for every item; -inf = no evidence."""
 
+    def sparse_scores(self, rows: np.ndarray) -> sp.csr_matrix | None:
+        """The same scores as `score_block` as a sparse matrix whose stored positive entries
+        are the only items with evidence, or None when the model has no sparse form.
+
+        Models whose evidence is sparse (neighbour votes, the user's own items) answer here:
+        ranking then costs the entries a user has, not the catalogue, so scoring every user
+        no longer grows with users x items. Same scores, same tie rule, same lists.
+        """
+        return None
+
+    def score_factors(self, rows: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix] | None:
+        """Sparse (A, B) whose product A @ B is `score_block`'s scores (its positive entries
+        the evidence), or None. Ranking then keeps the top entries inside the product
+        (sparse_dot_topn) and never materialises a row's full scores."""
+        return None
+
     def recommend(
         self, user_ids: Iterable[str], k: int, *, exclude_known: bool = True
     ) -> pd.DataFrame:
@@ -110,21 +128,35 @@ class Recommender(ABC):
         empty = np.zeros(0, dtype=np.int64)
         if kk == 0 or len(rows) == 0:
             return empty, empty, np.zeros(0, dtype=np.float32)
+        exclude = exclude_known and not self.ranks_known_items
         step = block_size(self.block_rows, matrix.n_items)
-        started, parts = time.perf_counter(), []
-        for n_done, lo in enumerate(range(0, len(rows), step), start=1):
+        started = last_report = time.perf_counter()
+        parts = []
+        for lo in range(0, len(rows), step):
             which = np.arange(lo, min(lo + step, len(rows)))
-            block = self.score_block(rows[which])
-            if exclude_known and not self.ranks_known_items:
-                known = matrix.known(rows[which]).tocoo()
-                block[torch.from_numpy(known.row), torch.from_numpy(known.col)] = -math.inf
-            cols, scores = select_top_k(block, kk)
-            keep = np.isfinite(scores)
-            position = np.repeat(which, kk).reshape(len(which), kk)
-            parts.append((position[keep], cols[keep], scores[keep]))
-            if n_done % 20 == 0:
+            factors = self.score_factors(rows[which])
+            sparse = None if factors is not None else self.sparse_scores(rows[which])
+            if factors is not None:
+                known = matrix.known(rows[which]) if exclude else None
+                position, cols, scores = top_k_product(*factors, kk, known)
+                parts.append((which[position], cols, scores))
+            elif sparse is not None:
+                known = matrix.known(rows[which]) if exclude else None
+                position, cols, scores = top_k_sparse(sparse, kk, known)
+                parts.append((which[position], cols, scores))
+            else:
+                block = self.score_block(rows[which])
+                if exclude:
+                    known = matrix.known(rows[which]).tocoo()
+                    block[torch.from_numpy(known.row), torch.from_numpy(known.col)] = -math.inf
+                cols, scores = select_top_k(block, kk)
+                keep = np.isfinite(scores)
+                position = np.repeat(which, kk).reshape(len(which), kk)
+                parts.append((position[keep], cols[keep], scores[keep]))
+            if time.perf_counter() - last_report > PROGRESS_EVERY_S:
+                last_report = time.perf_counter()
                 done = min(lo + step, len(rows))
-                rate = done / (time.perf_counter() - started)
+                rate = done / (last_report - started)
                 log.info(
                     "%s: %d/%d users ranked (%.0f users/s, ~%.0f s left)",
                     self.name,
@@ -135,3 +167,51 @@ class Recommender(ABC):
                 )
         position, cols, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
         return position, cols, scores
+
+
+def top_k_product(
+    left: sp.csr_matrix, right: sp.csr_matrix, k: int, known: sp.csr_matrix | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`top_k_sparse` of `left @ right`, the product and the selection in sparse_dot_topn's
+    multi-threaded kernel: each row keeps its k best plus as many as it has known items (so k
+    are left once those are dropped), whatever the width of the catalogue."""
+    import os
+
+    from sparse_dot_topn import sp_matmul_topn
+
+    extra = int(np.diff(known.indptr).max()) if known is not None and known.nnz else 0
+    found = sp_matmul_topn(
+        sp.csr_matrix(left, dtype=np.float32),
+        sp.csr_matrix(right, dtype=np.float32),
+        top_n=min(k + extra, right.shape[1]),
+        threshold=0.0,
+        n_threads=os.cpu_count() or 1,
+    )
+    return top_k_sparse(found, k, known)
+
+
+def top_k_sparse(
+    scores: sp.csr_matrix, k: int, known: sp.csr_matrix | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k best positive entries of each row, best first, ties by column: what
+    `select_top_k` returns from the dense block of the same scores (non-positive cells and
+    `known` cells being -inf there), as (row, column, score) arrays grouped by row."""
+    coo = sp.csr_matrix(scores, dtype=np.float32).tocoo()
+    row, col, value = coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data
+    keep = value > 0
+    if known is not None and known.nnz:
+        known = sp.csr_matrix(known)
+        # An entry is known when its (row, col) key is among the known matrix's keys.
+        width = np.int64(scores.shape[1])
+        known_coo = known.tocoo()
+        known_keys = np.sort(known_coo.row.astype(np.int64) * width + known_coo.col)
+        keys = row * width + col
+        found = np.searchsorted(known_keys, keys)
+        found = np.minimum(found, len(known_keys) - 1)
+        keep &= known_keys[found] != keys
+    row, col, value = row[keep], col[keep], value[keep]
+    order = np.lexsort((col, -value, row))
+    row, col, value = row[order], col[order], value[order]
+    rank = np.arange(len(row)) - np.searchsorted(row, row)
+    best = rank < k
+    return row[best], col[best], value[best]

@@ -39,6 +39,9 @@ class ItemKNN(Recommender):
         self.item_similarity = user_neighbours(item_vectors, self.n_neighbours, rows)
         self._profiles = l2_rows(values)
 
+    def score_factors(self, rows: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        return self._profiles[rows], self.item_similarity
+
     def score_block(self, rows: np.ndarray):
         import torch
 
@@ -50,12 +53,19 @@ class ItemKNN(Recommender):
     def similar_items(self, product_ids: list[str], k: int) -> pd.DataFrame:
         """`product_id, rank, similar_product_id, score`: the items co-touched with each."""
         codes = self.matrix.items.get_indexer(pd.Index(product_ids))
-        rows = []
-        for pid, code in zip(product_ids, codes, strict=True):
-            if code < 0:
-                continue
-            row = self.item_similarity.getrow(code)
-            order = np.lexsort((row.indices, -row.data))[:k]
-            for rank, j in enumerate(order, start=1):
-                rows.append((pid, rank, self.matrix.items[row.indices[j]], float(row.data[j])))
-        return pd.DataFrame(rows, columns=["product_id", "rank", "similar_product_id", "score"])
+        asked = np.flatnonzero(codes >= 0)
+        similarity = self.item_similarity[codes[asked]].tocoo()
+        # Best score first, ties by item order, k per product, products in the order asked.
+        order = np.lexsort((similarity.col, -similarity.data, similarity.row))
+        row, col = similarity.row[order], similarity.col[order]
+        score = similarity.data[order]
+        rank = np.arange(len(row)) - np.searchsorted(row, row)
+        keep = rank < k
+        return pd.DataFrame(
+            {
+                "product_id": np.asarray(product_ids, dtype=object)[asked[row[keep]]],
+                "rank": rank[keep] + 1,
+                "similar_product_id": self.matrix.items.to_numpy()[col[keep]],
+                "score": score[keep].astype(np.float64),
+            }
+        )

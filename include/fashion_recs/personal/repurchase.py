@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.sparse as sp
 
 from fashion_recs.personal.base import Recommender
 
@@ -20,6 +21,9 @@ class Repurchase(Recommender):
 
     name = "repurchase"
     ranks_known_items = True
+
+    def sparse_scores(self, rows: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix(self.matrix.values[rows], dtype=np.float32)
 
     def score_block(self, rows: np.ndarray):
         import torch

@@ -29,6 +29,7 @@ from fashion_recs.personal.matrix import WEIGHTINGS, UserItemMatrix, centred_row
 log = logging.getLogger(__name__)
 
 Similarity = Literal["cosine", "pearson"]
+PROGRESS_EVERY_S = 10.0
 
 
 def user_neighbours(
@@ -37,6 +38,7 @@ def user_neighbours(
     rows: np.ndarray,
     block_rows: int = 10_000,
     n_threads: int | None = None,
+    transposed: sp.csr_matrix | None = None,
 ) -> sp.csr_matrix:
     """Top-`n_neighbours` most similar other rows of each of `rows` (unit-length `vectors`).
 
@@ -45,7 +47,8 @@ def user_neighbours(
     selection run together in sparse_dot_topn's multi-threaded kernel, which never holds more
     than `n_neighbours + 1` results per row: with power-law item popularity a block of users
     is similar to almost half of all users, so densifying it (or scipy's two-pass product)
-    costs ten times more (bench/personal.py).
+    costs ten times more (bench/personal.py). `transposed` is `vectors.T` as float32 CSR,
+    for callers that ask block after block: transposing every time costs users x blocks.
     """
     from sparse_dot_topn import sp_matmul_topn
 
@@ -54,9 +57,10 @@ def user_neighbours(
     if kk == 0 or len(rows) == 0:
         return sp.csr_matrix((len(rows), n), dtype=np.float32)
     threads = n_threads or os.cpu_count() or 1
-    left = sp.csr_matrix(vectors, dtype=np.float32)
-    right = sp.csr_matrix(left.T)
-    started, blocks = time.perf_counter(), []
+    left = vectors if vectors.dtype == np.float32 else sp.csr_matrix(vectors, dtype=np.float32)
+    right = transposed if transposed is not None else sp.csr_matrix(left.T)
+    started = last_report = time.perf_counter()
+    blocks = []
     for lo in range(0, len(rows), block_rows):
         which = np.asarray(rows[lo : lo + block_rows])
         found = sp_matmul_topn(
@@ -73,7 +77,10 @@ def user_neighbours(
             sp.csr_matrix((v[keep], (r[keep], c[keep])), shape=(len(which), n), dtype=np.float32)
         )
         done = min(lo + block_rows, len(rows))
-        rate = done / max(time.perf_counter() - started, 1e-9)
+        if time.perf_counter() - last_report < PROGRESS_EVERY_S and done < len(rows):
+            continue
+        last_report = time.perf_counter()
+        rate = done / max(last_report - started, 1e-9)
         log.info(
             "neighbours: %d/%d rows (%.0f rows/s, ~%.0f s left)",
             done,
@@ -82,6 +89,30 @@ def user_neighbours(
             (len(rows) - done) / rate,
         )
     return sp.csr_matrix(sp.vstack(blocks, format="csr"))
+
+
+def cap_rows(matrix: sp.csr_matrix, limit: int) -> tuple[sp.csr_matrix, int]:
+    """Each row's `limit` largest entries (ties: lower column first), and how many rows
+    were cut.
+
+    Applied to the item x user side of the neighbour search: finding neighbours costs the
+    sum over a user's items of the users who touched each, and a popular item's users grow
+    with the user base, so the exact search grows with users squared. Through an item, a
+    user is compared with at most the `limit` users who weigh it most; below that (every
+    item of the demo retailer but its 1 % most popular) the search is exact.
+    """
+    matrix = sp.csr_matrix(matrix)
+    lengths = np.diff(matrix.indptr)
+    capped = int((lengths > limit).sum())
+    if capped == 0:
+        return matrix, 0
+    coo = matrix.tocoo()
+    order = np.lexsort((coo.col, -coo.data, coo.row))
+    row, col, value = coo.row[order], coo.col[order], coo.data[order]
+    keep = np.arange(len(row)) - matrix.indptr[row] < limit
+    kept = sp.csr_matrix((value[keep], (row[keep], col[keep])), shape=matrix.shape)
+    kept.sort_indices()
+    return kept, capped
 
 
 class UserCF(Recommender):
@@ -93,9 +124,11 @@ class UserCF(Recommender):
         n_neighbours: int = 200,
         weighting: str = "log1p",
         block_rows: int = 1024,
+        max_item_users: int | None = None,
     ) -> None:
         super().__init__(block_rows)
         self.weighting = WEIGHTINGS[weighting]
+        self.max_item_users = max_item_users
         if similarity not in ("cosine", "pearson"):
             raise ValueError(f"similarity must be cosine or pearson, got {similarity!r}")
         self.similarity = similarity
@@ -105,12 +138,29 @@ class UserCF(Recommender):
     def _fit(self, matrix: UserItemMatrix) -> None:
         values = self.weighting(matrix.values)
         base = centred_rows(values) if self.similarity == "pearson" else values
-        self._similarity_vectors = l2_rows(base)
+        self._similarity_vectors = sp.csr_matrix(l2_rows(base), dtype=np.float32)
+        self._transposed = sp.csr_matrix(self._similarity_vectors.T)
+        if self.max_item_users is not None:
+            self._transposed, capped = cap_rows(self._transposed, self.max_item_users)
+            if capped:
+                log.info(
+                    "%s: neighbours searched through at most %d users per item (%d of %d "
+                    "items capped)",
+                    self.name,
+                    self.max_item_users,
+                    capped,
+                    self._transposed.shape[0],
+                )
         # Neighbours vote with their unit-length weights, so a heavy user is not a louder one.
         self._votes = l2_rows(values)
 
     def neighbours(self, rows: np.ndarray) -> sp.csr_matrix:
-        return user_neighbours(self._similarity_vectors, self.n_neighbours, rows)
+        return user_neighbours(
+            self._similarity_vectors, self.n_neighbours, rows, transposed=self._transposed
+        )
+
+    def score_factors(self, rows: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        return self.neighbours(rows), self._votes
 
     def score_block(self, rows: np.ndarray):
         import torch

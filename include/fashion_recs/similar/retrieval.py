@@ -30,6 +30,9 @@ import scipy.sparse as sp
 log = logging.getLogger(__name__)
 
 METHODS = ("exact", "annoy", "faiss_ivf")
+# Sparse vectors with at most this many columns are searched as dense ones.
+DENSE_MAX_DIM = 1024
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass
@@ -74,6 +77,12 @@ def exact_neighbors(
     wanted = n if rows is None else len(rows)
     if kk == 0 or wanted == 0:
         return Neighbors(indices, scores, "exact", time.perf_counter() - started)
+    # Few columns (TF-IDF over short titles plus one-hots): a dense BLAS product beats the
+    # sparse one, whose output is dense anyway once attributes are shared (same scores).
+    if sp.issparse(vectors) and vectors.shape[1] <= DENSE_MAX_DIM:
+        vectors = vectors.toarray()
+        if queries is not None and sp.issparse(queries):
+            queries = queries.toarray()
     sparse = sp.issparse(vectors)
     if sparse:
         matrix = sp.csr_matrix(vectors, dtype=np.float32)
@@ -92,7 +101,18 @@ def exact_neighbors(
         )
         queries_rows = np.arange(n) if rows is None else np.asarray(rows)
         position = np.arange(len(queries_rows))
+    last_report = time.perf_counter()
     for lo in range(0, len(queries_rows), block_rows):
+        if time.perf_counter() - last_report > PROGRESS_EVERY_S:
+            last_report = time.perf_counter()
+            rate = lo / (last_report - started)
+            log.info(
+                "exact neighbours: %d/%d products (%.0f/s, ~%.0f s left)",
+                lo,
+                len(queries_rows),
+                rate,
+                (len(queries_rows) - lo) / rate,
+            )
         q = queries_rows[lo : lo + block_rows]
         take = position[lo : lo + block_rows]
         if sparse:

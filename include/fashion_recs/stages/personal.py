@@ -204,7 +204,11 @@ def user_cf_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPath
 
     cfg = config.personal.user_cf
     factories: dict[str, Callable[[], Recommender]] = {
-        f"user_cf_{s}": (lambda s=s: UserCF(s, cfg.n_neighbours, cfg.weighting))
+        f"user_cf_{s}": (
+            lambda s=s: UserCF(
+                s, cfg.n_neighbours, cfg.weighting, max_item_users=cfg.max_item_users
+            )
+        )
         for s in cfg.similarities
     }
     return run_models(config, paths, "user_cf", inputs, factories)
@@ -269,6 +273,7 @@ def _two_tower_params(config: RetailerConfig, loss: str, max_epochs: int | None 
         val_fraction=tt.val_fraction,
         val_k=config.personal.top_k,
         seed=config.seed,
+        num_threads=tt.num_threads,
     )
 
 

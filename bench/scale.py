@@ -1,0 +1,179 @@
+"""Benchmark: the whole pipeline on the synthetic retailer at 1x, 3x and 10x the demo.
+
+For each size (1x = 5,000 products, 20,000 users, 2M event rows) the retailer is generated
+once under `--data`, a config is written that points the demo's `config/retailer.yaml` at it,
+and `fashion-recs run` runs the whole pipeline (every DAG task, ranker included) in a child
+process. Per-task seconds come from the run's `tasks/*.json`, the wall time and peak RSS from
+the child (`wait4`'s `ru_maxrss`, the child's own high-water mark). Results merge into
+`bench/results/scale.json` by size, so sizes can be run one at a time; the `summary` compares
+the largest size run with 1x:
+
+    python bench/scale.py --sizes 1 3 [--data /tmp/fashion-recs-bench-scale] [--keep]
+    python bench/scale.py --sizes 10
+
+`--source DIR` runs another checkout's `include/` (the code before a change) on the same data.
+Generated data and run directories are deleted afterwards unless `--keep`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from machine import machine, now, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "scale.json"
+DEMO = {"products": 5_000, "users": 20_000, "events": 2_000_000}
+AS_OF = "2026-11-01"
+
+
+def generate(size: float, data: Path, source: Path) -> float:
+    """Write the retailer at `size` times the demo (skipped when already there)."""
+    if (data / "truth" / "summary.json").exists():
+        return 0.0
+    files = 4 if size >= 10 else 2
+    cmd = [sys.executable, "-m", "fashion_recs.synthetic", "--out", str(data)]
+    cmd += ["--products", str(round(DEMO["products"] * size))]
+    cmd += ["--users", str(round(DEMO["users"] * size))]
+    cmd += ["--events", str(round(DEMO["events"] * size)), "--event-files", str(files)]
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, env=_env(source), stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def write_config(data: Path, run_root: Path, path: Path) -> Path:
+    """The demo config with its sources, data root and truth pointed at `data`."""
+    config = yaml.safe_load((ROOT / "config" / "retailer.yaml").read_text())
+    config["data_root"] = str(run_root)
+    sources = config["sources"]
+    sources["product_data"]["uri"] = str(data / "product_data.csv")
+    sources["user_answers"]["uri"] = str(data / "user_answers.csv")
+    sources["events"] = [{"uri": str(p)} for p in sorted(data.glob("events_*.csv"))]
+    config["evaluation"]["truth_dir"] = str(data / "truth")
+    config["base_dir"] = str(ROOT)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _env(source: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(source / "include")}
+
+
+def run_pipeline(config: Path, db: Path, log_path: Path, source: Path) -> dict[str, Any]:
+    """`fashion-recs run` in a child process: wall seconds, peak RSS, exit status."""
+    cmd = [sys.executable, "-m", "fashion_recs.cli", "run", "--config", str(config)]
+    cmd += ["--logical-date", AS_OF, "--run-id", "scale", "--db", f"sqlite:///{db}"]
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=_env(source), stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "exit_status": os.waitstatus_to_exitcode(status),
+    }
+
+
+def task_seconds(run_dir: Path) -> dict[str, float]:
+    seconds = {}
+    for path in sorted((run_dir / "tasks").glob("*.json")):
+        record = json.loads(path.read_text())
+        seconds[record["task_id"]] = round(float(record.get("seconds") or 0.0), 2)
+    return seconds
+
+
+def personal_metrics(run_dir: Path) -> dict[str, float]:
+    """map@k of every personal model of the run (the speed-ups must not move them)."""
+    values: dict[str, float] = {}
+    for path in sorted((run_dir / "summaries").glob("*.json")):
+        summary = json.loads(path.read_text())
+        if isinstance(summary, dict) and isinstance(summary.get("values"), dict):
+            values |= {k: v for k, v in summary["values"].items() if "/map@" in k}
+    return values
+
+
+def summarise(sizes: dict[str, Any]) -> dict[str, Any]:
+    """1x against the largest size run (10x when present)."""
+    base = sizes.get("1x")
+    if base is None:
+        return {}
+    largest = max(sizes, key=lambda s: float(s.rstrip("x")))
+    top = sizes[largest]
+    growth = {
+        task: round(top["tasks"][task] / max(seconds, 0.01), 2)
+        for task, seconds in base["tasks"].items()
+        if task in top["tasks"] and seconds >= 1.0
+    }
+    worst = max(growth, key=growth.get) if growth else None
+    tag = largest if largest != "10x" else "10x"
+    return {
+        "largest_size": largest,
+        "seconds_1x": base["seconds"],
+        f"seconds_{tag}": top["seconds"],
+        f"growth_{tag}": round(top["seconds"] / base["seconds"], 2),
+        "worst_task": worst,
+        f"worst_task_growth_{tag}": growth.get(worst) if worst else None,
+        f"peak_rss_mib_{tag}": top["peak_rss_mib"],
+        "task_growth": dict(sorted(growth.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1, 3, 10])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/fashion-recs-bench-scale"))
+    parser.add_argument("--source", type=Path, default=ROOT, help="checkout whose code runs")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--keep", action="store_true", help="keep generated data and runs")
+    args = parser.parse_args()
+
+    report = json.loads(args.results.read_text()) if args.results.exists() else {}
+    sizes: dict[str, Any] = report.get("sizes", {})
+    for size in args.sizes:
+        tag = f"{size:g}x"
+        data = args.data / f"data_{tag}"
+        run_root = args.data / f"run_{tag}"
+        shutil.rmtree(run_root, ignore_errors=True)
+        run_root.mkdir(parents=True)
+        print(f"{tag}: generating ...", flush=True)
+        generate_seconds = generate(size, data, args.source)
+        config = write_config(data, run_root, run_root / "retailer.yaml")
+        print(f"{tag}: running the pipeline (log: {run_root / 'run.log'}) ...", flush=True)
+        figures = run_pipeline(config, run_root / "results.db", run_root / "run.log", args.source)
+        run_dir = run_root / "runs" / "demo" / "scale"
+        tasks = task_seconds(run_dir)
+        sizes[tag] = {
+            **figures,
+            "generate_seconds": round(generate_seconds, 1),
+            "products": round(DEMO["products"] * size),
+            "users": round(DEMO["users"] * size),
+            "events": round(DEMO["events"] * size),
+            "tasks": dict(sorted(tasks.items(), key=lambda kv: -kv[1])),
+            "personal_map": personal_metrics(run_dir),
+            "measured_at": now(),
+        }
+        print(f"{tag}: {figures}", flush=True)
+        if not args.keep:
+            shutil.rmtree(run_root, ignore_errors=True)
+            shutil.rmtree(data, ignore_errors=True)
+        report = {
+            "summary": summarise(sizes),
+            "sizes": dict(sorted(sizes.items(), key=lambda kv: float(kv[0].rstrip("x")))),
+            "parameters": {"demo": DEMO, "as_of": AS_OF, "config": "config/retailer.yaml"},
+            "machine": machine(),
+        }
+        write_report(args.results, report)
+
+
+if __name__ == "__main__":
+    main()
