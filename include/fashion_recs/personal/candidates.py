@@ -177,6 +177,9 @@ class CandidateInputs:
     n_recent: int = 6
     item_knn_neighbours: int = 200
     user_cf_neighbours: int = 200
+    # Each item compares at most this many of its users (its heaviest), so user-CF's neighbour
+    # search grows with users, not users squared (personal.user_cf.max_item_users).
+    user_cf_max_item_users: int | None = None
     weighting: str = "log1p"
     trend_days: int = 3
 
@@ -388,7 +391,12 @@ def user_cf(history: History, rows: np.ndarray, inputs: CandidateInputs, cap: in
     """What the user's cosine neighbours touched, own items left out."""
     from fashion_recs.personal.user_cf import UserCF
 
-    model = UserCF("cosine", inputs.user_cf_neighbours, inputs.weighting)
+    model = UserCF(
+        "cosine",
+        inputs.user_cf_neighbours,
+        inputs.weighting,
+        max_item_users=inputs.user_cf_max_item_users,
+    )
     return _from_recommender(model, history, rows, cap)
 
 

@@ -87,6 +87,7 @@ def candidate_inputs(config: RetailerConfig, paths: RunPaths) -> CandidateInputs
         trend_days=rc.trend_days,
         item_knn_neighbours=rc.neighbours,
         user_cf_neighbours=rc.neighbours,
+        user_cf_max_item_users=config.personal.user_cf.max_item_users,
         weighting=config.personal.user_cf.weighting,
     )
 
