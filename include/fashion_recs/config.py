@@ -642,10 +642,10 @@ class RankerConfig(_Strict):
     trend_days: int = Field(default=3, ge=1)
     # Neighbours of the item-kNN and user-CF sources (fewer than the models': they only
     # propose candidates, and are fitted once per window).
-    neighbours: int = Field(default=100, ge=1)
+    neighbours: int = Field(default=50, ge=1)
     train_windows: int = Field(default=2, ge=1, le=8)
     max_train_users: int = Field(default=50_000, ge=100)
-    n_estimators: int = Field(default=100, ge=10)
+    n_estimators: int = Field(default=80, ge=10)
     learning_rate: float = Field(default=0.05, gt=0, le=1)
     num_leaves: int = Field(default=31, ge=4)
     min_child_samples: int = Field(default=20, ge=1)
