@@ -53,7 +53,7 @@ class OwnItems:
 
     def contains(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
         """Whether each (user, item) is one of the users' own items."""
-        return _in_sorted(self.keys, user.astype(np.int64) * self.n_items + item)
+        return in_sorted(self.keys, user.astype(np.int64) * self.n_items + item)
 
     def position(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
         """Index of each (user, item) in the own-item arrays, -1 when not owned."""
@@ -69,7 +69,8 @@ class OwnItems:
         return np.argsort(key, kind="stable")
 
 
-def _in_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def in_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether each of `keys` is in `sorted_keys` (sorted, unique): one binary search each."""
     if len(sorted_keys) == 0:
         return np.zeros(len(keys), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
@@ -131,6 +132,13 @@ class History:
             keys=unique,
             n_items=n,
         )
+
+    def pair_keys(self, user_ids, product_ids) -> np.ndarray:
+        """The code key (user row * n_items + item column) of each (user id, product id);
+        -1 where the history does not know the user or the catalogue the product."""
+        users = self.matrix.user_rows(user_ids).astype(np.int64)
+        items = self.matrix.items.get_indexer(product_ids)
+        return np.where((users >= 0) & (items >= 0), users * self.n_items + items, -1)
 
     def popularity(self, days: float) -> np.ndarray:
         """Summed interaction weight per item over the last `days` before the cutoff."""

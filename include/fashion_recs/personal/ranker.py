@@ -25,6 +25,7 @@ from fashion_recs.personal.candidates import (
     History,
     generate_candidates,
     history_before,
+    in_sorted,
 )
 from fashion_recs.personal.features import build_features, feature_names
 
@@ -110,6 +111,13 @@ def serving_frame(
     else:
         rows = history.matrix.user_rows(pd.Index(user_ids))
         rows = rows[rows >= 0]
+    return frame_for(history, rows, inputs, params)
+
+
+def frame_for(
+    history: History, rows: np.ndarray, inputs: CandidateInputs, params: RankerParams
+) -> ServingFrame:
+    """Candidates and features of the users at matrix rows `rows` of `history`."""
     candidates = generate_candidates(history, rows, inputs, params.caps)
     if params.exclude_known:
         owned = history.own.contains(candidates["user"].to_numpy(), candidates["item"].to_numpy())
@@ -123,14 +131,10 @@ def with_labels(frame: ServingFrame, labels: pd.DataFrame, window: int) -> pd.Da
     user_id, product_id), keeping only users with at least one labelled candidate (a group
     without a positive teaches lambdarank nothing)."""
     history = frame.history
-    users = history.matrix.user_rows(labels["user_id"])
-    items = history.matrix.items.get_indexer(labels["product_id"])
-    ok = (users >= 0) & (items >= 0)
-    positive = np.unique(users[ok].astype(np.int64) * history.n_items + items[ok])
+    positive = np.unique(history.pair_keys(labels["user_id"], labels["product_id"]))
     features = frame.features
     key = features["user"].to_numpy() * history.n_items + features["item"].to_numpy()
-    pos = np.minimum(np.searchsorted(positive, key), max(len(positive) - 1, 0))
-    label = (positive[pos] == key) if len(positive) else np.zeros(len(key), dtype=bool)
+    label = in_sorted(positive, key)
     has_positive = np.zeros(history.n_users, dtype=bool)
     has_positive[features["user"].to_numpy()[label]] = True
     keep = has_positive[features["user"].to_numpy()]
@@ -150,13 +154,11 @@ def window_frame(
     """A training window: candidates and features from before `window.start` for (a sample
     of) the users who touched something inside it, labelled by what they touched."""
     labels = window_labels(interactions, window)
-    history_users = pd.Index(
-        interactions.loc[(interactions["event_ts"] < window.start).to_numpy(), "user_id"].unique()
-    )
-    warm = history_users.intersection(pd.Index(labels["user_id"].unique())).sort_values()
-    sample = _sample_rows(np.arange(len(warm)), params.max_train_users, params.seed + index)
-    frame = serving_frame(interactions, window.start, warm[sample], inputs, params)
-    labelled = with_labels(frame, labels, index)
+    history = history_before(interactions, inputs.items, window.start, inputs.half_life_days)
+    # Users with history before the window who touched something inside it.
+    warm = history.matrix.user_rows(pd.Index(labels["user_id"].unique()))
+    rows = _sample_rows(warm[warm >= 0], params.max_train_users, params.seed + index)
+    labelled = with_labels(frame_for(history, rows, inputs, params), labels, index)
     log.info(
         "ranker window %s..%s: %d users, %d candidate rows, %.1f%% positive",
         window.start.date(),
@@ -250,9 +252,7 @@ def proposed_by(frame: ServingFrame, lists: pd.DataFrame, priority: Sequence[str
     key, first = key[order], np.r_[True, key[order][1:] != key[order][:-1]]
     best_source = candidates["source"].to_numpy()[order][first]
     keys = key[first]
-    wanted = history.matrix.user_rows(lists["user_id"]).astype(np.int64) * n + (
-        history.matrix.items.get_indexer(lists["product_id"])
-    )
+    wanted = history.pair_keys(lists["user_id"], lists["product_id"])
     pos = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
     return (
         np.where(keys[pos] == wanted, best_source[pos], None)

@@ -491,15 +491,15 @@ def gate_stage(config: RetailerConfig, paths: RunPaths) -> dict:
     k = config.personal.top_k
     metrics = _read_metrics(paths)
     at_k = metrics[(metrics["metric"] == gate.metric) & (metrics["k"] == k)]
-    baselines = at_k[at_k["model"].isin(gate_baselines(config))]
+    names = gate_baselines(config)
+    baselines = at_k[at_k["model"].isin(names)]
     if baselines.empty:
         raise FashionRecsError(
             f"quality gate: no baseline {gate.metric}@{k} in this run's metrics (looked for "
-            f"{gate_baselines(config)}); the evaluate and personal_baselines steps must run "
-            "before the gate"
+            f"{names}); the evaluate and personal_baselines steps must run before the gate"
         )
     # Ties go to the baseline listed first in config (the simpler list).
-    order = {m: i for i, m in enumerate(gate_baselines(config))}
+    order = {m: i for i, m in enumerate(names)}
     best = baselines.assign(_order=baselines["model"].map(order)).sort_values(
         ["value", "_order"], ascending=[False, True]
     )

@@ -27,7 +27,7 @@ from fashion_recs.contract import (
     personal_lists,
     similar_products,
 )
-from fashion_recs.personal.candidates import CandidateInputs
+from fashion_recs.personal.candidates import CandidateInputs, in_sorted
 from fashion_recs.personal.evaluation import score_lists
 from fashion_recs.personal.ranker import (
     CandidateRanker,
@@ -206,14 +206,9 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
 def _candidate_recall(frame, truth: pd.DataFrame) -> float:
     """Share of the hold-out's (user, item) pairs that some source proposed."""
     history = frame.history
-    users = history.matrix.user_rows(truth["user_id"])
-    items = history.matrix.items.get_indexer(truth["product_id"])
     n = history.n_items
     proposed = np.unique(
         frame.candidates["user"].to_numpy() * n + frame.candidates["item"].to_numpy()
     )
-    keys = users.astype(np.int64) * n + items
-    ok = (users >= 0) & (items >= 0)
-    hit = np.zeros(len(keys), dtype=bool)
-    hit[ok] = np.isin(keys[ok], proposed)
-    return float(hit.mean()) if len(hit) else 0.0
+    keys = history.pair_keys(truth["user_id"], truth["product_id"])
+    return float(in_sorted(proposed, keys).mean()) if len(keys) else 0.0
