@@ -223,7 +223,6 @@ def learned_weights(products: pd.DataFrame, rows: np.ndarray) -> dict:
     the variant groups, scored like the recipes (type and colour precision on every 10th
     product)."""
     from fashion_recs.config import LearnWeightsConfig, TextModelConfig
-    from fashion_recs.similar.retrieval import exact_neighbors
     from fashion_recs.similar.text import fit_text_model
     from fashion_recs.similar.weights import TEXT_BLOCK, Blocks, learn_weights, variant_pairs
 
@@ -232,7 +231,6 @@ def learned_weights(products: pd.DataFrame, rows: np.ndarray) -> dict:
     blocks = Blocks(model.text_block(products), model.attribute_codes(products))
     configured = {TEXT_BLOCK: model.text_weight, **model.column_weights}
     variants = variant_pairs(products["group_key"].to_numpy(dtype=object))
-    kinds, colours = products["kind"].to_numpy(), products["color"].to_numpy()
     out = {}
     for name, signals in {
         "learned_clicks_and_variants": {
@@ -247,12 +245,8 @@ def learned_weights(products: pd.DataFrame, rows: np.ndarray) -> dict:
         chosen = model.with_weights(
             weights[TEXT_BLOCK], {c: w for c, w in weights.items() if c != TEXT_BLOCK}
         )
-        found = exact_neighbors(chosen.transform(products), K, rows=rows).indices[rows]
         out[name] = {
-            "type_precision_at_10": round(float((kinds[found] == kinds[rows, None]).mean()), 4),
-            "colour_precision_at_10": round(
-                float((colours[found] == colours[rows, None]).mean()), 4
-            ),
+            **type_and_colour_precision(products, chosen.transform(products), rows),
             "seconds": round(time.perf_counter() - started, 2),
             **choice.summary(),
         }
@@ -260,10 +254,21 @@ def learned_weights(products: pd.DataFrame, rows: np.ndarray) -> dict:
     return out
 
 
+def type_and_colour_precision(products, vectors, rows: np.ndarray) -> dict:
+    """Share of the top 10 of each query row that shares its planted type and its colour."""
+    from fashion_recs.similar.retrieval import exact_neighbors
+
+    found = exact_neighbors(vectors, K, rows=rows).indices[rows]
+    kinds, colours = products["kind"].to_numpy(), products["color"].to_numpy()
+    return {
+        "type_precision_at_10": round(float((kinds[found] == kinds[rows, None]).mean()), 4),
+        "colour_precision_at_10": round(float((colours[found] == colours[rows, None]).mean()), 4),
+    }
+
+
 def list_quality(n: int = 20_000) -> dict:
     """Type and colour precision@10 of the default text model and of the seed's recipe."""
     from fashion_recs.config import TextModelConfig
-    from fashion_recs.similar.retrieval import exact_neighbors
     from fashion_recs.similar.text import fit_text_model
 
     products = planted_catalogue(n)
@@ -279,16 +284,11 @@ def list_quality(n: int = 20_000) -> dict:
         "defaults_2_word_terms": {"product_type": defaults.product_type, "ngram_max": 2},
     }
     out = {}
-    kinds, colours = products["kind"].to_numpy(), products["color"].to_numpy()
     for name, options in recipes.items():
         started = time.perf_counter()
         model = fit_text_model(products, **options)
-        found = exact_neighbors(model.transform(products), K, rows=rows).indices[rows]
         out[name] = {
-            "type_precision_at_10": round(float((kinds[found] == kinds[rows, None]).mean()), 4),
-            "colour_precision_at_10": round(
-                float((colours[found] == colours[rows, None]).mean()), 4
-            ),
+            **type_and_colour_precision(products, model.transform(products), rows),
             "seconds": round(time.perf_counter() - started, 2),
         }
         print(f"  {name}: {out[name]}", flush=True)
