@@ -644,9 +644,13 @@ class RankerConfig(_Strict):
     # propose candidates, and are fitted once per window).
     neighbours: int = Field(default=50, ge=1)
     train_windows: int = Field(default=2, ge=1, le=8)
-    max_train_users: int = Field(default=50_000, ge=100)
-    n_estimators: int = Field(default=80, ge=10)
-    learning_rate: float = Field(default=0.05, gt=0, le=1)
+    # Users per training window (a seeded sample): the fit costs the same at any user count.
+    max_train_users: int = Field(default=25_000, ge=100)
+    # Users whose candidates and features are in memory at once (about 90 candidates x 45
+    # features each); memory stays flat whatever the user count.
+    chunk_users: int = Field(default=20_000, ge=100)
+    n_estimators: int = Field(default=50, ge=10)
+    learning_rate: float = Field(default=0.1, gt=0, le=1)
     num_leaves: int = Field(default=31, ge=4)
     min_child_samples: int = Field(default=20, ge=1)
     # LightGBM threads; one keeps a fit fast on a shared machine and its model reproducible.

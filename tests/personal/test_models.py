@@ -321,6 +321,27 @@ def test_sparse_ranking_gives_the_dense_blocks_lists(make, exclude_known: bool) 
         np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.parametrize(
+    "make", [lambda: ItemKNN(5), lambda: UserCF("cosine", 7)], ids=["item_knn", "user_cf"]
+)
+def test_blocks_of_similar_known_counts_keep_the_asked_order(make) -> None:
+    """Known items excluded, users are blocked by how many items they know (a heavy user no
+    longer widens a block of light ones); the lists are those of one user per block, and come
+    back grouped in the order the rows were asked."""
+    rng = np.random.default_rng(11)
+    dense = rng.random((200, 60)) * (rng.random((200, 60)) < rng.random((200, 1)) * 0.5)
+    matrix = matrix_from(dense)
+    rows = rng.permutation(matrix.n_users)
+    blocked, single = make(), make()
+    blocked.block_rows, single.block_rows = 32, 1
+    got = blocked.fit(matrix).recommend_rows(rows, 10, True)
+    want = single.fit(matrix).recommend_rows(rows, 10, True)
+    assert len(want[0]) > 0
+    assert (np.diff(got[0]) >= 0).all()
+    for ours, theirs in zip(got, want, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 def test_narrow_sparse_item_vectors_profile_like_the_sparse_product(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

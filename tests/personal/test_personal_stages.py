@@ -24,6 +24,7 @@ from fashion_recs.contract import (
     RANKER_IMPORTANCE,
     USER_RECOMMENDATIONS,
     USER_ROUTES,
+    personal_eval,
     personal_lists,
 )
 from fashion_recs.personal.routing import process_user
@@ -267,3 +268,28 @@ def test_process_user_routes_like_the_seed(taste_run) -> None:
     assert routed.strategy == "popular_age_group_region"
     routed = process_user("someone-new", age_group="unknown", **common)
     assert routed.strategy == "popular_overall"
+
+
+def test_ranker_lists_do_not_depend_on_how_users_are_chunked(taste_run) -> None:
+    """Users are served a chunk at a time to bound memory; the whole-history parts (fitted
+    neighbour models, popularity, per-user aggregates) are shared by the chunks, so chunks
+    of 250 users give exactly the lists, scores and metrics of the default single chunk."""
+    from fashion_recs.stages import personal, ranking
+
+    ctx = taste_run["ctx"]
+    config = ctx.config
+    names = [personal_lists(n) for n in ("ranker", "candidates_fixed_order", "source_own")]
+    names.append(personal_eval("ranker"))
+    before = {name: pd.read_parquet(ctx.paths.path(name)) for name in names}
+    ranker = config.personal.ranker.model_copy(update={"chunk_users": 250})
+    chunked = config.model_copy(
+        update={"personal": config.personal.model_copy(update={"ranker": ranker})}
+    )
+    inputs = personal.load_inputs(
+        chunked, ctx.paths, Path(taste_run["inter"]["interactions"]), ctx.as_of
+    )
+    summary = ranking.ranker_stage(chunked, inputs, ctx.paths)
+    for name in names:
+        pd.testing.assert_frame_equal(pd.read_parquet(ctx.paths.path(name)), before[name])
+    assert summary["values"] == taste_run["steps"]["ranker"]["values"]
+    assert summary["holdout_rows"] == taste_run["steps"]["ranker"]["holdout_rows"]

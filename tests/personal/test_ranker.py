@@ -183,6 +183,21 @@ def test_window_labels_are_exactly_what_was_touched_inside_the_window(log, input
     assert frame.groupby("user")["label"].max().eq(1).all()
 
 
+def test_a_window_trains_on_at_most_max_train_users_a_seeded_sample(log, inputs) -> None:
+    """The fit costs the same whatever the user count: each window samples its users."""
+    window = label_windows(START + 28 * DAY, 7, 1)[0]
+    everyone = window_frame(log, window, 0, inputs, RankerParams(caps=CAPS, window_days=7))
+    params = RankerParams(caps=CAPS, window_days=7, max_train_users=8, chunk_users=3)
+    sampled = window_frame(log, window, 0, inputs, params)
+    assert everyone["user"].nunique() > 8
+    assert 0 < sampled["user"].nunique() <= 8
+    assert set(sampled["user"]) <= set(everyone["user"])
+    pd.testing.assert_frame_equal(sampled, window_frame(log, window, 0, inputs, params))
+    # Chunks of three users give the sampled users' rows of the single-chunk frame.
+    whole = everyone[everyone["user"].isin(set(sampled["user"]))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(sampled, whole)
+
+
 def test_label_windows_are_back_to_back_calendar_days() -> None:
     end = pd.Timestamp("2026-11-01", tz="UTC")
     windows = label_windows(end, 7, 3)

@@ -130,10 +130,16 @@ class Recommender(ABC):
             return empty, empty, np.zeros(0, dtype=np.float32)
         exclude = exclude_known and not self.ranks_known_items
         step = block_size(self.block_rows, matrix.n_items)
+        # Blocks of users with similar counts of known items: a sparse product keeps each
+        # row's k best plus the block's largest known count, so one heavy user in a block of
+        # light ones would make every row of it carry hundreds of entries to drop.
+        order = np.arange(len(rows))
+        if exclude:
+            order = np.argsort(np.diff(matrix.values.indptr)[np.maximum(rows, 0)], kind="stable")
         started = last_report = time.perf_counter()
         parts = []
         for lo in range(0, len(rows), step):
-            which = np.arange(lo, min(lo + step, len(rows)))
+            which = order[lo : lo + step]
             factors = self.score_factors(rows[which])
             sparse = None if factors is not None else self.sparse_scores(rows[which])
             if factors is not None:
@@ -166,6 +172,10 @@ class Recommender(ABC):
                     (len(rows) - done) / rate,
                 )
         position, cols, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
+        if exclude:
+            # Back to the order of `rows`, each row's items still best first.
+            back = np.argsort(position, kind="stable")
+            position, cols, scores = position[back], cols[back], scores[back]
         return position, cols, scores
 
 

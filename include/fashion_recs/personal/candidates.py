@@ -18,8 +18,8 @@ source_score`; a source proposes at most `cap` items per user.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -83,6 +83,10 @@ class History:
 
     `user` is a row of `matrix.users`, `item` a column of `matrix.items` (events on products
     off the catalogue are left out, as in the matrix), `days` the age of the event in days.
+
+    Whatever is derived from the whole history (fitted neighbour models, popularity, per-user
+    and per-item aggregates) is computed once and kept (`memo`): the users of a history are
+    served in chunks to bound memory, and each chunk must cost its own users, not the history.
     """
 
     cutoff: pd.Timestamp
@@ -92,6 +96,13 @@ class History:
     days: np.ndarray
     weight: np.ndarray
     half_life_days: float
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def memo(self, key: Hashable, make: Callable[[], object]):
+        """`make()`, computed the first time `key` is asked for this history only."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     @property
     def n_users(self) -> int:
@@ -142,8 +153,12 @@ class History:
 
     def popularity(self, days: float) -> np.ndarray:
         """Summed interaction weight per item over the last `days` before the cutoff."""
-        recent = self.days <= days
-        return np.bincount(self.item[recent], self.weight[recent], minlength=self.n_items)
+
+        def make() -> np.ndarray:
+            recent = self.days <= days
+            return np.bincount(self.item[recent], self.weight[recent], minlength=self.n_items)
+
+        return self.memo(("popularity", float(days)), make)
 
 
 def history_before(
@@ -342,15 +357,9 @@ def lookalikes(
     )
 
 
-def basket_complements(
-    history: History, rows: np.ndarray, inputs: CandidateInputs, cap: int
-) -> pd.DataFrame:
-    """Items touched on the same day as the user's newest own items, by the confidence of
-    day-basket co-occurrence in the history."""
-    from sparse_dot_topn import sp_matmul_topn
-
-    if len(history.user) == 0:
-        return _frame([], [], [], [])
+def _day_baskets(history: History) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """The history's (user, day) baskets as a 0/1 basket x item matrix `b`, and `left`, its
+    transpose scaled by each item's basket count: `left[i] @ b` is the confidence i -> j."""
     day = np.floor(history.days).astype(np.int64)
     basket = np.unique(history.user * (int(day.max()) + 1) + day, return_inverse=True)[1]
     b = sp.csr_matrix(
@@ -362,6 +371,19 @@ def basket_complements(
     counts = np.asarray(b.sum(axis=0)).ravel()
     scale = np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0)
     left = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ sp.csr_matrix(b.T))
+    return left, b
+
+
+def basket_complements(
+    history: History, rows: np.ndarray, inputs: CandidateInputs, cap: int
+) -> pd.DataFrame:
+    """Items touched on the same day as the user's newest own items, by the confidence of
+    day-basket co-occurrence in the history."""
+    from sparse_dot_topn import sp_matmul_topn
+
+    if len(history.user) == 0:
+        return _frame([], [], [], [])
+    left, b = history.memo("day_baskets", lambda: _day_baskets(history))
     _, item, _ = _recent_own(history, rows, inputs.n_recent)
     wanted = np.unique(item)
     if len(wanted) == 0:
@@ -381,8 +403,8 @@ def basket_complements(
     )
 
 
-def _from_recommender(model, history: History, rows: np.ndarray, cap: int) -> pd.DataFrame:
-    position, cols, scores = model.fit(history.matrix).recommend_rows(rows, cap, True)
+def _from_recommender(model, rows: np.ndarray, cap: int) -> pd.DataFrame:
+    position, cols, scores = model.recommend_rows(rows, cap, True)
     rank = position_in_run(position)
     return _frame(rows[position], cols, rank, scores)
 
@@ -391,21 +413,27 @@ def item_knn(history: History, rows: np.ndarray, inputs: CandidateInputs, cap: i
     """Items co-touched with the user's items (item-item cosine), own items left out."""
     from fashion_recs.personal.item_knn import ItemKNN
 
-    model = ItemKNN(inputs.item_knn_neighbours, inputs.weighting)
-    return _from_recommender(model, history, rows, cap)
+    def fit() -> ItemKNN:
+        return ItemKNN(inputs.item_knn_neighbours, inputs.weighting).fit(history.matrix)
+
+    key = ("item_knn", inputs.item_knn_neighbours, inputs.weighting)
+    return _from_recommender(history.memo(key, fit), rows, cap)
 
 
 def user_cf(history: History, rows: np.ndarray, inputs: CandidateInputs, cap: int) -> pd.DataFrame:
     """What the user's cosine neighbours touched, own items left out."""
     from fashion_recs.personal.user_cf import UserCF
 
-    model = UserCF(
-        "cosine",
-        inputs.user_cf_neighbours,
-        inputs.weighting,
-        max_item_users=inputs.user_cf_max_item_users,
-    )
-    return _from_recommender(model, history, rows, cap)
+    def fit() -> UserCF:
+        return UserCF(
+            "cosine",
+            inputs.user_cf_neighbours,
+            inputs.weighting,
+            max_item_users=inputs.user_cf_max_item_users,
+        ).fit(history.matrix)
+
+    key = ("user_cf", inputs.user_cf_neighbours, inputs.weighting, inputs.user_cf_max_item_users)
+    return _from_recommender(history.memo(key, fit), rows, cap)
 
 
 def _same_for_everyone(rows: np.ndarray, scores: np.ndarray, cap: int) -> pd.DataFrame:
@@ -441,14 +469,18 @@ def segment_popularity(
 ) -> pd.DataFrame:
     """Popularity in the user's segment (age group x region, then coarser), from the history:
     the run's segment-popularity baseline, computed on codes."""
-    # Every user of the history shapes the segments' popularity, not only the users asked for.
-    segments = inputs.segments.set_index("user_id")[SEGMENT_COLUMNS]
-    frame = segments.reindex(history.matrix.users).reset_index(drop=True)
-    frame.insert(0, "user_id", np.arange(history.n_users))
-    train = pd.DataFrame(
-        {"user_id": history.user, "product_id": history.item, "weight": history.weight}
-    )
-    lists = segment_popularity_predictions(train, frame, SEGMENT_COLUMNS, cap)
+
+    def every_users_lists() -> pd.DataFrame:
+        # Every user of the history shapes the segments' popularity, not only those asked for.
+        segments = inputs.segments.set_index("user_id")[SEGMENT_COLUMNS]
+        frame = segments.reindex(history.matrix.users).reset_index(drop=True)
+        frame.insert(0, "user_id", np.arange(history.n_users))
+        train = pd.DataFrame(
+            {"user_id": history.user, "product_id": history.item, "weight": history.weight}
+        )
+        return segment_popularity_predictions(train, frame, SEGMENT_COLUMNS, cap)
+
+    lists = history.memo(("segment_popularity", cap), every_users_lists)
     lists = lists[_targets(history, rows)[lists["user_id"].to_numpy()]]
     return _frame(lists["user_id"], lists["product_id"], lists["rank"], lists["score"])
 

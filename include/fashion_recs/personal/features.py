@@ -78,6 +78,12 @@ def _group_stats(keys: np.ndarray, days: np.ndarray, weights: np.ndarray):
 
 
 def _item_features(history: History, item: np.ndarray) -> dict[str, np.ndarray]:
+    per_item = history.memo("item_features", lambda: _per_item(history))
+    return {name: values[item] for name, values in per_item.items()}
+
+
+def _per_item(history: History) -> dict[str, np.ndarray]:
+    """Each item feature for every item of the catalogue."""
     n = history.n_items
     pop = {d: history.popularity(d) for d in (1.0, 7.0, 14.0, 28.0)}
     first = np.full(n, np.nan)
@@ -94,13 +100,13 @@ def _item_features(history: History, item: np.ndarray) -> dict[str, np.ndarray]:
     users_7d = np.bincount(pairs % n, minlength=n).astype(np.float64)
     previous_week = pop[14.0] - pop[7.0]
     return {
-        "item_pop_1d": pop[1.0][item],
-        "item_pop_7d": pop[7.0][item],
-        "item_pop_28d": pop[28.0][item],
-        "item_trend": ((pop[7.0] + 1.0) / (previous_week + 1.0))[item],
-        "item_age_days": first[item],
-        "item_days_since_last": last[item],
-        "item_users_7d": users_7d[item],
+        "item_pop_1d": pop[1.0],
+        "item_pop_7d": pop[7.0],
+        "item_pop_28d": pop[28.0],
+        "item_trend": (pop[7.0] + 1.0) / (previous_week + 1.0),
+        "item_age_days": first,
+        "item_days_since_last": last,
+        "item_users_7d": users_7d,
     }
 
 
@@ -118,8 +124,12 @@ def _user_item_features(
         return out
 
     n_groups = int(inputs.group.max()) + 1 if len(inputs.group) else 1
-    own_group_key = own.user * n_groups + inputs.group[own.item]
-    keys, n_items, since, events = _group_stats(own_group_key, own.days_since_last, own.n_events)
+
+    def own_groups():
+        own_group_key = own.user * n_groups + inputs.group[own.item]
+        return _group_stats(own_group_key, own.days_since_last, own.n_events)
+
+    keys, n_items, since, events = history.memo(("own_groups", id(inputs)), own_groups)
     pair_group_key = user * n_groups + inputs.group[item]
     return {
         "ui_events": owned(own.n_events, 0.0),
@@ -136,6 +146,25 @@ def _user_item_features(
 def _user_features(
     history: History, inputs: CandidateInputs, user: np.ndarray, item: np.ndarray
 ) -> dict[str, np.ndarray]:
+    per_user = history.memo(("user_features", id(inputs)), lambda: _per_user(history, inputs))
+    n_depts = int(inputs.department.max()) + 2 if len(inputs.department) else 2
+    keys, dept_events = per_user["dept_keys"], per_user["dept_events"]
+    events = per_user["u_events"]
+    pair_dept = user * n_depts + (inputs.department[item] + 1)
+    return {
+        "u_events": events[user],
+        "u_items": per_user["u_items"][user],
+        "u_days_since_last": per_user["u_days_since_last"][user],
+        "u_active_days": per_user["u_active_days"][user],
+        "u_age_group": per_user["u_age_group"][user],
+        "price_ratio": inputs.price[item] / per_user["usual_price"][user],
+        "dept_share": _lookup(keys, dept_events, pair_dept, 0.0) / np.maximum(events[user], 1.0),
+    }
+
+
+def _per_user(history: History, inputs: CandidateInputs) -> dict[str, np.ndarray]:
+    """Each user feature for every user of the history, and the (user, department) event
+    counts the department share reads."""
     n_users = history.n_users
     events = np.bincount(history.user, minlength=n_users).astype(np.float64)
     items = np.bincount(history.own.user, minlength=n_users).astype(np.float64)
@@ -164,15 +193,15 @@ def _user_features(
     n_depts = int(inputs.department.max()) + 2 if len(inputs.department) else 2
     dept_key = history.user * n_depts + (inputs.department[history.item] + 1)
     keys, dept_events, _, _ = _group_stats(dept_key, history.days, history.weight)
-    pair_dept = user * n_depts + (inputs.department[item] + 1)
     return {
-        "u_events": events[user],
-        "u_items": items[user],
-        "u_days_since_last": since[user],
-        "u_active_days": active_days[user],
-        "u_age_group": age_code[user],
-        "price_ratio": inputs.price[item] / usual_price[user],
-        "dept_share": _lookup(keys, dept_events, pair_dept, 0.0) / np.maximum(events[user], 1.0),
+        "u_events": events,
+        "u_items": items,
+        "u_days_since_last": since,
+        "u_active_days": active_days,
+        "u_age_group": age_code,
+        "usual_price": usual_price,
+        "dept_keys": keys,
+        "dept_events": dept_events,
     }
 
 

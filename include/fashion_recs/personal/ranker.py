@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,7 @@ from fashion_recs.personal.features import build_features, feature_names
 log = logging.getLogger(__name__)
 
 DAY = pd.Timedelta(days=1)
+PROGRESS_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,10 @@ class RankerParams:
     objective: str = "rank_xendcg"
     window_days: int = 7
     train_windows: int = 2
-    max_train_users: int = 50_000
+    max_train_users: int = 25_000
+    # Users whose candidates and features are held in memory at once: a frame is ~90
+    # candidates x ~45 features per user, so memory stays flat whatever the user count.
+    chunk_users: int = 20_000
     n_estimators: int = 150
     learning_rate: float = 0.05
     num_leaves: int = 31
@@ -126,12 +130,46 @@ def frame_for(
     return ServingFrame(history, candidates, features)
 
 
+def chunked_frames(
+    history: History, rows: np.ndarray, inputs: CandidateInputs, params: RankerParams, what: str
+) -> Iterator[ServingFrame]:
+    """`frame_for` the users at `rows`, `params.chunk_users` at a time (rows sorted), with
+    progress in the log: what every chunk is used for is kept, its frame is not."""
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    step = max(1, params.chunk_users)
+    started = last = time.perf_counter()
+    for lo in range(0, len(rows), step):
+        yield frame_for(history, rows[lo : lo + step], inputs, params)
+        done = min(lo + step, len(rows))
+        if done < len(rows) and time.perf_counter() - last >= PROGRESS_EVERY_S:
+            last = time.perf_counter()
+            rate = done / (last - started)
+            log.info(
+                "ranker %s: %d/%d users (%.0f users/s, ~%.0f s left)",
+                what,
+                done,
+                len(rows),
+                rate,
+                (len(rows) - done) / rate,
+            )
+
+
+def positive_keys(history: History, labels: pd.DataFrame) -> np.ndarray:
+    """Sorted code keys of the (user_id, product_id) pairs of `labels` the history knows."""
+    keys = np.unique(history.pair_keys(labels["user_id"], labels["product_id"]))
+    return keys[keys >= 0]
+
+
 def with_labels(frame: ServingFrame, labels: pd.DataFrame, window: int) -> pd.DataFrame:
     """The frame's features with `label` (1 when the user touched the item in `labels`:
     user_id, product_id), keeping only users with at least one labelled candidate (a group
     without a positive teaches lambdarank nothing)."""
+    return labelled(frame, positive_keys(frame.history, labels), window)
+
+
+def labelled(frame: ServingFrame, positive: np.ndarray, window: int) -> pd.DataFrame:
+    """`with_labels` from the sorted code keys of the positive pairs."""
     history = frame.history
-    positive = np.unique(history.pair_keys(labels["user_id"], labels["product_id"]))
     features = frame.features
     key = features["user"].to_numpy() * history.n_items + features["item"].to_numpy()
     label = in_sorted(positive, key)
@@ -155,19 +193,29 @@ def window_frame(
     of) the users who touched something inside it, labelled by what they touched."""
     labels = window_labels(interactions, window)
     history = history_before(interactions, inputs.items, window.start, inputs.half_life_days)
-    # Users with history before the window who touched something inside it.
-    warm = history.matrix.user_rows(pd.Index(labels["user_id"].unique()))
-    rows = _sample_rows(warm[warm >= 0], params.max_train_users, params.seed + index)
-    labelled = with_labels(frame_for(history, rows, inputs, params), labels, index)
+    positive = positive_keys(history, labels)
+    # A sample of the users with history before the window who touched something inside it.
+    rows = sample_rows(np.unique(positive // history.n_items), params, index)
+    parts = [
+        labelled(frame, positive, index)
+        for frame in chunked_frames(history, rows, inputs, params, f"window {index}")
+    ]
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     log.info(
         "ranker window %s..%s: %d users, %d candidate rows, %.1f%% positive",
         window.start.date(),
         window.end.date(),
-        labelled["user"].nunique(),
-        len(labelled),
-        100 * float(labelled["label"].mean()) if len(labelled) else 0.0,
+        out["user"].nunique() if len(out) else 0,
+        len(out),
+        100 * float(out["label"].mean()) if len(out) else 0.0,
     )
-    return labelled
+    return out
+
+
+def sample_rows(rows: np.ndarray, params: RankerParams, window: int) -> np.ndarray:
+    """The training users of a window: at most `params.max_train_users` of `rows`, a
+    seeded sample of its own per window, so the fit costs the same whatever the user count."""
+    return _sample_rows(rows, params.max_train_users, params.seed + window)
 
 
 class CandidateRanker:
@@ -300,10 +348,16 @@ def fixed_order(
     return lists
 
 
-def source_lists(frame: ServingFrame, k: int) -> dict[str, pd.DataFrame]:
-    """Each source's own top-k, to score every single source beside the ranker."""
+def source_lists(
+    frame: ServingFrame, k: int, only: Sequence[str] | None = None
+) -> dict[str, pd.DataFrame]:
+    """Each source's own top-k (of the sources in `only`, when given), to score every single
+    source beside the ranker."""
     out = {}
-    for source, rows in frame.candidates.groupby("source", sort=True):
+    candidates = frame.candidates
+    if only is not None:
+        candidates = candidates[candidates["source"].isin(list(only))]
+    for source, rows in candidates.groupby("source", sort=True):
         rows = rows[rows["source_rank"] <= k]
         out[str(source)] = lists_from_codes(
             frame.history,

@@ -7,12 +7,19 @@ windows, the scored model learns from windows ending at c (labels in [c - w, c))
 published model from windows ending at the run's last day, whose newest window is the hold-out
 itself: its candidates and features are exactly the scored ones, labelled with the hold-out's
 truth, so the run builds W + 2 histories, not 2W + 2.
+
+Cost stays linear in users and memory flat: each training window (and the hold-out's, for the
+published model) trains on a seeded sample of at most `personal.ranker.max_train_users` users,
+and users are served `personal.ranker.chunk_users` at a time, the whole-history parts (fitted
+neighbour models, popularity, per-user aggregates) computed once per history and shared by the
+chunks; only each chunk's top-k lists are kept.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -27,17 +34,20 @@ from fashion_recs.contract import (
     personal_lists,
     similar_products,
 )
-from fashion_recs.personal.candidates import CandidateInputs, in_sorted
+from fashion_recs.personal.candidates import CandidateInputs, History, history_before, in_sorted
 from fashion_recs.personal.evaluation import score_lists
 from fashion_recs.personal.ranker import (
     CandidateRanker,
     RankerParams,
+    ServingFrame,
+    chunked_frames,
     fixed_order,
     label_windows,
-    serving_frame,
+    labelled,
+    positive_keys,
+    sample_rows,
     source_lists,
     window_frame,
-    with_labels,
 )
 from fashion_recs.stages.personal import PersonalInputs, save_metrics
 
@@ -54,6 +64,7 @@ def ranker_params(config: RetailerConfig) -> RankerParams:
         window_days=config.evaluation.holdout_days,
         train_windows=rc.train_windows,
         max_train_users=rc.max_train_users,
+        chunk_users=rc.chunk_users,
         n_estimators=rc.n_estimators,
         learning_rate=rc.learning_rate,
         num_leaves=rc.num_leaves,
@@ -111,7 +122,9 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
     started = time.perf_counter()
     cpu_started = time.process_time()
     candidates_in = candidate_inputs(config, paths)
-    interactions = inputs.interactions
+    # Ids as categories: every window maps them to codes again, and a categorical column
+    # maps through its few categories instead of hashing every row's string.
+    interactions = inputs.interactions.astype({"user_id": "category", "product_id": "category"})
 
     # Scored model: windows before the hold-out.
     windows = label_windows(cutoff, params.window_days, params.train_windows)
@@ -134,37 +147,30 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
     scored_model = CandidateRanker(params).fit(training)
     timings["fit"] = round(time.perf_counter() - mark, 2)
     mark = time.perf_counter()
-    holdout = serving_frame(interactions, cutoff, split.users, candidates_in, params)
-    eval_lists = scored_model.rank(holdout, k)
+    half_life = candidates_in.half_life_days
+    history = history_before(interactions, candidates_in.items, cutoff, half_life)
+    truth = positive_keys(history, split.truth)
+    scored = _score_holdout(history, split, truth, candidates_in, params, scored_model, rc)
+    holdout_rows = scored.rows
     timings["holdout"] = round(time.perf_counter() - mark, 2)
-
-    compared = {
-        "ranker": _lists(eval_lists),
-        FIXED_ORDER: _lists(fixed_order(holdout, rc.fixed_order, params.caps, k), "fixed_order"),
-    }
-    for name, lists in compared.items():
-        write_artifact(paths, personal_eval(name), lists)
     n = inputs.catalogue_size
-    metrics = [
-        score_lists(lists, split, k=k, catalogue_size=n, model=m) for m, lists in compared.items()
-    ]
-    for source, lists in source_lists(holdout, k).items():
-        metrics.append(score_lists(lists, split, k=k, catalogue_size=n, model=f"source_{source}"))
-    recall = _candidate_recall(holdout, split.truth)
+    metrics = []
+    for name, lists in scored.lists.items():
+        if name in ("ranker", FIXED_ORDER):
+            write_artifact(paths, personal_eval(name), lists)
+        metrics.append(score_lists(lists, split, k=k, catalogue_size=n, model=name))
+    keys = history.pair_keys(split.truth["user_id"], split.truth["product_id"])
+    recall = scored.proposed / len(keys) if len(keys) else 0.0
 
     # Published model: the newest windows, the hold-out's own window first.
     mark = time.perf_counter()
-    newest = [with_labels(holdout, split.truth, 0), *frames[: params.train_windows - 1]]
+    newest = [scored.training, *frames[: params.train_windows - 1]]
     published_model = CandidateRanker(params).fit(pd.concat(newest, ignore_index=True))
-    everyone = serving_frame(interactions, end, None, candidates_in, params)
-    full = published_model.rank(everyone, k)
-    write_artifact(paths, personal_lists("ranker"), _lists(full))
-    fixed_full = fixed_order(everyone, rc.fixed_order, params.caps, k)
-    write_artifact(paths, personal_lists(FIXED_ORDER), _lists(fixed_full, "fixed_order"))
-    own = source_lists(everyone, k).get("own")
-    if own is not None:
-        # The customer's own items, newest day first: a baseline the gate may have to serve.
-        write_artifact(paths, personal_lists(OWN_ITEMS), _lists(own, "own"))
+    del scored, history
+    everyone = history_before(interactions, candidates_in.items, end, half_life)
+    published = _publish(everyone, candidates_in, params, published_model, rc)
+    for name, lists in published.lists.items():
+        write_artifact(paths, personal_lists(name), lists)
     timings["publish"] = round(time.perf_counter() - mark, 2)
 
     importance = published_model.importances()
@@ -192,9 +198,9 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
             for w, f in zip(windows, frames, strict=True)
         ],
         "holdout_candidate_recall": round(recall, 4),
-        "holdout_rows": len(holdout.features),
-        "published_rows": len(everyone.features),
-        "published_users": int(full["user_id"].nunique()),
+        "holdout_rows": holdout_rows,
+        "published_rows": published.rows,
+        "published_users": int(published.lists["ranker"]["user_id"].nunique()),
         "importance": {
             r.feature: round(float(r.gain_share), 4) for r in importance.head(15).itertuples()
         },
@@ -203,12 +209,87 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
     }
 
 
-def _candidate_recall(frame, truth: pd.DataFrame) -> float:
-    """Share of the hold-out's (user, item) pairs that some source proposed."""
-    history = frame.history
-    n = history.n_items
+@dataclass
+class ChunkedLists:
+    """What serving users chunk by chunk keeps: each list's rows, the count of candidate
+    rows, the candidates' hits among the truth and (hold-out only) the labelled training rows
+    of a sample of its users."""
+
+    lists: dict[str, pd.DataFrame]
+    rows: int = 0
+    proposed: int = 0
+    training: pd.DataFrame | None = None
+
+
+def _score_holdout(
+    history: History,
+    split,
+    truth: np.ndarray,
+    inputs: CandidateInputs,
+    params: RankerParams,
+    model: CandidateRanker,
+    rc,
+) -> ChunkedLists:
+    """The hold-out users' lists from the scored model, the fixed-order merge and every single
+    source; how many hold-out pairs the candidates hold; and the hold-out window labelled, for
+    a sample of its users, to train the published model on."""
+    k = params.k
+    rows = history.matrix.user_rows(pd.Index(split.users))
+    rows = rows[rows >= 0]
+    train_users = np.zeros(history.n_users, dtype=bool)
+    train_users[sample_rows(np.unique(truth // history.n_items), params, 0)] = True
+    parts: dict[str, list[pd.DataFrame]] = {}
+    training, count, proposed = [], 0, 0
+    for frame in chunked_frames(history, rows, inputs, params, "hold-out"):
+        found = {
+            "ranker": _lists(model.rank(frame, k)),
+            FIXED_ORDER: _lists(fixed_order(frame, rc.fixed_order, params.caps, k), "fixed_order"),
+        }
+        for source, lists in source_lists(frame, k).items():
+            found[f"source_{source}"] = _lists(lists, source)
+        for name, lists in found.items():
+            parts.setdefault(name, []).append(lists)
+        count += len(frame.features)
+        proposed += _proposed_hits(frame, truth)
+        rows_labelled = labelled(frame, truth, 0)
+        training.append(rows_labelled[train_users[rows_labelled["user"].to_numpy()]])
+    return ChunkedLists(
+        {name: pd.concat(p, ignore_index=True) for name, p in parts.items()},
+        count,
+        proposed,
+        pd.concat(training, ignore_index=True) if training else pd.DataFrame(),
+    )
+
+
+def _publish(
+    history: History,
+    inputs: CandidateInputs,
+    params: RankerParams,
+    model: CandidateRanker,
+    rc,
+) -> ChunkedLists:
+    """Every user's lists at the run's last day: the published ranker's, the fixed-order
+    merge's and the user's own items (a baseline the gate may have to serve)."""
+    k = params.k
+    parts: dict[str, list[pd.DataFrame]] = {"ranker": [], FIXED_ORDER: []}
+    count = 0
+    rows = np.arange(history.n_users)
+    for frame in chunked_frames(history, rows, inputs, params, "published lists"):
+        parts["ranker"].append(_lists(model.rank(frame, k)))
+        fixed = fixed_order(frame, rc.fixed_order, params.caps, k)
+        parts[FIXED_ORDER].append(_lists(fixed, "fixed_order"))
+        own = source_lists(frame, k, only=["own"]).get("own")
+        if own is not None:
+            # The customer's own items, newest day first.
+            parts.setdefault(OWN_ITEMS, []).append(_lists(own, "own"))
+        count += len(frame.features)
+    return ChunkedLists({name: pd.concat(p, ignore_index=True) for name, p in parts.items()}, count)
+
+
+def _proposed_hits(frame: ServingFrame, truth: np.ndarray) -> int:
+    """How many of the truth's (user, item) code keys the frame's candidates hold."""
+    n = frame.history.n_items
     proposed = np.unique(
         frame.candidates["user"].to_numpy() * n + frame.candidates["item"].to_numpy()
     )
-    keys = history.pair_keys(truth["user_id"], truth["product_id"])
-    return float(in_sorted(proposed, keys).mean()) if len(keys) else 0.0
+    return int(in_sorted(proposed, truth).sum())
