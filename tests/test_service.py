@@ -140,6 +140,22 @@ def test_logged_interaction_routes_a_new_user_by_the_product(client) -> None:
     body = client.get("/users/fresh/recommendations", params={"k": 4}).json()
     assert body["route"] == "new_with_events"
     products = [i["product_id"] for i in body["items"]]
+    # Known items allowed (the default): the shopper's own product first, as route_users does,
+    # then the product's candidates in their order, topped up from popularity.
+    assert products[:3] == [P[0], P[3], P[4]] and len(products) == 4
+    assert [i["source"] for i in body["items"][:2]] == ["own_items", "item_based_item_knn"]
+
+
+def test_a_service_without_known_items_keeps_a_new_users_products_out(engine) -> None:
+    publish(engine, "run-1")
+    with TestClient(create_app(engine, own_items_first=False)) as client:
+        client.post(
+            "/interactions",
+            json={"user_id": "fresher", "product_id": P[0], "event_name": "purchase",
+                  "event_ts": "2026-11-02T10:00:00Z"},
+        )  # fmt: skip
+        body = client.get("/users/fresher/recommendations", params={"k": 4}).json()
+    products = [i["product_id"] for i in body["items"]]
     assert products[:2] == [P[3], P[4]]  # the product's candidates, in their order
     assert P[0] not in products and len(products) == 4  # topped up from popularity
     assert body["items"][0]["source"] == "item_based_item_knn"

@@ -627,6 +627,9 @@ class RankerConfig(_Strict):
             "siblings": 10,
             "item_knn": 12,
             "user_cf": 12,
+            # Off (0): towers trained on each window's last days added nothing measurable on
+            # the planted retailer for their cost (bench/ranking.py); a cap turns it on.
+            "two_tower": 0,
             "basket": 8,
             "lookalike": 4,
             "segment_popularity": 12,
@@ -640,6 +643,10 @@ class RankerConfig(_Strict):
     )
     n_recent: int = Field(default=6, ge=1)
     trend_days: int = Field(default=3, ge=1)
+    # The two-tower source's towers (personal.two_tower's settings) train on this many days
+    # before each window, for this many epochs.
+    two_tower_days: int = Field(default=14, ge=1)
+    two_tower_epochs: int = Field(default=2, ge=1)
     # Neighbours of the item-kNN and user-CF sources (fewer than the models': they only
     # propose candidates, and are fitted once per window).
     neighbours: int = Field(default=50, ge=1)
@@ -649,8 +656,8 @@ class RankerConfig(_Strict):
     # Users whose candidates and features are in memory at once (about 90 candidates x 45
     # features each); memory stays flat whatever the user count.
     chunk_users: int = Field(default=20_000, ge=100)
-    n_estimators: int = Field(default=50, ge=10)
-    learning_rate: float = Field(default=0.1, gt=0, le=1)
+    n_estimators: int = Field(default=80, ge=10)
+    learning_rate: float = Field(default=0.05, gt=0, le=1)
     num_leaves: int = Field(default=31, ge=4)
     min_child_samples: int = Field(default=20, ge=1)
     # LightGBM threads; one keeps a fit fast on a shared machine and its model reproducible.

@@ -63,7 +63,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fashion_recs.errors import FashionRecsError
 from fashion_recs.interaction_log import TABLE as LOG_TABLE
 from fashion_recs.interaction_log import checked_text, ensure_table, log_user_interaction
-from fashion_recs.personal.routing import new_user_lists, segment_level_keys
+from fashion_recs.personal.routing import (
+    new_user_lists,
+    own_item_lists,
+    segment_level_keys,
+    top_up,
+)
 from fashion_recs.publish import CURRENT_RUN_VIEW
 
 log = logging.getLogger(__name__)
@@ -86,6 +91,7 @@ MAX_ID = 200
 MAX_CART = 100
 API_KEY_HEADER = "X-API-Key"
 API_KEY_ENV = "FASHION_RECS_API_KEY"
+OWN_ITEMS_FIRST_ENV = "FASHION_RECS_SERVICE_OWN_ITEMS_FIRST"
 
 
 @dataclass(frozen=True)
@@ -773,12 +779,16 @@ def create_app(
     unknown_label: str = "unknown",
     pool_size: int = POOL_SIZE,
     limits: ServiceLimits | None = None,
+    own_items_first: bool = True,
 ) -> FastAPI:
     """The app over one results database (an engine from `publish.make_engine`).
 
     Database access is opened by the app's lifespan, once per worker process (or per
     `with TestClient(app)`), in the event loop that will use it. `limits` bounds what a
-    request may send and how long it waits (`ServiceLimits`).
+    request may send and how long it waits (`ServiceLimits`). `own_items_first` answers a
+    shopper the run has not seen but whose events were logged since with those products
+    first, most recent first, as `route_users` does when known items are allowed
+    (`personal.exclude_known: false`, the default); False keeps them out of the list.
     """
     limits = limits or ServiceLimits()
 
@@ -862,13 +872,17 @@ def create_app(
             columns=["product_id", "rank", "candidate_product_id", "score", "source"],
         )
         lists = new_user_lists(touched, candidates, k)
+        if own_items_first:
+            lists = top_up(own_item_lists(touched, k), lists, k)
         items = [
             {"rank": i, "product_id": p, "score": float(s), "source": str(st)}
             for i, (p, s, st) in enumerate(
                 zip(lists["product_id"], lists["score"], lists["strategy"], strict=True), 1
             )
         ]
-        seen = {i["product_id"] for i in items} | set(touched["product_id"])
+        seen = {i["product_id"] for i in items}
+        if not own_items_first:
+            seen |= set(touched["product_id"])
         for extra in fallback:
             if len(items) >= k:
                 break
@@ -1001,7 +1015,8 @@ def _interaction_row(body: Interaction, max_clock_skew_s: float = 300.0) -> dict
 
 def app_from_env() -> FastAPI:
     """The app over the database named by FASHION_RECS_RESULTS_URL (`fashion-recs serve`),
-    with `ServiceLimits.from_env()`."""
+    with `ServiceLimits.from_env()`; FASHION_RECS_SERVICE_OWN_ITEMS_FIRST=false keeps a new
+    shopper's logged products out of their list (for runs with `personal.exclude_known`)."""
     from fashion_recs.publish import make_engine
 
     url = os.environ.get(DB_ENV)
@@ -1014,7 +1029,10 @@ def app_from_env() -> FastAPI:
         statement_timeout_s=max(1, round(limits.statement_timeout_s)),
         pool_timeout_s=limits.pool_timeout_s,
     )
-    app = create_app(engine, limits=limits)
+    own_first = os.environ.get(OWN_ITEMS_FIRST_ENV, "true").strip().lower()
+    if own_first not in ("true", "false", "1", "0", ""):
+        raise FashionRecsError(f"{OWN_ITEMS_FIRST_ENV} must be true or false, got {own_first!r}")
+    app = create_app(engine, limits=limits, own_items_first=own_first not in ("false", "0"))
     # Everything built so far (modules, the app, its models) lives as long as the worker:
     # keep it out of the cyclic collector's full passes, which would otherwise walk it all and
     # stall requests for milliseconds.

@@ -256,6 +256,12 @@ def test_process_user_routes_like_the_seed(taste_run) -> None:
     product = candidates["product_id"].iloc[0]
     routed = process_user("someone-new", product_ids=[product], **common)
     assert routed.route == "new_with_events"
+    # Known items allowed (the default): the shopper's product first, then item-based.
+    assert routed.items["product_id"].iloc[0] == product
+    assert routed.items["strategy"].tolist()[:2] == ["own_items", routed.items["strategy"][1]]
+    assert routed.items["strategy"].iloc[1].startswith("item_based_")
+    assert len(routed.items) == 12
+    routed = process_user("someone-new", product_ids=[product], own_items_first=False, **common)
     assert product not in set(routed.items["product_id"])
     assert routed.items["strategy"].iloc[0].startswith("item_based_")
     assert len(routed.items) == 12

@@ -141,6 +141,38 @@ def test_every_source_proposes_at_most_its_cap_per_user(log, inputs) -> None:
     assert not history.own.contains(co["user"].to_numpy(), co["item"].to_numpy()).any()
 
 
+def test_two_tower_source_trains_on_the_last_days_and_proposes_unseen_items(log) -> None:
+    """The towers are real (TwoTowerModel, seeded), trained on the history's last days only,
+    fitted once per history whatever the number of chunks, and propose at most the cap of
+    items the user did not touch in those days."""
+    from dataclasses import replace
+
+    from fashion_recs.personal.two_tower import TwoTowerParams
+
+    products = _catalogue().assign(color="red", target_audience="women")
+    base = _inputs(products, sorted(log["user_id"].unique()))
+    inputs = replace(
+        base,
+        catalogue=products[["product_id", "department", "color", "target_audience"]],
+        two_tower_params=TwoTowerParams(dim=8, hidden=8, max_epochs=2, val_fraction=0.0),
+        two_tower_days=7,
+    )
+    history = history_before(log, inputs.items, START + 21 * DAY, 30.0)
+    rows = np.arange(history.n_users)
+    proposed = generate_candidates(history, rows, inputs, {"two_tower": 4})
+    assert set(proposed["source"]) == {"two_tower"}
+    assert proposed.groupby("user").size().max() == 4
+    assert proposed["user"].nunique() > 0.5 * history.n_users
+    recent = history.days < 7
+    seen = set(zip(history.user[recent], history.item[recent], strict=True))
+    pairs = zip(proposed["user"], proposed["item"], strict=True)
+    assert not any(pair in seen for pair in pairs)
+    # A second chunk reuses the fitted towers: the same users get the same proposals.
+    again = generate_candidates(history, rows[:5], inputs, {"two_tower": 4})
+    pd.testing.assert_frame_equal(again, proposed[proposed["user"] < 5].reset_index(drop=True))
+    assert len([key for key in history._memo if key[0] == "two_tower"]) == 1
+
+
 def test_features_never_see_the_window_they_are_labelled_by(log, inputs) -> None:
     """Changing everything at or after a cutoff leaves its candidates and features unchanged."""
     params = RankerParams(caps=CAPS, window_days=7)

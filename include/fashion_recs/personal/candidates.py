@@ -3,7 +3,9 @@
 Real fashion purchase data says where the next items come from: a customer's own items, most
 recent first, are the strongest single source; colour variants of the same design (the
 product's `group_key`) come next; co-interaction neighbours (item-kNN, user-CF, items touched
-on the same day) add a little; look-alikes, segment popularity and what is trending fill the
+on the same day: the pair rules of frequently-bought-together, mined per window so a window
+never sees its own baskets) add a little, a two-tower model trained on the last days adds
+little (off unless given a cap); look-alikes, segment popularity and what is trending fill the
 rest. Each source is one function with the same surface, `(history, rows, inputs, cap) ->
 candidates`, that sees only the interactions before the history's cutoff, so the same code
 proposes candidates for a past label window (training the ranker), for the run's hold-out
@@ -205,6 +207,12 @@ class CandidateInputs:
     user_cf_max_item_users: int | None = None
     weighting: str = "log1p"
     trend_days: int = 3
+    # The two-tower source: the catalogue's tower features (product_id, department, color,
+    # target_audience, in item order), the towers' settings (TwoTowerParams) and the days of
+    # history they train on.
+    catalogue: pd.DataFrame | None = None
+    two_tower_params: object | None = None
+    two_tower_days: int = 14
 
     @classmethod
     def build(
@@ -436,6 +444,50 @@ def user_cf(history: History, rows: np.ndarray, inputs: CandidateInputs, cap: in
     return _from_recommender(history.memo(key, fit), rows, cap)
 
 
+def two_tower(
+    history: History, rows: np.ndarray, inputs: CandidateInputs, cap: int
+) -> pd.DataFrame:
+    """The two-tower model's nearest items, the towers trained on the history's last
+    `two_tower_days` days only (a neural model trained on a few days: real fashion data says
+    it adds little, so the source is off unless given a cap)."""
+    model = history.memo(
+        ("two_tower", inputs.two_tower_days), lambda: _fit_two_tower(history, inputs)
+    )
+    if model is None or len(rows) == 0:
+        return _frame([], [], [], [])
+    lists = model.recommend(history.matrix.users.to_numpy()[rows], cap, exclude_known=True)
+    user = history.matrix.user_rows(pd.Index(lists["user_id"]))
+    item = inputs.items.get_indexer(lists["product_id"])
+    return _frame(user, item, lists["rank"], lists["score"])
+
+
+def _fit_two_tower(history: History, inputs: CandidateInputs):
+    """Towers fitted on the history's last days, or None when those days hold no events."""
+    from fashion_recs.errors import FashionRecsError
+    from fashion_recs.personal.two_tower import TwoTowerModel
+
+    if inputs.two_tower_params is None or inputs.catalogue is None:
+        raise ValueError(
+            "the two_tower candidate source needs CandidateInputs.two_tower_params and "
+            "CandidateInputs.catalogue (product_id, department, color, target_audience)"
+        )
+    recent = history.days < inputs.two_tower_days
+    events = pd.DataFrame(
+        {
+            "user_id": history.matrix.users.to_numpy()[history.user[recent]],
+            "product_id": inputs.items.to_numpy()[history.item[recent]],
+            "event_ts": history.cutoff - pd.to_timedelta(history.days[recent], unit="D"),
+            "weight": history.weight[recent],
+        }
+    )
+    users = inputs.segments[["user_id", *SEGMENT_COLUMNS]]
+    try:
+        return TwoTowerModel.fit(events, users, inputs.catalogue, inputs.two_tower_params)
+    except FashionRecsError as exc:
+        log.warning("candidates from two_tower: none (%s)", exc)
+        return None
+
+
 def _same_for_everyone(rows: np.ndarray, scores: np.ndarray, cap: int) -> pd.DataFrame:
     """The `cap` best items by `scores` (positive scores only), for every user in `rows`."""
     order = np.lexsort((np.arange(len(scores)), -scores))
@@ -491,6 +543,7 @@ SOURCES: dict[str, Source] = {
     "siblings": variant_siblings,
     "item_knn": item_knn,
     "user_cf": user_cf,
+    "two_tower": two_tower,
     "basket": basket_complements,
     "lookalike": lookalikes,
     "segment_popularity": segment_popularity,

@@ -222,11 +222,14 @@ def process_user(
     popular: pd.DataFrame,
     k: int,
     unknown: str = "unknown",
+    own_items_first: bool = True,
 ) -> RoutedList:
     """Route one shopper: existing (a published list), new with events, or new with nothing.
 
     `product_ids` are the shopper's recent products, most recent first (for a shopper the run
-    has not seen); `user_lists` is the published user_recommendations table.
+    has not seen); `user_lists` is the published user_recommendations table. With
+    `own_items_first` (known items allowed, `personal.exclude_known: false`, as `route_users`
+    does) those products lead the list, most recent first, before the item-based list.
     """
     fallback = recommend_popular_items(
         popular, k, age_group=age_group, region=region, unknown=unknown
@@ -243,7 +246,10 @@ def process_user(
             }
         )
         touched["recency"] = np.arange(1, len(touched) + 1)
-        items = top_up(new_user_lists(touched, candidates, k), fallback, k)
+        items = new_user_lists(touched, candidates, k)
+        if own_items_first:
+            items = top_up(own_item_lists(touched, k), items, k)
+        items = top_up(items, fallback, k)
         return RoutedList("new_with_events", _main_strategy(items), _items(items))
     return RoutedList("new_without_events", _main_strategy(fallback), _items(fallback))
 

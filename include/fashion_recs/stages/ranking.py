@@ -49,7 +49,7 @@ from fashion_recs.personal.ranker import (
     source_lists,
     window_frame,
 )
-from fashion_recs.stages.personal import PersonalInputs, save_metrics
+from fashion_recs.stages.personal import PersonalInputs, _two_tower_params, save_metrics
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,11 @@ def ranker_params(config: RetailerConfig) -> RankerParams:
 
 
 def candidate_inputs(config: RetailerConfig, paths: RunPaths) -> CandidateInputs:
-    """The catalogue (designs, departments, prices), look-alikes and segments of the run."""
+    """The catalogue (designs, departments, prices, the towers' item features), look-alikes
+    and segments of the run."""
     products = pd.read_parquet(
-        paths.path(PRODUCTS), columns=["product_id", "group_key", "department", "price"]
+        paths.path(PRODUCTS),
+        columns=["product_id", "group_key", "department", "price", "color", "target_audience"],
     )
     similar = pd.read_parquet(
         paths.path(similar_products(config.similar.default_model)),
@@ -100,6 +102,11 @@ def candidate_inputs(config: RetailerConfig, paths: RunPaths) -> CandidateInputs
         user_cf_neighbours=rc.neighbours,
         user_cf_max_item_users=config.personal.user_cf.max_item_users,
         weighting=config.personal.user_cf.weighting,
+        catalogue=products[["product_id", "department", "color", "target_audience"]],
+        two_tower_params=_two_tower_params(config, config.personal.two_tower.loss).for_refit(
+            rc.two_tower_epochs
+        ),
+        two_tower_days=rc.two_tower_days,
     )
 
 
