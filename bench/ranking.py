@@ -10,7 +10,9 @@ never its bar) in a child process of its own, on:
 - `planted_50k`: the planted retailer at 2.5x (12,500 products, 50,000 users, 5M events),
   large enough for stable numbers, and the second point of the ranker's growth in users;
 - `hm_fixture`: the small H&M-schema export under tests/fixtures/hm with
-  config/hm_example.yaml (two hold-out days, as on the real retailer's evaluation).
+  config/hm_example.yaml (two hold-out days, as on the real retailer's evaluation);
+- `demo_two_tower` (only with `--only demo_two_tower`): the demo retailer with the ranker's
+  two-tower candidate source turned on (12 items), to measure what it adds and costs.
 
 `summary` is the 50k retailer's: `map_at_12_published` (the hold-out MAP@12 of the list the
 gate serves to existing users), `map_at_12_best_baseline` and `best_baseline` (the best of
@@ -44,6 +46,20 @@ RETAILERS = {
     "planted_50k": {"n_products": 12_500, "n_users": 50_000, "n_events": 5_000_000},
     "hm_fixture": {},
 }
+# Variants: the retailer they run on and the personal.ranker settings they change.
+VARIANTS = {
+    "demo_two_tower": (
+        "demo",
+        {
+            "sources": {
+                "own": 20, "siblings": 10, "item_knn": 12, "user_cf": 12, "two_tower": 12,
+                "basket": 8, "lookalike": 4, "segment_popularity": 12, "trending": 6,
+                "popular": 6,
+            }
+        },
+    ),
+}  # fmt: skip
+DEFAULT = ("demo", "planted_50k", "hm_fixture")
 STEPS = ("personal_baselines", "user_cf", "ranker", "blend")
 
 
@@ -66,7 +82,7 @@ def _overrides(name: str, work: Path) -> tuple[Path | None, dict[str, Any], date
 
     size = RETAILERS[name]
     spec = SyntheticSpec(**size, n_answers=size["n_users"] * 5 // 4, images=False)
-    raw = work / "raw"
+    raw = WORK / name / "raw"
     if not (raw / "truth" / "summary.json").exists():
         generate(spec, raw)
     overrides = {
@@ -89,7 +105,10 @@ def run_one(name: str) -> dict[str, Any]:
     from fashion_recs.contract import METRICS, PERSONAL_GATE, USER_ROUTES, personal_metrics
 
     work = WORK / name
-    config_path, overrides, as_of = _overrides(name, work)
+    retailer, ranker = VARIANTS.get(name, (name, {}))
+    config_path, overrides, as_of = _overrides(retailer, work)
+    if ranker:
+        overrides["personal"] = {"ranker": ranker}
     ctx = pipeline.make_context(
         "bench", as_of, str(config_path) if config_path else None, overrides
     )
@@ -154,13 +173,14 @@ def run_one(name: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=list(RETAILERS), action="append")
-    parser.add_argument("--child", choices=list(RETAILERS), help=argparse.SUPPRESS)
+    names_known = [*RETAILERS, *VARIANTS]
+    parser.add_argument("--only", choices=names_known, action="append")
+    parser.add_argument("--child", choices=names_known, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(run_one(args.child)))
         return
-    names = args.only or list(RETAILERS)
+    names = args.only or list(DEFAULT)
     results: dict[str, Any] = {}
     if args.only and RESULTS.exists():
         # Rerunning some retailers keeps the others' last figures.
@@ -203,13 +223,25 @@ def main() -> None:
         )
     if "hm_fixture" in results:
         summary["lift_vs_best_baseline_hm_fixture"] = results["hm_fixture"]["lift_vs_best_baseline"]
+    if "demo" in results and "demo_two_tower" in results:
+        with_towers = results["demo_two_tower"]
+        summary["two_tower_source_map_at_12_change"] = round(
+            with_towers["map_at_12"]["ranker"] - results["demo"]["map_at_12"]["ranker"], 5
+        )
+        summary["two_tower_source_extra_seconds"] = round(
+            with_towers["ranker_seconds"] - results["demo"]["ranker_seconds"], 1
+        )
     write_report(
         RESULTS,
         {
             "benchmark": "ranking",
             "when": now(),
             "machine": machine(),
-            "parameters": {"retailers": {n: RETAILERS[n] for n in results}, "steps": list(STEPS)},
+            "parameters": {
+                "retailers": {n: RETAILERS[n] for n in results if n in RETAILERS},
+                "variants": {n: VARIANTS[n] for n in results if n in VARIANTS},
+                "steps": list(STEPS),
+            },
             "summary": summary,
             "results": results,
         },
