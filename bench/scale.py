@@ -4,7 +4,8 @@ For each size (1x = 5,000 products, 20,000 users, 2M event rows) the retailer is
 once under `--data`, a config is written that points the demo's `config/retailer.yaml` at it,
 and `fashion-recs run` runs the whole pipeline (every DAG task, ranker included) in a child
 process. Per-task seconds come from the run's `tasks/*.json`, the wall time and peak RSS from
-the child (`wait4`'s `ru_maxrss`, the child's own high-water mark). Results merge into
+the child (`wait4`'s `ru_maxrss`, the child's own high-water mark), and every stretch over
+30 s in which the run's log said nothing (`log_silences_over_30s`). Results merge into
 `bench/results/scale.json` by size, so sizes can be run one at a time; the `summary` compares
 the largest size run with 1x:
 
@@ -20,10 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,30 @@ def task_seconds(run_dir: Path) -> dict[str, float]:
     return seconds
 
 
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def log_silences(log_path: Path, longer_than_s: float = 30.0) -> list[dict[str, Any]]:
+    """Stretches of the run's log longer than `longer_than_s` without a line, longest first:
+    where a data engineer watching the task log would see nothing happen."""
+    silences = []
+    previous: tuple[datetime, str] | None = None
+    for line in log_path.read_text(errors="replace").splitlines():
+        match = LOG_LINE.match(line)
+        if not match:
+            continue
+        at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        if previous and (at - previous[0]).total_seconds() > longer_than_s:
+            silences.append(
+                {
+                    "seconds": round((at - previous[0]).total_seconds(), 1),
+                    "after": previous[1][24:160],
+                }
+            )
+        previous = (at, line)
+    return sorted(silences, key=lambda s: -s["seconds"])
+
+
 def personal_metrics(run_dir: Path) -> dict[str, float]:
     """map@k of every personal model of the run (the speed-ups must not move them)."""
     values: dict[str, float] = {}
@@ -124,6 +151,9 @@ def summarise(sizes: dict[str, Any]) -> dict[str, Any]:
         "worst_task": worst,
         f"worst_task_growth_{tag}": growth.get(worst) if worst else None,
         f"peak_rss_mib_{tag}": top["peak_rss_mib"],
+        f"longest_log_silence_s_{tag}": max(
+            (s["seconds"] for s in top.get("log_silences_over_30s", [])), default=0.0
+        ),
         "task_growth": dict(sorted(growth.items(), key=lambda kv: -kv[1])),
     }
 
@@ -160,6 +190,7 @@ def main() -> None:
             "events": round(DEMO["events"] * size),
             "tasks": dict(sorted(tasks.items(), key=lambda kv: -kv[1])),
             "personal_map": personal_metrics(run_dir),
+            "log_silences_over_30s": log_silences(run_root / "run.log"),
             "measured_at": now(),
         }
         print(f"{tag}: {figures}", flush=True)

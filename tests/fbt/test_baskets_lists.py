@@ -191,3 +191,40 @@ def test_split_baskets_holds_out_the_last_calendar_days() -> None:
     train, test = split_baskets(frame, holdout_days=2)
     assert test["basket_id"].to_list() == [8, 9]
     assert train["basket_id"].to_list() == list(range(8))
+
+
+def test_co_viewed_keeps_each_products_best_whatever_the_block_size() -> None:
+    """Blocks are cut by their co-occurrence entries, each keeping only every row's best;
+    a block of one row gives the lists of one block for everything, and both equal the
+    candidates ranked by hand (others before same-department ones, then shrunk confidence,
+    then product)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from fashion_recs.fbt.matrix import BasketMatrix
+    from fashion_recs.fbt.recommend import co_viewed
+
+    rng = np.random.default_rng(5)
+    dense = (rng.random((400, 30)) < rng.random((1, 30)) * 0.4).astype(np.float32)
+    ids = np.array([f"p{i:02d}" for i in range(30)], dtype=object)
+    matrix = BasketMatrix(sp.csr_matrix(dense), ids)
+    department = np.array([("a", "b", "")[i % 3] for i in range(30)], dtype=object)
+    kwargs = {"shrinkage": 5.0, "department": department}
+    whole = co_viewed(matrix, ids, 2, 4, 10**9, **kwargs)
+    tiny = co_viewed(matrix, ids, 2, 4, 1, **kwargs)
+    pd.testing.assert_frame_equal(whole, tiny)
+
+    counts = dense.sum(0)
+    both = dense.T @ dense
+    rows = []
+    for a in range(30):
+        found = [
+            (department[a] == department[b] and department[a] != "",
+             -(both[a, b] + 5.0 * counts[b] / 400) / (counts[a] + 5.0), b)
+            for b in range(30) if b != a and both[a, b] >= 2
+        ]  # fmt: skip
+        rows += [(ids[a], ids[b], demoted) for demoted, _, b in sorted(found)[:4]]
+    got = list(
+        zip(whole["product_id"], whole["recommended_product_id"], whole["demoted"], strict=True)
+    )
+    assert got == rows

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from fashion_recs.config import BasketConfig
-from fashion_recs.fbt.matrix import BasketMatrix, basket_matrix
+from fashion_recs.fbt.matrix import BasketMatrix, coded_basket_matrix
 
 
 @dataclass
@@ -124,5 +124,13 @@ def _size_stats(baskets: pl.DataFrame, stats: BasketStats) -> None:
 
 
 def to_matrix(baskets: pl.DataFrame) -> BasketMatrix:
-    """The basket x item matrix of a baskets table (every basket a row, singles included)."""
-    return basket_matrix(baskets["basket_id"].to_numpy(), baskets["product_id"].to_numpy())
+    """The basket x item matrix of a baskets table (every basket a row, singles included).
+
+    Product ids are coded in polars (sorted distinct ids, then a binary search per row): the
+    same codes as `basket_matrix`, without turning millions of ids into Python strings."""
+    products = baskets["product_id"].cast(pl.String)
+    item_ids = products.unique().sort()
+    item_code = item_ids.search_sorted(products).to_numpy()
+    return coded_basket_matrix(
+        baskets["basket_id"].to_numpy(), item_code, item_ids.to_numpy().astype(object)
+    )

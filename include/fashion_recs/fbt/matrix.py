@@ -59,15 +59,24 @@ def basket_matrix(basket: np.ndarray, product: np.ndarray) -> BasketMatrix:
     item_ids, item_code = np.unique(
         np.asarray(product, dtype=object).astype(str), return_inverse=True
     )
+    return coded_basket_matrix(basket, item_code, item_ids.astype(object))
+
+
+def coded_basket_matrix(
+    basket: np.ndarray, item_code: np.ndarray, item_ids: np.ndarray
+) -> BasketMatrix:
+    """`basket_matrix` from item codes already made (positions in the sorted `item_ids`)."""
     basket_ids, basket_code = np.unique(np.asarray(basket), return_inverse=True)
     data = np.ones(len(item_code), dtype=np.int32)
     X = sp.csr_matrix(
-        (data, (basket_code, item_code)), shape=(len(basket_ids), len(item_ids)), dtype=np.int32
+        (data, (basket_code, np.asarray(item_code, dtype=np.int64))),
+        shape=(len(basket_ids), len(item_ids)),
+        dtype=np.int32,
     )
     X.sum_duplicates()
     X.data[:] = 1
     X.sort_indices()
-    return BasketMatrix(X, item_ids.astype(object))
+    return BasketMatrix(X, np.asarray(item_ids, dtype=object))
 
 
 def from_transactions(baskets: list[list[str]]) -> BasketMatrix:

@@ -13,6 +13,7 @@ models and popularity use.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import date, datetime
 from pathlib import Path
 
@@ -114,7 +115,11 @@ def build_interactions(
     `logged_path` holds the interaction_log rows this run took in (the seed's
     log_user_interaction); they are weighed exactly like exported events.
     """
+    started = time.perf_counter()
     events = pl.read_parquet(events_path)
+    # Each step below is one vectorised query; at 20M events each takes seconds, so the log
+    # says where the stage is between them.
+    log.info("interactions: read %d events (%.1f s)", events.height, time.perf_counter() - started)
     n_logged = 0
     if logged_path is not None:
         logged = pl.read_parquet(logged_path).select(events.columns)
@@ -122,10 +127,21 @@ def build_interactions(
         events = pl.concat([events, logged.cast(events.schema)])
     weighted, unmapped = weight_events(events, config.interactions.rules)
     weighted = weighted.sort("user_id", "event_ts", "product_id", maintain_order=True)
+    log.info(
+        "interactions: %d events weighted and sorted (%.1f s)",
+        weighted.height,
+        time.perf_counter() - started,
+    )
     as_of_ts = as_of_timestamp(as_of)
     user_items = aggregate_user_items(weighted, as_of_ts, config.interactions.half_life_days)
+    log.info(
+        "interactions: %d user-product pairs aggregated (%.1f s)",
+        user_items.height,
+        time.perf_counter() - started,
+    )
     interactions_path = write_artifact(paths, INTERACTIONS, weighted.to_arrow())
     user_items_path = write_artifact(paths, USER_ITEMS, user_items.to_arrow())
+    log.info("interactions: written (%.1f s)", time.perf_counter() - started)
 
     q_path = paths.path(quarantine(STAGE))
     rejected = unmapped.select(
