@@ -228,3 +228,20 @@ def test_co_viewed_keeps_each_products_best_whatever_the_block_size() -> None:
         zip(whole["product_id"], whole["recommended_product_id"], whole["demoted"], strict=True)
     )
     assert got == rows
+
+
+def test_completion_hits_look_up_only_each_querys_list() -> None:
+    """The hit count equals the product of the baskets with every list (which grows with the
+    catalogue squared for lists everyone shares), in blocks of any size."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from fashion_recs.fbt.evaluate import _queries_hit
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        X = sp.csr_matrix((rng.random((300, 40)) < 0.08).astype(np.float32))
+        X = X[np.diff(X.indptr) >= 2].tocsr()
+        L = sp.csr_matrix((rng.random((40, 40)) < 0.2).astype(np.float32))
+        everything = float(X.multiply((X @ L.T) > 0).sum())
+        assert _queries_hit(X, L, 7) == _queries_hit(X, L, 10**6) == everything

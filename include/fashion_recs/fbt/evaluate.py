@@ -186,6 +186,35 @@ def completion_hit_rate(lists: pd.DataFrame, test: BasketMatrix, k: int) -> tupl
     L = sp.csr_matrix(
         (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(test.n_items, test.n_items)
     )
-    found = (X @ L.T).tocsr()  # found[basket, a] = a's listed products in the basket
-    hits = float(X.multiply(found > 0).sum())
-    return hits / n_queries, n_queries
+    return _queries_hit(X, L, QUERY_BLOCK) / n_queries, n_queries
+
+
+# Queries whose list entries are looked up at once (about 12 entries each).
+QUERY_BLOCK = 1_000_000
+
+
+def _queries_hit(X: sp.csr_matrix, L: sp.csr_matrix, block: int) -> int:
+    """How many (basket, product) entries of `X` have a product of the same basket in the
+    product's row of `L`.
+
+    Only each query's own list is looked up (queries x k entries). The product X @ L.T would
+    count every listed product of every basket, and a product in everyone's list (the popular
+    ones are) has a column as long as the catalogue: two billion entries at 50k products."""
+    X = sp.csr_matrix(X)
+    X.sort_indices()
+    width = np.int64(X.shape[1])
+    basket = np.repeat(np.arange(X.shape[0], dtype=np.int64), np.diff(X.indptr))
+    keys = basket * width + X.indices  # sorted: rows ascending, columns ascending within
+    hits = 0
+    for lo in range(0, len(keys), block):
+        rows, items = basket[lo : lo + block], X.indices[lo : lo + block].astype(np.int64)
+        starts, lengths = L.indptr[items], np.diff(L.indptr)[items]
+        query = np.repeat(np.arange(len(items)), lengths)
+        offset = np.arange(len(query)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        listed = L.indices[np.repeat(starts, lengths) + offset].astype(np.int64)
+        wanted = rows[query] * width + listed
+        pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        hit = np.zeros(len(items), dtype=bool)
+        hit[query[keys[pos] == wanted]] = True
+        hits += int(hit.sum())
+    return hits
