@@ -251,6 +251,26 @@ def test_early_stopping_keeps_the_best_epochs_weights(retailer: Retailer, split:
     assert history.examples_per_s > 0 and history.seconds > 0
 
 
+def test_an_epoch_budget_trains_on_a_fresh_seeded_sample_of_the_pairs(
+    retailer: Retailer, split: Split
+) -> None:
+    """Above the pair count the budget changes nothing; below it each epoch trains on that
+    many pairs, the same ones on every fit, and the towers still learn the planted groups."""
+
+    def fit(budget: int | None) -> TwoTowerModel:
+        params = TwoTowerParams(max_epochs=4, num_threads=1, max_examples_per_epoch=budget)
+        return TwoTowerModel.fit(split.train, retailer.users, retailer.items, params)
+
+    full = fit(None)
+    assert fit(10**9).history.train_loss == full.history.train_loss
+    half = full.history.n_pairs // 2
+    first, second = fit(half), fit(half)
+    assert first.history.examples_per_epoch == half < full.history.examples_per_epoch
+    assert first.history.train_loss == second.history.train_loss
+    assert first.history.train_loss != full.history.train_loss
+    assert _recall(first, split) > 2 * _popularity_recall(split)
+
+
 def test_validation_split_holds_out_the_latest_events_of_warm_users(split: Split) -> None:
     fit, truth = validation_split(split.train, 0.1)
     n_held_out = len(split.train) - len(fit)

@@ -99,8 +99,11 @@ class TwoTowerParams:
 
     Added beyond the seed: `id_dropout` (share of user and item ids replaced by "unknown"
     during training, for cold start), `val_max_users` (validation users are sampled down to
-    this many, seeded, so an epoch's check stays cheap on big data), `num_threads` (torch
-    threads while fitting; None keeps the caller's setting).
+    this many, seeded, so an epoch's check stays cheap on big data), `max_examples_per_epoch`
+    (an epoch trains on a fresh seeded sample of at most this many pairs, so its cost is
+    bounded whatever the retailer's size: at 10x the demo an epoch over every pair took two
+    minutes, and early stopping, the comparison loss and the refit run many), `num_threads`
+    (torch threads while fitting; None keeps the caller's setting).
     """
 
     dim: int = 32
@@ -119,6 +122,7 @@ class TwoTowerParams:
     seed: int = 42
     id_dropout: float = 0.1
     val_max_users: int | None = 10_000
+    max_examples_per_epoch: int | None = 1_000_000
     num_threads: int | None = None
 
     def for_refit(self, epochs: int) -> TwoTowerParams:
@@ -160,6 +164,7 @@ class TwoTowerParams:
             raise ValueError(f"TwoTowerParams.id_dropout must be in [0, 1), got {self.id_dropout}")
         for name, value in (
             ("val_max_users", self.val_max_users),
+            ("max_examples_per_epoch", self.max_examples_per_epoch),
             ("num_threads", self.num_threads),
         ):
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -182,6 +187,7 @@ class TrainingHistory:
     examples_per_s: float = 0.0
     seconds: float = 0.0
     n_pairs: int = 0
+    examples_per_epoch: int = 0
     n_fit_events: int = 0
     n_val_pairs: int = 0
     n_val_users: int = 0
@@ -785,12 +791,21 @@ class TwoTowerModel:
         bad_epochs = 0
         train_seconds = 0.0
         n_examples = 0
-        n = len(pairs)
+        # Each epoch a fresh seeded sample of the pairs when there are more than the budget
+        # (all of them, reshuffled, when there are not).
+        n = min(len(pairs), params.max_examples_per_epoch or len(pairs))
+        history.examples_per_epoch = n
+        if n < len(pairs):
+            log.info(
+                "two-tower: each epoch trains on %d of the %d pairs (max_examples_per_epoch)",
+                n,
+                len(pairs),
+            )
         for epoch in range(1, params.max_epochs + 1):
             towers.train()
             epoch_started = time.monotonic()
             last_report = epoch_started
-            order = torch.randperm(n, generator=generator)
+            order = torch.randperm(len(pairs), generator=generator)[:n]
             loss_sum = 0.0
             for start in range(0, n, params.batch_size):
                 batch = order[start : start + params.batch_size]

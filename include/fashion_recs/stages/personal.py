@@ -274,6 +274,7 @@ def _two_tower_params(config: RetailerConfig, loss: str, max_epochs: int | None 
         val_k=config.personal.top_k,
         seed=config.seed,
         num_threads=tt.num_threads,
+        max_examples_per_epoch=tt.max_examples_per_epoch,
     )
 
 
@@ -348,7 +349,14 @@ def two_tower_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPa
 
 def _history(model: Any) -> dict[str, Any]:
     h = model.history
-    keep = ("best_epoch", "stopped_early", "examples_per_s", "seconds")
+    keep = (
+        "best_epoch",
+        "stopped_early",
+        "examples_per_s",
+        "seconds",
+        "n_pairs",
+        "examples_per_epoch",
+    )
     out = {key: getattr(h, key) for key in keep if hasattr(h, key)}
     for key in ("train_loss", "val_recall"):
         if hasattr(h, key):
