@@ -467,6 +467,26 @@ def test_top_k_by_dot_breaks_ties_by_item_row_and_honours_exclusions() -> None:
     assert item_rows.tolist() == [1]  # fewer than k left: a shorter list, not -inf filler
 
 
+def test_top_k_by_dot_equals_a_full_sort_with_ties_and_exclusions() -> None:
+    """Rows settled by topk alone and rows with ties across the k-th place (identical item
+    vectors) give what sorting every item by (score desc, item row) gives."""
+    rng = np.random.default_rng(3)
+    items = rng.standard_normal((300, 8)).astype(np.float32)
+    items[40:60] = items[40]  # twenty identical items: ties across the boundary
+    users = rng.standard_normal((200, 8)).astype(np.float32)
+    users[:50] = items[40] * 3  # these users rank the tied items first
+    excluded = (np.repeat(np.arange(0, 200, 7), 3), rng.integers(0, 300, 3 * 29))
+    rows, item_rows, ranks, scores = top_k_by_dot(users, items, 10, excluded, block=64)
+    full = users @ items.T
+    full[excluded] = -np.inf
+    for user in range(200):
+        order = np.lexsort((np.arange(300), -full[user]))[:10]
+        mine = rows == user
+        assert item_rows[mine].tolist() == order.tolist(), user
+        assert ranks[mine].tolist() == list(range(1, 11))
+        np.testing.assert_allclose(scores[mine], full[user, order], rtol=1e-5)
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 

@@ -514,6 +514,10 @@ def top_k_by_dot(
         raise ValueError(f"k must be a positive integer, got {k!r}")
     items = torch.tensor(np.asarray(item_vectors, dtype=np.float32))
     n_users, n_items = len(user_vectors), len(items)
+    # Finite vectors give finite scores: no pass over every score to replace NaNs.
+    finite = bool(torch.isfinite(items).all()) and bool(
+        np.isfinite(np.asarray(user_vectors, dtype=np.float32)).all()
+    )
     kk = min(int(k), n_items)
     if excluded is not None:
         # Sorted by user once, so each block finds its pairs by bisection instead of a scan
@@ -521,34 +525,38 @@ def top_k_by_dot(
         by_user = np.argsort(excluded[0], kind="stable")
         excluded = (excluded[0][by_user], excluded[1][by_user])
     out_users, out_items, out_ranks, out_scores = [], [], [], []
+    started = last_report = time.monotonic()
     for start in range(0, n_users, block):
         stop = min(start + block, n_users)
+        if time.monotonic() - last_report > PROGRESS_EVERY_S:
+            last_report = time.monotonic()
+            rate = start / (last_report - started)
+            log.info(
+                "top-k by dot product: %d/%d users against %d items (%.0f users/s, ~%.0f s left)",
+                start,
+                n_users,
+                n_items,
+                rate,
+                (n_users - start) / rate,
+            )
         users = torch.tensor(np.asarray(user_vectors[start:stop], dtype=np.float32))
-        scores = torch.nan_to_num(users @ items.T, nan=-math.inf)
+        scores = users @ items.T
+        if not finite:
+            scores = torch.nan_to_num(scores, nan=-math.inf)
         if excluded is not None:
             lo, hi = np.searchsorted(excluded[0], [start, stop])
             scores[
                 torch.tensor(excluded[0][lo:hi] - start, dtype=torch.int64),
                 torch.tensor(excluded[1][lo:hi], dtype=torch.int64),
             ] = -math.inf
-        threshold = torch.topk(scores, kk, dim=1).values[:, -1:]
-        above = scores > threshold
-        tied = scores == threshold
-        needed = kk - above.sum(1, keepdim=True)
-        taken = above | (tied & (tied.cumsum(1) <= needed))
-        # nonzero walks row-major, so each row's kk columns come out in item-row order and a
-        # stable sort by score keeps ties in that order.
-        columns = taken.nonzero()[:, 1].view(stop - start, kk)
-        values = scores.gather(1, columns)
-        order = torch.sort(values, dim=1, descending=True, stable=True).indices
-        columns, values = columns.gather(1, order), values.gather(1, order)
-        finite = torch.isfinite(values).numpy()
-        positions = np.broadcast_to(np.arange(start, stop)[:, None], finite.shape)
-        ranks = np.broadcast_to(np.arange(1, kk + 1, dtype=np.int32), finite.shape)
-        out_users.append(positions[finite])
-        out_items.append(columns.numpy()[finite])
-        out_ranks.append(ranks[finite])
-        out_scores.append(values.numpy()[finite].astype(np.float64))
+        columns, values = _block_top_k(scores, kk)
+        kept = torch.isfinite(values).numpy()
+        positions = np.broadcast_to(np.arange(start, stop)[:, None], kept.shape)
+        ranks = np.broadcast_to(np.arange(1, kk + 1, dtype=np.int32), kept.shape)
+        out_users.append(positions[kept])
+        out_items.append(columns.numpy()[kept])
+        out_ranks.append(ranks[kept])
+        out_scores.append(values.numpy()[kept].astype(np.float64))
     if not out_users:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty.astype(np.int32), empty.astype(np.float64)
@@ -558,6 +566,42 @@ def top_k_by_dot(
         np.concatenate(out_ranks),
         np.concatenate(out_scores),
     )
+
+
+def _block_top_k(scores: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's kk best columns and scores, best first, ties to the smaller column.
+
+    `torch.topk` of kk + 1 settles every row whose kk-th and (kk+1)-th scores differ: its kk
+    best are exactly topk's, only put in order. The rare rows with a tie across that boundary
+    (identical item vectors, or fewer than kk + 1 finite scores) take the exact path, which
+    passes over every score of the row three more times."""
+    if kk >= scores.shape[1]:
+        return _exact_top_k(scores, kk)
+    top = torch.topk(scores, kk + 1, dim=1)
+    columns, order = torch.sort(top.indices[:, :kk], dim=1)
+    values = top.values[:, :kk].gather(1, order)
+    best = torch.sort(values, dim=1, descending=True, stable=True).indices
+    columns, values = columns.gather(1, best), values.gather(1, best)
+    tie = (top.values[:, kk] == top.values[:, kk - 1]).nonzero()[:, 0]
+    if len(tie):
+        columns[tie], values[tie] = _exact_top_k(scores[tie], kk)
+    return columns, values
+
+
+def _exact_top_k(scores: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_block_top_k` by brute force: the kk-th best score is the threshold, and among the
+    columns tied with it the smaller ones win."""
+    threshold = torch.topk(scores, kk, dim=1).values[:, -1:]
+    above = scores > threshold
+    tied = scores == threshold
+    needed = kk - above.sum(1, keepdim=True)
+    taken = above | (tied & (tied.cumsum(1) <= needed))
+    # nonzero walks row-major, so each row's kk columns come out in column order and a
+    # stable sort by score keeps ties in that order.
+    columns = taken.nonzero()[:, 1].view(len(scores), kk)
+    values = scores.gather(1, columns)
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    return columns.gather(1, order), values.gather(1, order)
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -643,6 +687,12 @@ class TwoTowerModel:
 
         fit_events, truth = validation_split(
             events, params.val_fraction, max_users=params.val_max_users, seed=params.seed
+        )
+        log.info(
+            "two-tower: %d events to fit on, %d validation pairs; summing pairs (%.0f s)",
+            len(fit_events),
+            len(truth),
+            time.monotonic() - started,
         )
         pairs = (
             fit_events.groupby([USER, "item_row"], sort=True)[WEIGHT]
