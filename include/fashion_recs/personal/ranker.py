@@ -218,6 +218,28 @@ def sample_rows(rows: np.ndarray, params: RankerParams, window: int) -> np.ndarr
     return _sample_rows(rows, params.max_train_users, params.seed + window)
 
 
+def _progress(started: float):
+    """A LightGBM callback that logs the trees built so far at most every PROGRESS_EVERY_S."""
+    last = [started]
+
+    def callback(env) -> None:
+        now = time.perf_counter()
+        if now - last[0] < PROGRESS_EVERY_S:
+            return
+        last[0] = now
+        done, total = env.iteration + 1, env.end_iteration - env.begin_iteration
+        rate = done / (now - started)
+        log.info(
+            "ranker fit: %d/%d trees (%.1f trees/s, ~%.0f s left)",
+            done,
+            total,
+            rate,
+            (total - done) / rate,
+        )
+
+    return callback
+
+
 class CandidateRanker:
     """LightGBM `LGBMRanker` over the candidate features; deterministic.
 
@@ -250,7 +272,10 @@ class CandidateRanker:
             verbose=-1,
         )
         started = time.perf_counter()
-        self.model.fit(frame[self.features], frame["label"], group=groups)
+        log.info("ranker fitting on %d rows of %d groups", len(frame), len(groups))
+        self.model.fit(
+            frame[self.features], frame["label"], group=groups, callbacks=[_progress(started)]
+        )
         log.info(
             "ranker fitted on %d rows of %d groups in %.1f s",
             len(frame),

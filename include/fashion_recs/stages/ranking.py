@@ -161,6 +161,7 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
     holdout_rows = scored.rows
     timings["holdout"] = round(time.perf_counter() - mark, 2)
     n = inputs.catalogue_size
+    log.info("ranker: scoring %d lists on the hold-out", len(scored.lists))
     metrics = []
     for name, lists in scored.lists.items():
         if name in ("ranker", FIXED_ORDER):
