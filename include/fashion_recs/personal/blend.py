@@ -19,6 +19,8 @@ hold-out, and the caps that win on all users are used for the published lists.
 from __future__ import annotations
 
 import itertools
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +29,9 @@ import pandas as pd
 
 from fashion_recs.errors import FashionRecsError
 from fashion_recs.evaluate import per_user_metrics
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 30.0
 
 SOURCES = ("recent", "similar", "model", "segment_popularity")
 BLEND_COLUMNS = ["user_id", "product_id", "rank", "score", "source"]
@@ -136,12 +141,16 @@ def learn_caps(
     fold = pd.Series(
         pd.util.hash_array(users.to_numpy(dtype=object)) % 2, index=users, dtype=np.int64
     )
-    per_combo, lists_by_combo = [], []
-    for caps in combos:
+    per_combo = []
+    started = last = time.perf_counter()
+    for i, caps in enumerate(combos, 1):
         lists = blend(users, candidates, priority, {**caps}, k)
         scores = per_user_metrics(truth, lists, k=k)[metric]
         per_combo.append(scores.reindex(users).fillna(0.0))
-        lists_by_combo.append(lists)
+        if time.perf_counter() - last > PROGRESS_EVERY_S and i < len(combos):
+            last = time.perf_counter()
+            left = (last - started) / i * (len(combos) - i)
+            log.info("blend caps: %d/%d grid points scored (~%.0f s left)", i, len(combos), left)
     table = pd.concat(per_combo, axis=1, keys=range(len(combos)))
     best_overall = int(table.mean().to_numpy().argmax())
     parts = []
@@ -149,7 +158,9 @@ def learn_caps(
         trained_on = table[(fold != f).to_numpy()]
         chosen = int(trained_on.mean().to_numpy().argmax()) if len(trained_on) else best_overall
         served = users[(fold == f).to_numpy()]
-        lists = lists_by_combo[chosen]
+        # Blended again rather than kept from the grid: holding every grid point's lists
+        # cost gigabytes at 200k users.
+        lists = blend(served, candidates, priority, {**combos[chosen]}, k)
         parts.append(lists[lists["user_id"].isin(served)])
     crossfit = pd.concat(parts, ignore_index=True)
     crossfit["_user"] = users.get_indexer(crossfit["user_id"])

@@ -640,6 +640,12 @@ def routing_stage(
     if baseline and baseline != served:
         filler = _served_lists(config, paths, baseline, frame, popular)
         model_lists = top_up(model_lists, filler[filler["user_id"].isin(existing)], k)
+    log.info(
+        "routing: %d existing users' lists from %s assembled; %d new users with events next",
+        len(existing),
+        served,
+        int((frame["route"] == "new_with_events").sum()),
+    )
     new_users = frame.loc[frame["route"] == "new_with_events", "user_id"]
     touched = last[last["user_id"].isin(new_users)]
     item_based = new_user_lists(touched, candidates, k)
