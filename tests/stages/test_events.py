@@ -245,3 +245,36 @@ def test_blocks_cut_at_record_ends_read_like_the_whole_file(tmp_path) -> None:
         assert joined["row_number"].to_list() == list(range(whole.height))
         assert joined.drop("row_number", "line_number").equals(whole)
         assert len(blocks) > 1 or block_bytes == 1 << 20
+
+
+@given(st.lists(st.lists(st.integers(0, 30), max_size=40), max_size=6))
+def test_seen_rows_tells_repeats_like_a_set(batches) -> None:
+    """The sorted-run set marks exactly the hashes a plain set has seen (earlier in the same
+    batch or in an earlier one), however the batches fall."""
+    import numpy as np
+
+    from fashion_recs.stages.events import SeenRows
+
+    seen, reference = SeenRows(), set()
+    for batch in batches:
+        expected = []
+        for value in batch:
+            expected.append(value in reference)
+            reference.add(value)
+        got = seen.repeats(np.array(batch, dtype=np.uint64))
+        assert got.tolist() == expected
+
+
+@given(
+    st.lists(st.sampled_from(["a", "b", "c", "", "view", "buy"]), max_size=30), st.integers(0, 12)
+)
+def test_one_of_matches_is_in_for_short_and_long_lists(values, n_wanted) -> None:
+    """The comparisons used for a few events of interest select what `is_in` selects."""
+    import polars as pl
+
+    from fashion_recs.stages.events import one_of
+
+    wanted = (["a", "view", "zz"] * 5)[:n_wanted]
+    frame = pl.DataFrame({"event": values}, schema={"event": pl.String})
+    fast = frame.select(one_of("event", wanted)).to_series().to_list()
+    assert fast == frame.select(pl.col("event").is_in(wanted)).to_series().to_list()
