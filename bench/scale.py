@@ -3,9 +3,9 @@
 For each size (1x = 5,000 products, 20,000 users, 2M event rows) the retailer is generated
 once under `--data`, a config is written that points the demo's `config/retailer.yaml` at it,
 and `fashion-recs run` runs the whole pipeline (every DAG task, ranker included) in a child
-process. Per-task seconds come from the run's `tasks/*.json`, the wall time and peak RSS from
-the child (`wait4`'s `ru_maxrss`, the child's own high-water mark), and every stretch over
-30 s in which the run's log said nothing (`log_silences_over_30s`). Results merge into
+process. Per-task seconds and peak RSS come from the run's `tasks/*.json`, the wall time and
+peak RSS from the child (`wait4`'s `ru_maxrss`, the child's own high-water mark), and every
+stretch over 30 s in which the run's log said nothing (`log_silences_over_30s`). Results merge into
 `bench/results/scale.json` by size, so sizes can be run one at a time; the `summary` compares
 the largest size run with 1x:
 
@@ -95,6 +95,17 @@ def task_seconds(run_dir: Path) -> dict[str, float]:
     return seconds
 
 
+def task_peak_rss(run_dir: Path) -> dict[str, float]:
+    """Each task's own peak RSS (MiB) from its record, largest first: which task sets the
+    run's peak."""
+    peaks = {}
+    for path in sorted((run_dir / "tasks").glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("peak_rss_mib") is not None:
+            peaks[record["task_id"]] = float(record["peak_rss_mib"])
+    return dict(sorted(peaks.items(), key=lambda kv: -kv[1]))
+
+
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
@@ -151,6 +162,7 @@ def summarise(sizes: dict[str, Any]) -> dict[str, Any]:
         "worst_task": worst,
         f"worst_task_growth_{tag}": growth.get(worst) if worst else None,
         f"peak_rss_mib_{tag}": top["peak_rss_mib"],
+        f"peak_rss_task_{tag}": next(iter(top.get("task_peak_rss_mib") or {}), None),
         f"longest_log_silence_s_{tag}": max(
             (s["seconds"] for s in top.get("log_silences_over_30s", [])), default=0.0
         ),
@@ -189,6 +201,7 @@ def main() -> None:
             "users": round(DEMO["users"] * size),
             "events": round(DEMO["events"] * size),
             "tasks": dict(sorted(tasks.items(), key=lambda kv: -kv[1])),
+            "task_peak_rss_mib": task_peak_rss(run_dir),
             "personal_map": personal_metrics(run_dir),
             "log_silences_over_30s": log_silences(run_root / "run.log"),
             "measured_at": now(),

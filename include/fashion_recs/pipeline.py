@@ -52,6 +52,7 @@ from fashion_recs.contract import (
     similar_metrics,
     similar_products,
 )
+from fashion_recs.memory import peak_rss_mib, reset_peak_rss
 from fashion_recs.run_lock import RunOwner, claim_run_dir
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def _run_recorded(
 ) -> dict[str, Any]:
     started = time.time()
     clock = time.perf_counter()
+    reset_peak_rss()
     record: dict[str, Any] = {"task_id": task_id, "step": step, "try_number": try_number}
     try:
         result = getattr(sys.modules[__name__], step)(ctx, *args)
@@ -120,7 +122,11 @@ def _run_recorded(
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
     finally:
-        record.update(started=started, seconds=round(time.perf_counter() - clock, 3))
+        record.update(
+            started=started,
+            seconds=round(time.perf_counter() - clock, 3),
+            peak_rss_mib=peak_rss_mib(),
+        )
         write_json(record, ctx.paths.file(TASKS_DIR, f"{task_id}.json"))
 
 
