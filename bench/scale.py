@@ -161,7 +161,11 @@ def summarise(sizes: dict[str, Any]) -> dict[str, Any]:
         f"growth_{tag}": round(top["seconds"] / base["seconds"], 2),
         "worst_task": worst,
         f"worst_task_growth_{tag}": growth.get(worst) if worst else None,
-        f"peak_rss_mib_{tag}": top["peak_rss_mib"],
+        # Tasks reset the process's high-water mark, so the run's peak is the largest of
+        # the child's mark and every task's own peak.
+        f"peak_rss_mib_{tag}": max(
+            [top["peak_rss_mib"], *(top.get("task_peak_rss_mib") or {}).values()]
+        ),
         f"peak_rss_task_{tag}": next(iter(top.get("task_peak_rss_mib") or {}), None),
         f"longest_log_silence_s_{tag}": max(
             (s["seconds"] for s in top.get("log_silences_over_30s", [])), default=0.0
