@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -140,6 +139,7 @@ def ours(files: list[Path], out: Path, data_dir: Path) -> int:
 def child(engine: str, data_dir: Path, out: Path) -> None:
     """Run one engine and print its figures as JSON (peak RSS is this process's own)."""
     from fashion_recs.config import load_config
+    from fashion_recs.memory import peak_rss_mib
 
     files = sorted(data_dir.glob("events_*.csv"))
     cfg = load_config().events
@@ -155,15 +155,6 @@ def child(engine: str, data_dir: Path, out: Path) -> None:
         rows_out = ours(files, out, data_dir)
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "rows_out": rows_out, "peak_rss_mib": peak_rss_mib()}))
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory. VmHWM, unlike ru_maxrss, does not inherit the
-    parent's high-water mark across fork/exec (the parent generated the data set)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(engine: str, data_dir: Path, out: Path) -> dict:

@@ -4,10 +4,10 @@ For each size (1x = 5,000 products, 20,000 users, 2M event rows) the retailer is
 once under `--data`, a config is written that points the demo's `config/retailer.yaml` at it,
 and `fashion-recs run` runs the whole pipeline (every DAG task, ranker included) in a child
 process. Per-task seconds and peak RSS come from the run's `tasks/*.json`, the wall time and
-peak RSS from the child (`wait4`'s `ru_maxrss`, the child's own high-water mark), and every
-stretch over 30 s in which the run's log said nothing (`log_silences_over_30s`). Results merge into
-`bench/results/scale.json` by size, so sizes can be run one at a time; the `summary` compares
-the largest size run with 1x:
+peak RSS from the child (`wait4`'s `ru_maxrss`, the child's own high-water mark, which each
+task resets), and every stretch over 30 s in which the run's log said nothing
+(`log_silences_over_30s`). Results merge into `bench/results/scale.json` by size, so sizes
+can be run one at a time; the `summary` compares the largest size run with 1x:
 
     python bench/scale.py --sizes 1 3 [--data /tmp/fashion-recs-bench-scale] [--keep]
     python bench/scale.py --sizes 10
@@ -87,22 +87,22 @@ def run_pipeline(config: Path, db: Path, log_path: Path, source: Path) -> dict[s
     }
 
 
-def task_seconds(run_dir: Path) -> dict[str, float]:
-    seconds = {}
-    for path in sorted((run_dir / "tasks").glob("*.json")):
-        record = json.loads(path.read_text())
-        seconds[record["task_id"]] = round(float(record.get("seconds") or 0.0), 2)
-    return seconds
+def task_records(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((run_dir / "tasks").glob("*.json"))]
 
 
-def task_peak_rss(run_dir: Path) -> dict[str, float]:
+def task_seconds(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Each task's seconds, longest first."""
+    seconds = {r["task_id"]: round(float(r.get("seconds") or 0.0), 2) for r in records}
+    return dict(sorted(seconds.items(), key=lambda kv: -kv[1]))
+
+
+def task_peak_rss(records: list[dict[str, Any]]) -> dict[str, float]:
     """Each task's own peak RSS (MiB) from its record, largest first: which task sets the
     run's peak."""
-    peaks = {}
-    for path in sorted((run_dir / "tasks").glob("*.json")):
-        record = json.loads(path.read_text())
-        if record.get("peak_rss_mib") is not None:
-            peaks[record["task_id"]] = float(record["peak_rss_mib"])
+    peaks = {
+        r["task_id"]: float(r["peak_rss_mib"]) for r in records if r.get("peak_rss_mib") is not None
+    }
     return dict(sorted(peaks.items(), key=lambda kv: -kv[1]))
 
 
@@ -197,15 +197,15 @@ def main() -> None:
         print(f"{tag}: running the pipeline (log: {run_root / 'run.log'}) ...", flush=True)
         figures = run_pipeline(config, run_root / "results.db", run_root / "run.log", args.source)
         run_dir = run_root / "runs" / "demo" / "scale"
-        tasks = task_seconds(run_dir)
+        records = task_records(run_dir)
         sizes[tag] = {
             **figures,
             "generate_seconds": round(generate_seconds, 1),
             "products": round(DEMO["products"] * size),
             "users": round(DEMO["users"] * size),
             "events": round(DEMO["events"] * size),
-            "tasks": dict(sorted(tasks.items(), key=lambda kv: -kv[1])),
-            "task_peak_rss_mib": task_peak_rss(run_dir),
+            "tasks": task_seconds(records),
+            "task_peak_rss_mib": task_peak_rss(records),
             "personal_map": personal_metrics(run_dir),
             "log_silences_over_30s": log_silences(run_root / "run.log"),
             "measured_at": now(),

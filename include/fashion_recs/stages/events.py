@@ -547,13 +547,15 @@ class SeenRows:
 
     def repeats(self, hashes: np.ndarray) -> np.ndarray:
         """Which of `hashes` were seen before (earlier in this call or in an earlier one)."""
+        if not len(hashes):
+            return np.zeros(0, dtype=bool)
         # An unstable sort (several times faster than `np.unique`'s stable one); the first
         # occurrence of each value is then its group's smallest position.
         order = np.argsort(hashes)
         ordered = hashes[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else order
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
         unique = ordered[starts]
-        first = np.minimum.reduceat(order, starts) if len(order) else order
+        first = np.minimum.reduceat(order, starts)
         repeated = np.ones(len(hashes), dtype=bool)
         repeated[first] = False
         seen = np.zeros(len(unique), dtype=bool)
@@ -656,20 +658,16 @@ def filter_events(
                     verdicts[reason] = verdicts.get(reason, 0) + n
                 for reason, n in block.rejected.group_by("reason").len().rows():
                     verdicts[reason] = verdicts.get(reason, 0) + n
-                rejected = (
-                    rows.filter(
-                        pl.col("reason").is_not_null() & ~pl.col("reason").is_in(FILTERED_VERDICTS)
-                    )
-                    .sort("row_number")
-                    .select(
-                        "reason",
-                        column.alias("column"),
-                        pl.col("row_number").cast(pl.String).alias("source_row"),
-                        pl.col("line_number").cast(pl.String).alias("source_line"),
-                        pl.lit(str(source)).alias("source_file"),
-                        pl.lit(None, dtype=pl.String).alias("raw_line"),
-                        *cols.raw_columns,
-                    )
+                rejected = rows.filter(
+                    pl.col("reason").is_not_null() & ~pl.col("reason").is_in(FILTERED_VERDICTS)
+                ).select(
+                    "reason",
+                    column.alias("column"),
+                    pl.col("row_number").cast(pl.String).alias("source_row"),
+                    pl.col("line_number").cast(pl.String).alias("source_line"),
+                    pl.lit(str(source)).alias("source_file"),
+                    pl.lit(None, dtype=pl.String).alias("raw_line"),
+                    *cols.raw_columns,
                 )
                 if block.rejected.height:
                     rejected = pl.concat([block.rejected, rejected], how="diagonal_relaxed")
