@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     run_id = args.run_id or f"cli__{args.logical_date.isoformat()}"
     ctx = make_context(run_id, args.logical_date, args.config)
     url = args.db or default_results_url(ctx.config.publish.default_url, ctx.config.base_dir)
-    record = run_all(ctx, url)
+    record = run_all(ctx, url, task_processes=not args.in_process)
     print(json.dumps(record["publish"], indent=2, default=str))
     return 0
 
@@ -119,11 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fashion-recs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("generate", help="write a synthetic retailer (see --help of this command)")
-    run = sub.add_parser("run", help="run every pipeline step in this process, no Airflow")
+    run = sub.add_parser("run", help="run every pipeline step, each in its own process, no Airflow")
     run.add_argument("--config", default=None, help="retailer YAML (default config/retailer.yaml)")
     run.add_argument("--run-id", default=None, help="default: cli__<logical date>")
     run.add_argument("--logical-date", type=date.fromisoformat, default=date.today())
     run.add_argument("--db", default=None, help="SQLAlchemy URL (default: the config's)")
+    run.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every task in this process (for a debugger or profiler); the default runs "
+        "each task in a process of its own, as Airflow does, so memory is given back between",
+    )
     show = sub.add_parser("show", help="print the run the results database currently serves")
     show.add_argument("--db", required=True, help="SQLAlchemy URL of the results database")
     serve = sub.add_parser("serve", help="the reference service over the published tables")

@@ -1,8 +1,8 @@
 """A task's own peak memory, for its record in `tasks/<task_id>.json`.
 
-When every task of a run shares one process (`fashion-recs run`, `dag.test()`), the process's
-high-water mark only ever rises, so it cannot say which task needed the memory. Linux lets a
-process reset its own mark (`/proc/self/clear_refs`, value 5); a task resets it when it
+When every task of a run shares one process (`dag.test()`, `fashion-recs run --in-process`),
+the process's high-water mark only ever rises, so it cannot say which task needed the memory.
+Linux lets a process reset its own mark (`/proc/self/clear_refs`, value 5); a task resets it when it
 starts and reads it when it ends. Elsewhere the figure is the process's peak so far. The
 reset also lowers what `getrusage` and a parent's `wait4` report as the process's peak, so a
 whole run's peak is the largest of its tasks' records.

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -672,17 +673,29 @@ def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def run_all(ctx: RunContext, url: str) -> dict[str, Any]:
+def run_all(ctx: RunContext, url: str, *, task_processes: bool = True) -> dict[str, Any]:
     """Every step in dependency order, without Airflow (CLI and fast tests), under the DAG's
     task ids, ending with the run report. The run directory is held for the whole run, so
-    another run with the same run id fails at once, not between two steps."""
+    another run with the same run id fails at once, not between two steps.
+
+    Each task runs in a process of its own (`task_processes`), as under Airflow, so the run
+    needs the memory of its largest task; `task_processes=False` runs them all here (a
+    debugger, a profiler)."""
+    from fashion_recs.run_lock import process_owner
+    from fashion_recs.task_processes import TaskProcesses, in_process
+
+    # The task processes hold the directory for this process's run, not each for itself.
+    ctx = replace(ctx, owner=ctx.owner or process_owner())
     with claim_run_dir(ctx.paths.run_dir, ctx.paths.run_id, ctx.owner):
-        return _run_all(ctx, url)
+        if not task_processes:
+            return _run_all(ctx, url, in_process)
+        with TaskProcesses() as runner:
+            return _run_all(ctx, url, runner)
 
 
-def _run_all(ctx: RunContext, url: str) -> dict[str, Any]:
+def _run_all(ctx: RunContext, url: str, runner: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     def step(task_id: str, name: str, *args: Any) -> dict[str, Any]:
-        return run_step(ctx, task_id, name, *args)
+        return runner(ctx, task_id, name, *args)
 
     dl = step("download_files", "download")
     prod = step("clean_products", "products", dl)

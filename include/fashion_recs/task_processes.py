@@ -1,0 +1,142 @@
+"""Each task of a `fashion-recs run` in a process of its own, as Airflow's executors run them.
+
+Run in one process, tasks leave their memory behind: allocators (polars' jemalloc, glibc's
+arenas, torch's) keep what a task freed for the next allocation instead of giving it back,
+so at 10x the demo a two-second quality check sat on 7 GiB that earlier tasks had used, and
+the run needed the sum of its tasks' leftovers rather than the memory of its largest task.
+A process per task gives everything back when the task ends, and a task's recorded peak is
+its own.
+
+Processes come from a fork server that has imported the libraries every task uses, so a task
+starts in milliseconds, not after seconds of imports. Each child takes the caller's current
+environment and logging level, runs `run_step` (which writes the task's record), and sends
+back the step's summary; an exception comes back and is raised here. A child that dies
+without an answer (killed, out of memory) gets a failed task record naming that.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from fashion_recs.errors import FashionRecsError
+
+if TYPE_CHECKING:
+    from fashion_recs.pipeline import RunContext
+
+log = logging.getLogger(__name__)
+
+# Imported once by the fork server; every task process starts with them loaded.
+PRELOAD = (
+    "numpy",
+    "pandas",
+    "polars",
+    "pyarrow.parquet",
+    "scipy.sparse",
+    "sqlalchemy",
+    "sklearn",
+    "torch",
+    "great_expectations",
+    "fashion_recs.pipeline",
+    "fashion_recs.quality.checks",
+    "fashion_recs.personal.base",
+)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+class TaskProcessDied(FashionRecsError):
+    """A task's process ended without a result (killed by a signal, out of memory)."""
+
+
+StepRunner = Callable[..., dict[str, Any]]
+
+
+def in_process(ctx: RunContext, task_id: str, step: str, *args: Any) -> dict[str, Any]:
+    """Run the step here, in the caller's process (debugging, profilers)."""
+    from fashion_recs.pipeline import run_step
+
+    return run_step(ctx, task_id, step, *args)
+
+
+class TaskProcesses:
+    """A context manager that runs steps one at a time, each in a fresh process."""
+
+    # What a task process runs; module level, so a child can import it by name.
+    target: Callable[..., dict[str, Any]]
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(list(PRELOAD))
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1)
+        self.target = _child
+
+    def __enter__(self) -> TaskProcesses:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __call__(self, ctx: RunContext, task_id: str, step: str, *args: Any) -> dict[str, Any]:
+        root = logging.getLogger()
+        started = time.time()
+        future = self._pool.submit(
+            self.target, ctx, task_id, step, args, dict(os.environ), root.level, bool(root.handlers)
+        )
+        try:
+            return future.result()
+        except BrokenProcessPool as exc:
+            message = (
+                f"task {task_id}: its process ended without a result (killed by a signal or "
+                "by the out-of-memory killer; the system log says which)"
+            )
+            _record_death(ctx, task_id, step, message, started)
+            raise TaskProcessDied(message) from exc
+
+
+def _child(
+    ctx: RunContext,
+    task_id: str,
+    step: str,
+    args: tuple[Any, ...],
+    environ: dict[str, str],
+    level: int,
+    configure_logging: bool,
+) -> dict[str, Any]:
+    from fashion_recs.pipeline import run_step
+
+    os.environ.clear()
+    os.environ.update(environ)
+    if configure_logging:
+        logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
+    else:
+        logging.getLogger().setLevel(level)
+    return run_step(ctx, task_id, step, *args)
+
+
+def _record_death(ctx: RunContext, task_id: str, step: str, message: str, started: float) -> None:
+    """The failed task's record, which its process could not write."""
+    from fashion_recs.artifacts import write_json
+    from fashion_recs.contract import TASKS_DIR
+
+    record = {
+        "task_id": task_id,
+        "step": step,
+        "try_number": 1,
+        "status": "failed",
+        "error": f"{TaskProcessDied.__name__}: {message}",
+        "started": started,
+        "seconds": round(time.time() - started, 3),
+    }
+    write_json(record, ctx.paths.file(TASKS_DIR, f"{task_id}.json"))
