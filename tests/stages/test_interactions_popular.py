@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -119,3 +120,57 @@ def test_popularity_per_segment_with_minimum_users_and_overall_fallback() -> Non
         "region",
         "age_group_region",
     ]
+
+
+def _weights_by_join(frame: pl.DataFrame, rules: list[InteractionRule]) -> pl.DataFrame:
+    """The rule table joined in: exact (event, button) first, then event-only rules."""
+    table = pl.DataFrame(
+        [(r.event_name, r.button_name, r.category, float(r.weight)) for r in rules],
+        schema={
+            "event_name": pl.String,
+            "button_name": pl.String,
+            "category": pl.String,
+            "weight": pl.Float64,
+        },
+        orient="row",
+    )
+    exact = table.filter(pl.col("button_name").is_not_null())
+    loose = table.filter(pl.col("button_name").is_null()).drop("button_name")
+    joined = frame.join(exact, on=["event_name", "button_name"], how="left", maintain_order="left")
+    joined = joined.join(loose, on="event_name", how="left", suffix="_any", maintain_order="left")
+    return joined.with_columns(
+        pl.coalesce("category", "category_any").alias("category"),
+        pl.coalesce("weight", "weight_any").alias("weight"),
+    ).drop("category_any", "weight_any")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rule_matching_agrees_with_joining_the_rule_table(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 5_000
+    names = np.array(["view", "click", "purchase", "open"], dtype=object)
+    buttons = np.array(["bag", "heart", None, ""], dtype=object)
+    ts = datetime(2026, 10, 1, tzinfo=UTC)
+    frame = events(
+        [
+            (f"U{u}", names[e], buttons[b], ts + timedelta(minutes=int(m)), f"p{p}", "s")
+            for u, e, b, m, p in zip(
+                rng.integers(0, 50, n),
+                rng.integers(0, len(names), n),
+                rng.integers(0, len(buttons), n),
+                rng.integers(0, 10_000, n),
+                rng.integers(0, 30, n),
+                strict=True,
+            )
+        ]
+    )
+    rules = [*RULES, InteractionRule(event_name="open", button_name="", category="o", weight=2)]
+    expected = _weights_by_join(frame, rules)
+    weighted, unmapped = weight_events(frame, rules)
+    assert weighted.equals(
+        expected.filter(pl.col("category").is_not_null()).select(weighted.columns)
+    )
+    assert unmapped.select(frame.columns).equals(
+        expected.filter(pl.col("category").is_null()).select(frame.columns)
+    )
+    assert weighted.height + unmapped.height == n

@@ -16,6 +16,7 @@ import logging
 import time
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -46,37 +47,27 @@ def decay_weight(weight: pl.Expr, ts: pl.Expr, as_of: datetime, half_life_days: 
 def weight_events(
     events: pl.DataFrame, rules: list[InteractionRule]
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Attach category and weight to each event; return (weighted, unmapped)."""
-    rule_frame = pl.DataFrame(
-        {
-            "event_name": [r.event_name for r in rules],
-            "button_name": [r.button_name for r in rules],
-            "category": [r.category for r in rules],
-            "weight": [float(r.weight) for r in rules],
-        },
-        schema={
-            "event_name": pl.String,
-            "button_name": pl.String,
-            "category": pl.String,
-            "weight": pl.Float64,
-        },
-    )
-    exact = rule_frame.filter(pl.col("button_name").is_not_null())
-    any_button = rule_frame.filter(pl.col("button_name").is_null()).drop("button_name")
-    joined = events.join(
-        exact,
-        on=["event_name", "button_name"],
-        how="left",
-        nulls_equal=False,
-        maintain_order="left",
-    )
-    joined = joined.join(
-        any_button, on="event_name", how="left", suffix="_any", maintain_order="left"
-    )
-    joined = joined.with_columns(
-        pl.coalesce("category", "category_any").alias("category"),
-        pl.coalesce("weight", "weight_any").alias("weight"),
-    ).drop("category_any", "weight_any")
+    """Attach category and weight to each event; return (weighted, unmapped).
+
+    A rule naming a button matches that event and button; one without matches the event
+    with any button, after the exact rules. The handful of rules are one when/then chain of
+    comparisons (twice as fast as joining a rule table at 20M events), first match wins.
+    """
+    exact = [r for r in rules if r.button_name is not None]
+    any_button = [r for r in rules if r.button_name is None]
+    category: Any = pl
+    weight: Any = pl
+    for rule in [*exact, *any_button]:
+        matches = pl.col("event_name") == rule.event_name
+        if rule.button_name is not None:
+            matches = matches & (pl.col("button_name") == rule.button_name)
+        category = category.when(matches).then(pl.lit(rule.category, pl.String))
+        weight = weight.when(matches).then(pl.lit(float(rule.weight), pl.Float64))
+    if rules:
+        category, weight = category.otherwise(None), weight.otherwise(None)
+    else:
+        category, weight = pl.lit(None, pl.String), pl.lit(None, pl.Float64)
+    joined = events.with_columns(category.alias("category"), weight.alias("weight"))
     mapped = joined.filter(pl.col("category").is_not_null())
     unmapped = joined.filter(pl.col("category").is_null())
     return mapped.select(INTERACTIONS_SCHEMA.names), unmapped
@@ -116,7 +107,9 @@ def build_interactions(
     log_user_interaction); they are weighed exactly like exported events.
     """
     started = time.perf_counter()
-    events = pl.read_parquet(events_path)
+    # One chunk: the sort below gathers every column, ~3x faster from one chunk than from
+    # the file's row groups.
+    events = pl.read_parquet(events_path).rechunk()
     # Each step below is one vectorised query; at 20M events each takes seconds, so the log
     # says where the stage is between them.
     log.info("interactions: read %d events (%.1f s)", events.height, time.perf_counter() - started)
@@ -124,7 +117,7 @@ def build_interactions(
     if logged_path is not None:
         logged = pl.read_parquet(logged_path).select(events.columns)
         n_logged = logged.height
-        events = pl.concat([events, logged.cast(events.schema)])
+        events = pl.concat([events, logged.cast(events.schema)], rechunk=True)
     weighted, unmapped = weight_events(events, config.interactions.rules)
     weighted = weighted.sort("user_id", "event_ts", "product_id", maintain_order=True)
     log.info(
