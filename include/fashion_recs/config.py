@@ -180,6 +180,11 @@ class EventsConfig(_Strict):
     # A row of interest that repeats an earlier row exactly (a double submission) is filtered
     # with the reason `duplicate_event`, as the seed dropped duplicates; `keep` counts it again.
     duplicate_events: Literal["filter", "keep"] = "filter"
+    # `auto`: a file whose records are one line each (checked first, in one pass) streams
+    # through one polars query on every core; any other file, and every file with `blocks`,
+    # goes through the block reader, which quarantines what the CSV reader cannot read.
+    # Both give the same artifacts.
+    reader: Literal["auto", "blocks"] = "auto"
 
     @field_validator("timestamp_formats")
     @classmethod

@@ -278,3 +278,126 @@ def test_one_of_matches_is_in_for_short_and_long_lists(values, n_wanted) -> None
     frame = pl.DataFrame({"event": values}, schema={"event": pl.String})
     fast = frame.select(one_of("event", wanted)).to_series().to_list()
     assert fast == frame.select(pl.col("event").is_in(wanted)).to_series().to_list()
+
+
+def _stage_outputs(
+    tmp_path, name: str, files, reader: str, max_record_bytes: int = 1 << 20
+) -> tuple[dict, dict]:
+    """The stage's summary (paths left out) and every table it wrote, for one reader."""
+    config = make_config(
+        tmp_path / reader / name,
+        events={"reader": reader, "chunk_size": 1_000},
+        quality={"max_reject_rate": {"events": 1.0}, "max_record_bytes": max_record_bytes},
+    )
+    paths = run_paths(config)
+    summary = build_events(config, paths, files, CATALOGUE, date(2026, 11, 1))
+    summary = {k: v for k, v in summary.items() if k not in ("events", "event_product_ids")}
+    summary["counts"] = {k: v for k, v in summary["counts"].items() if k != "quarantine_path"}
+    tables = {
+        p.name: pq.read_table(p)
+        for p in (
+            paths.path(EVENTS),
+            paths.path(EVENT_PRODUCT_IDS),
+            paths.path(quarantine("events")),
+        )
+    }
+    return summary, tables
+
+
+def _log_lines(n: int, seed: int) -> list[str]:
+    """A log of every kind of row the stage tells apart, one record a line."""
+    import random
+
+    rng = random.Random(seed)
+    names = ["product_details_page_view", "button_click", "purchase", "app_open"]
+    buttons = ["", "bag_button", "heart_button", "share_button"]
+    cells = [A, f'"[""{B}""]"', f"{A}|{C}", UNKNOWN, "", f" #{C} ", f"{UNKNOWN};{B}", "x"]
+    lines = []
+    for i in range(n):
+        user = rng.choice([f"U{i % 97}", "", " U5 ", "U\x07"])
+        ts = rng.choice([TS, "2026-10-30T11:00:00.5Z", "yesterday", "2030-01-01 00:00:00"])
+        row = [
+            user,
+            rng.choice(names),
+            rng.choice(buttons),
+            ts,
+            rng.choice(cells),
+            rng.choice(cells),
+        ]
+        lines.append(",".join(row[: rng.choice([6, 6, 6, 6, 4])]))
+        if rng.random() < 0.05:
+            lines.append(lines[-1])  # an exact repeat (a double submission)
+        if rng.random() < 0.03:
+            lines.append(lines[-1] + ",extra,fields")
+    return lines
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_streaming_reader_writes_what_the_block_reader_writes(tmp_path, seed) -> None:
+    from fashion_recs.stages.events import single_line_records
+
+    header = ",".join(HEADER)
+    files = []
+    for k, ending in enumerate(["\n", "\r\n"]):
+        lines = _log_lines(3_000, seed * 10 + k)
+        path = tmp_path / f"events_{k + 1}.csv"
+        path.write_bytes((ending.join([header, *lines]) + ("" if k else ending)).encode())
+        assert single_line_records(path, 1 << 20) == len(lines)  # the streaming reader's file
+        files.append(path)
+    streamed = _stage_outputs(tmp_path, "log", files, "auto")
+    blocks = _stage_outputs(tmp_path, "log", files, "blocks")
+    assert streamed[0] == blocks[0]
+    assert set(streamed[0]["counts"]["reasons"]) == {
+        "missing_user_id",
+        "control_characters",
+        "bad_timestamp",
+        "implausible_timestamp",
+        "no_product_id",
+        "unknown_product_id",
+    }
+    assert streamed[0]["duplicate_events"] > 0
+    for name, table in blocks[1].items():
+        assert streamed[1][name].equals(table), name
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "\nU9,purchase,,{ts},{a},\n",  # a blank line
+        'U9,purchase,,{ts},"[""{a}"",\n""{b}""]",\n',  # a line break inside quotes
+        'U9,purchase,,{ts},"{a},\nU10,purchase,,{ts},{b},\n',  # a quote never closed
+        "U9,purchase,,{ts},{a},{pad}\n",  # a record longer than the limit
+    ],
+)
+def test_files_the_streaming_reader_cannot_take_go_to_the_block_reader(tmp_path, tail) -> None:
+    from fashion_recs.stages.events import single_line_records
+
+    head = ",".join(HEADER) + "\n" + "".join(f"U{i},purchase,,{TS},{A},\n" for i in range(5))
+    path = tmp_path / "events_1.csv"
+    path.write_text(head + tail.format(ts=TS, a=A, b=B, pad="z" * 2_000))
+    assert single_line_records(path, 1_024) is None
+    clean = tmp_path / "clean" / "events_1.csv"
+    clean.parent.mkdir()
+    clean.write_text(head)
+    assert single_line_records(clean, 1_024) == 5
+    streamed = _stage_outputs(tmp_path, "odd", [clean, path], "auto", 1_024)
+    blocks = _stage_outputs(tmp_path, "odd", [clean, path], "blocks", 1_024)
+    assert streamed[0] == blocks[0]
+    for name, table in blocks[1].items():
+        assert streamed[1][name].equals(table), name
+
+
+def test_not_utf8_a_byte_order_mark_or_a_two_line_header_is_for_the_block_reader(tmp_path):
+    from fashion_recs.stages.events import single_line_records
+
+    row = f"U1,purchase,,{TS},{A},\n".encode()
+    header = (",".join(HEADER) + "\n").encode()
+    cases = {
+        "latin1": header + row + b"U\xe9,purchase,,2026-10-30 12:00:00,x,\n",
+        "bom": b"\xef\xbb\xbf" + header + row,
+        "header": b'"user\nid",' + header.split(b",", 1)[1] + row,
+    }
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.csv"
+        path.write_bytes(data)
+        assert single_line_records(path, 1 << 20) is None, name
