@@ -534,9 +534,20 @@ class UserCfConfig(_Strict):
 
 class ProfileConfig(_Strict):
     """User = weighted mean of item embeddings; `vectors` names a similar-products model
-    (text_tfidf, always built, or an encoder when its embeddings exist in the run)."""
+    (text_tfidf, always built, or an encoder when its embeddings exist in the run).
+
+    Items are ranked by cosine to the profile. `method: auto` ranks every item up to
+    `exact_max_items` products (and for sparse vectors too wide to densify), and above
+    searches a faiss IVF index (`ivf_nprobe` of `ivf_nlist` cells per user; null: 4 x
+    sqrt(products)); its recall@k against exact ranking is measured on `recall_sample`
+    users and recorded in the step's summary."""
 
     vectors: list[str] = Field(default_factory=lambda: ["text_tfidf", "fashion_clip"])
+    method: Literal["auto", "exact", "faiss_ivf"] = "auto"
+    exact_max_items: int = Field(default=10_000, ge=1)
+    ivf_nlist: int | None = Field(default=None, ge=1)
+    ivf_nprobe: int = Field(default=32, ge=1)
+    recall_sample: int = Field(default=500, ge=10)
 
 
 class TwoTowerConfig(_Strict):

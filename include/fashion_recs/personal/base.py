@@ -91,6 +91,18 @@ class Recommender(ABC):
         (sparse_dot_topn) and never materialises a row's full scores."""
         return None
 
+    def top_k_rows(
+        self, rows: np.ndarray, k: int, known: sp.csr_matrix | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The k best items of each of `rows` found without scoring the whole catalogue (an
+        index over item vectors), or None when the model has no such search.
+
+        The answer is what ranking `score_block` would give: (index into `rows`, item
+        column, score) grouped by row, best first, ties by column, `known` items (a 0/1 row
+        per entry of `rows`, or None) never listed, users without evidence absent. An
+        approximate search may differ from the exact lists in which items it finds."""
+        return None
+
     def recommend(
         self, user_ids: Iterable[str], k: int, *, exclude_known: bool = True
     ) -> pd.DataFrame:
@@ -120,8 +132,6 @@ class Recommender(ABC):
         """Top-k of the matrix rows `rows` as integer arrays, grouped by row, best first:
         (index into `rows`, item column, score). What `recommend` and the ranker's candidate
         sources share, without turning codes into ids."""
-        import torch
-
         matrix = self.matrix
         rows = np.asarray(rows, dtype=np.int64)
         kk = min(k, matrix.n_items)
@@ -140,25 +150,9 @@ class Recommender(ABC):
         parts = []
         for lo in range(0, len(rows), step):
             which = order[lo : lo + step]
-            factors = self.score_factors(rows[which])
-            sparse = None if factors is not None else self.sparse_scores(rows[which])
-            if factors is not None:
-                known = matrix.known(rows[which]) if exclude else None
-                position, cols, scores = top_k_product(*factors, kk, known)
-                parts.append((which[position], cols, scores))
-            elif sparse is not None:
-                known = matrix.known(rows[which]) if exclude else None
-                position, cols, scores = top_k_sparse(sparse, kk, known)
-                parts.append((which[position], cols, scores))
-            else:
-                block = self.score_block(rows[which])
-                if exclude:
-                    known = matrix.known(rows[which]).tocoo()
-                    block[torch.from_numpy(known.row), torch.from_numpy(known.col)] = -math.inf
-                cols, scores = select_top_k(block, kk)
-                keep = np.isfinite(scores)
-                position = np.repeat(which, kk).reshape(len(which), kk)
-                parts.append((position[keep], cols[keep], scores[keep]))
+            known = matrix.known(rows[which]) if exclude else None
+            position, cols, scores = self._block_top_k(rows[which], kk, known)
+            parts.append((which[position], cols, scores))
             if time.perf_counter() - last_report > PROGRESS_EVERY_S:
                 last_report = time.perf_counter()
                 done = min(lo + step, len(rows))
@@ -177,6 +171,40 @@ class Recommender(ABC):
             back = np.argsort(position, kind="stable")
             position, cols, scores = position[back], cols[back], scores[back]
         return position, cols, scores
+
+    def _block_top_k(
+        self, rows: np.ndarray, k: int, known: sp.csr_matrix | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One block's lists from the cheapest form the model offers: a search, sparse
+        factors, sparse scores, else the dense score block."""
+        found = self.top_k_rows(rows, k, known)
+        if found is not None:
+            return found
+        factors = self.score_factors(rows)
+        if factors is not None:
+            return top_k_product(*factors, k, known)
+        sparse = self.sparse_scores(rows)
+        if sparse is not None:
+            return top_k_sparse(sparse, k, known)
+        return top_k_block(self.score_block(rows), k, known)
+
+
+def top_k_block(
+    block, k: int, known: sp.csr_matrix | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k best finite scores of each row of a dense score block (a torch tensor), `known`
+    cells excluded, ties by column (`select_top_k`), as (row, column, score) arrays grouped
+    by row, best first."""
+    import torch
+
+    if known is not None and known.nnz:
+        coo = sp.csr_matrix(known).tocoo()
+        block[torch.from_numpy(coo.row), torch.from_numpy(coo.col)] = -math.inf
+    k = min(k, block.shape[1])
+    cols, scores = select_top_k(block, k)
+    keep = np.isfinite(scores)
+    position = np.repeat(np.arange(block.shape[0]), k).reshape(block.shape[0], k)
+    return position[keep], cols[keep], scores[keep]
 
 
 def top_k_product(

@@ -778,13 +778,13 @@ class TwoTowerModel:
             model._item_vectors = model._compute_item_vectors(item_inputs)
         model._state = _UserState.from_events(events, params.history_len)
         history.seconds = time.monotonic() - started
+        best = history.best_val_recall
         log.info(
-            "two-tower (%s): kept epoch %d of %d (val recall@%d %.4f) after %.1f s",
+            "two-tower (%s): kept epoch %d of %d%s after %.1f s",
             params.loss,
             history.best_epoch,
             len(history.train_loss),
-            params.val_k,
-            history.best_val_recall,
+            "" if math.isnan(best) else f" (val recall@{params.val_k} {best:.4f})",
             history.seconds,
         )
         return model
@@ -909,13 +909,14 @@ class TwoTowerModel:
             else:
                 recall = math.nan
             history.val_recall.append(recall)
+            # A refit on every interaction has no validation split to report.
+            validated = "" if math.isnan(recall) else f", val recall@{params.val_k} {recall:.4f}"
             log.info(
-                "two-tower epoch %d/%d: loss %.4f, val recall@%d %.4f, %.0f examples/s",
+                "two-tower epoch %d/%d: loss %.4f%s, %.0f examples/s",
                 epoch,
                 params.max_epochs,
                 epoch_loss,
-                params.val_k,
-                recall,
+                validated,
                 n / max(epoch_seconds, 1e-9),
             )
             if math.isnan(recall) or recall > best_recall:

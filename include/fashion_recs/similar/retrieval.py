@@ -253,22 +253,42 @@ class IvfParams:
     train_points_per_list: int = 64
 
 
-def ivf_neighbors(vectors: np.ndarray, k: int, params: IvfParams) -> Neighbors:
-    """Top-k by a faiss IVF-Flat inner-product index built over the rows."""
+def ivf_index(
+    x: np.ndarray,
+    nlist: int,
+    nprobe: int,
+    seed: int,
+    train_points_per_list: int,
+    train_iterations: int | None = None,
+):
+    """A faiss IVF-Flat inner-product index over the rows of `x` (float32, L2-normalised, so
+    the inner product is their cosine): `nlist` k-means cells (at most one per ~39 rows, as
+    faiss wants to train them), `nprobe` scanned per query. Shared by the similar-products
+    retrieval and the personal embedding profiles."""
     import faiss
 
-    started = time.perf_counter()
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = x.shape
-    nlist = params.nlist or max(1, int(1.6 * math.sqrt(n)))
-    nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))  # faiss wants ~39 points per cell
+    nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = params.seed
-    index.cp.max_points_per_centroid = params.train_points_per_list
+    index.cp.seed = seed
+    index.cp.max_points_per_centroid = train_points_per_list
+    if train_iterations is not None:
+        index.cp.niter = train_iterations
     index.train(x)
     index.add(x)
-    index.nprobe = min(params.nprobe, nlist)
+    index.nprobe = min(nprobe, nlist)
+    return index
+
+
+def ivf_neighbors(vectors: np.ndarray, k: int, params: IvfParams) -> Neighbors:
+    """Top-k by a faiss IVF-Flat inner-product index built over the rows."""
+    started = time.perf_counter()
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = x.shape[0]
+    nlist = params.nlist or max(1, int(1.6 * math.sqrt(n)))
+    index = ivf_index(x, nlist, params.nprobe, params.seed, params.train_points_per_list)
+    nlist = index.nlist
     built = time.perf_counter() - started
     kk = min(k, n - 1)
     dist, ids = index.search(x, kk + 1)

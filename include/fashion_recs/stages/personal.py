@@ -237,23 +237,63 @@ def item_vectors(
     return aligned
 
 
+def profile_search(config: RetailerConfig) -> Any:
+    """The configured ranking of items against embedding profiles."""
+    from fashion_recs.personal.profiles import ProfileSearch
+
+    cfg = config.personal.profiles
+    return ProfileSearch(
+        method=cfg.method,
+        exact_max_items=cfg.exact_max_items,
+        nlist=cfg.ivf_nlist,
+        nprobe=cfg.ivf_nprobe,
+        recall_sample=cfg.recall_sample,
+        seed=config.seed,
+    )
+
+
 def profiles_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths) -> dict:
-    """Embedding profiles for each configured vector model this run has vectors for."""
+    """Embedding profiles for each configured vector model this run has vectors for; the
+    summary says how each ranked items (`search`: method, index settings and, for an
+    approximate search, its recall@k against exact ranking on the hold-out and full lists)."""
     from fashion_recs.personal.profiles import EmbeddingProfile
 
+    search = profile_search(config)
     factories: dict[str, Callable[[], Recommender]] = {}
+    searches: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, str] = {}
+
+    def factory(vectors: Any, model: str) -> Callable[[], Recommender]:
+        def make() -> Recommender:
+            profile = EmbeddingProfile(vectors, model, search=search)
+            searches.setdefault(profile.name, []).append(profile.search_info)
+            return profile
+
+        return make
+
     for model in config.personal.profiles.vectors:
         vectors = item_vectors(config, paths, model, inputs.products)
         if vectors is None:
             skipped[model] = f"no {model} embeddings in this run (encoder weights unavailable)"
             log.warning("embedding profile %s skipped: %s", model, skipped[model])
             continue
-        factories[f"embedding_profile_{model}"] = lambda v=vectors, m=model: EmbeddingProfile(v, m)
+        factories[f"embedding_profile_{model}"] = factory(vectors, model)
     if not factories:
         raise FashionRecsError("embedding profiles: no configured vector model has vectors")
     summary = run_models(config, paths, "profiles", inputs, factories)
-    return {**summary, "skipped": skipped}
+    return {**summary, "skipped": skipped, "search": _search_summary(searches)}
+
+
+def _search_summary(searches: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per model: the search of its last fit (the full lists), with the recall of the
+    hold-out lists beside it when the search was approximate."""
+    out = {}
+    for name, fits in searches.items():
+        info = dict(fits[-1])
+        if "recall_at_k" in info and len(fits) > 1:
+            info["recall_at_k_holdout"] = fits[0].get("recall_at_k")
+        out[name] = info
+    return out
 
 
 def _two_tower_params(config: RetailerConfig, loss: str, max_epochs: int | None = None) -> Any:

@@ -153,6 +153,11 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
     mark = time.perf_counter()
     scored_model = CandidateRanker(params).fit(training)
     timings["fit"] = round(time.perf_counter() - mark, 2)
+    # Only the newest windows train the published model: the rest (and their concatenation,
+    # gigabytes at 10x the demo) go before the hold-out is scored.
+    window_rows = [len(f) for f in frames]
+    del training
+    frames = frames[: params.train_windows - 1]
     mark = time.perf_counter()
     half_life = candidates_in.half_life_days
     history = history_before(interactions, candidates_in.items, cutoff, half_life)
@@ -172,9 +177,10 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
 
     # Published model: the newest windows, the hold-out's own window first.
     mark = time.perf_counter()
-    newest = [scored.training, *frames[: params.train_windows - 1]]
-    published_model = CandidateRanker(params).fit(pd.concat(newest, ignore_index=True))
-    del scored, history
+    newest = pd.concat([scored.training, *frames], ignore_index=True)
+    del scored, history, frames
+    published_model = CandidateRanker(params).fit(newest)
+    del newest
     everyone = history_before(interactions, candidates_in.items, end, half_life)
     published = _publish(everyone, candidates_in, params, published_model, rc)
     for name, lists in published.lists.items():
@@ -202,8 +208,8 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
         **summary,
         "sources": params.caps,
         "windows": [
-            {"start": str(w.start), "end": str(w.end), "rows": len(f)}
-            for w, f in zip(windows, frames, strict=True)
+            {"start": str(w.start), "end": str(w.end), "rows": rows}
+            for w, rows in zip(windows, window_rows, strict=True)
         ],
         "holdout_candidate_recall": round(recall, 4),
         "holdout_rows": holdout_rows,
