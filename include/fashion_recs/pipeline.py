@@ -120,7 +120,7 @@ def _run_recorded(
         record.update(status="success", counts=result.get("counts"))
         return result
     except Exception as exc:
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        record.update(status="failed", error=_error_text(exc))
         raise
     finally:
         record.update(
@@ -129,6 +129,26 @@ def _run_recorded(
             peak_rss_mib=peak_rss_mib(),
         )
         write_json(record, ctx.paths.file(TASKS_DIR, f"{task_id}.json"))
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def record_lost_task(
+    ctx: RunContext, task_id: str, step: str, error: BaseException, started: float
+) -> None:
+    """The failed record of a task whose process ended before it could write its own."""
+    record = {
+        "task_id": task_id,
+        "step": step,
+        "try_number": 1,
+        "status": "failed",
+        "error": _error_text(error),
+        "started": started,
+        "seconds": round(time.time() - started, 3),
+    }
+    write_json(record, ctx.paths.file(TASKS_DIR, f"{task_id}.json"))
 
 
 def download(ctx: RunContext) -> dict[str, Any]:

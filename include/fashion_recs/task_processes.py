@@ -31,8 +31,6 @@ from fashion_recs.errors import FashionRecsError
 if TYPE_CHECKING:
     from fashion_recs.pipeline import RunContext
 
-log = logging.getLogger(__name__)
-
 # Imported once by the fork server; every task process starts with them loaded.
 PRELOAD = (
     "numpy",
@@ -53,9 +51,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 class TaskProcessDied(FashionRecsError):
     """A task's process ended without a result (killed by a signal, out of memory)."""
-
-
-StepRunner = Callable[..., dict[str, Any]]
 
 
 def in_process(ctx: RunContext, task_id: str, step: str, *args: Any) -> dict[str, Any]:
@@ -97,12 +92,14 @@ class TaskProcesses:
         try:
             return future.result()
         except BrokenProcessPool as exc:
-            message = (
+            from fashion_recs.pipeline import record_lost_task
+
+            died = TaskProcessDied(
                 f"task {task_id}: its process ended without a result (killed by a signal or "
                 "by the out-of-memory killer; the system log says which)"
             )
-            _record_death(ctx, task_id, step, message, started)
-            raise TaskProcessDied(message) from exc
+            record_lost_task(ctx, task_id, step, died, started)
+            raise died from exc
 
 
 def _child(
@@ -123,20 +120,3 @@ def _child(
     else:
         logging.getLogger().setLevel(level)
     return run_step(ctx, task_id, step, *args)
-
-
-def _record_death(ctx: RunContext, task_id: str, step: str, message: str, started: float) -> None:
-    """The failed task's record, which its process could not write."""
-    from fashion_recs.artifacts import write_json
-    from fashion_recs.contract import TASKS_DIR
-
-    record = {
-        "task_id": task_id,
-        "step": step,
-        "try_number": 1,
-        "status": "failed",
-        "error": f"{TaskProcessDied.__name__}: {message}",
-        "started": started,
-        "seconds": round(time.time() - started, 3),
-    }
-    write_json(record, ctx.paths.file(TASKS_DIR, f"{task_id}.json"))

@@ -824,7 +824,7 @@ def filter_events(
                 lines_in += unit.lines
                 rows = unit.classified
                 if seen is not None:
-                    rows = mark_repeats(rows, cols.raw_columns, seen)
+                    rows = mark_repeats(rows, seen)
                 reasons = rows.get_column("reason")
                 verdicts["kept"] = verdicts.get("kept", 0) + reasons.null_count()
                 for frame in (rows.filter(reasons.is_not_null()), unit.rejected):
@@ -872,23 +872,15 @@ def filter_events(
     return rows_in, verdicts, n_events, merged, lines_in
 
 
-def mark_repeats(rows: pl.DataFrame, raw_columns: list[str], seen: SeenRows) -> pl.DataFrame:
+def mark_repeats(rows: pl.DataFrame, seen: SeenRows) -> pl.DataFrame:
     """Kept rows that repeat an earlier row of the log exactly get the `duplicate_event`
     verdict (filtered, as the seed's `drop_duplicates` did), so a double submission is not
     counted twice in the weights. Rows are compared by the hash of their raw columns that
-    `classify_query` adds (computed here when a frame lacks it)."""
+    `classify_query` adds when repeats are filtered."""
     kept = rows.get_column("reason").is_null()
     if not kept.any():
         return rows
-    if ROW_HASH in rows.columns:
-        hashes = rows.get_column(ROW_HASH).filter(kept).to_numpy()
-    else:
-        hashes = (
-            rows.filter(kept)
-            .select(pl.struct(raw_columns).hash(ROW_HASH_SEED))
-            .to_series()
-            .to_numpy()
-        )
+    hashes = rows.get_column(ROW_HASH).filter(kept).to_numpy()
     repeated = seen.repeats(hashes)
     if not repeated.any():
         return rows
