@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_recs.errors import FashionRecsError
+from fashion_recs.sort_keys import index_positions
 
 log = logging.getLogger(__name__)
 
@@ -292,29 +293,45 @@ def _scores(truth: pd.DataFrame, top: _TopK, user_col: str, item_col: str, k: in
     is_hit = np.zeros(len(users), dtype=bool)
     is_hit[known] = np.isin(users[known] * n_truth_items + items[known], truth_keys)
 
+    return metrics_from_hits(n_rel, users[is_hit], top.position[is_hit], k, truth_users, user_col)
+
+
+def metrics_from_hits(
+    n_relevant: np.ndarray,
+    hit_users: np.ndarray,
+    hit_positions: np.ndarray,
+    k: int,
+    users: pd.Index,
+    user_col: str = USER,
+) -> pd.DataFrame:
+    """Every per-user metric from each hit's user code and 1-based position in the top k.
+
+    `n_relevant[u]` is user u's number of relevant items; hits come grouped by user and in
+    position order (as the top-k lists are). Shared by `per_user_metrics` and callers that
+    score many variants of the same lists on integer codes (the blend's grid).
+    """
     # Rows stay grouped by user and ordered by position, so a running count within each
     # user's run of hits is the number of hits so far.
-    hit_users = users[is_hit]
-    hit_position = top.position[is_hit].astype(np.float64)
+    hit_position = hit_positions.astype(np.float64)
     hits_so_far = position_in_run(hit_users)
-    n_users = len(truth_users)
+    n_users = len(users)
     n_hits = np.bincount(hit_users, minlength=n_users)
     precision_sum = np.bincount(hit_users, weights=hits_so_far / hit_position, minlength=n_users)
     dcg = np.bincount(hit_users, weights=1.0 / np.log2(hit_position + 1.0), minlength=n_users)
 
-    denominator = np.minimum(n_rel, k)
+    denominator = np.minimum(n_relevant, k)
     ideal_dcg = np.cumsum(1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64)))
     return pd.DataFrame(
         {
-            "n_relevant": n_rel.astype(np.int64),
+            "n_relevant": n_relevant.astype(np.int64),
             "hits": n_hits.astype(np.int64),
             "precision": n_hits / k,
-            "recall": n_hits / n_rel,
+            "recall": n_hits / n_relevant,
             "average_precision": precision_sum / denominator,
             "ndcg": dcg / ideal_dcg[denominator - 1],
             "hit": (n_hits > 0).astype(np.float64),
         },
-        index=pd.Index(truth_users, name=user_col),
+        index=pd.Index(users, name=user_col),
     )
 
 
@@ -683,7 +700,7 @@ def _as_users(users: Iterable[Any], user_col: str) -> pd.Series:
 
 def _is_in(values: pd.Series, reference: pd.Series) -> np.ndarray:
     # Series.isin on Arrow-backed strings walks the values in Python; a hash lookup does not.
-    return pd.Index(reference.unique()).get_indexer(values) >= 0
+    return index_positions(values, pd.Index(reference.unique())) >= 0
 
 
 def _require_comparable(truth_ids: pd.Index, predicted_ids: pd.Index, column: str) -> None:

@@ -265,6 +265,46 @@ def test_learned_caps_follow_the_truth_and_are_cross_fitted() -> None:
     assert learned.lists["user_id"].drop_duplicates().tolist() == users
 
 
+@pytest.mark.parametrize("metric", ["average_precision", "recall", "ndcg"])
+def test_cap_grid_scores_equal_blending_and_scoring_each_point(metric: str) -> None:
+    """The grid's integer-code scorer is held to `blend` + `per_user_metrics` on every grid
+    point: overlapping sources, repeated products across sources, users without truth, truth
+    users without candidates and truth items no source proposes."""
+    from fashion_recs.evaluate import per_user_metrics
+    from fashion_recs.personal.blend import CapGrid
+
+    rng = np.random.default_rng(3)
+    users = pd.Index([f"u{i:03d}" for i in range(150)])
+    items = np.array([f"p{i:02d}" for i in range(40)])
+
+    def lists(n: int, drop: float) -> pd.DataFrame:
+        rows = []
+        for user in users:
+            if rng.random() < drop:
+                continue
+            for r, item in enumerate(rng.choice(items, n, replace=False), 1):
+                rows.append((user, item, r))
+        return pd.DataFrame(rows, columns=["user_id", "product_id", "rank"])
+
+    candidates = {"recent": lists(6, 0.3), "similar": lists(8, 0.2), "model": lists(12, 0.0)}
+    truth = lists(3, 0.4).drop(columns="rank")
+    truth = pd.concat([truth, pd.DataFrame({"user_id": ["stranger"], "product_id": ["zz"]})])
+    priority, k = ["recent", "similar", "model"], 5
+    grid = CapGrid(users, candidates, priority, {"recent": 6, "similar": 8}, truth, k)
+    for caps in (
+        {"recent": 0, "similar": 0},
+        {"recent": 2, "similar": 4},
+        {"recent": 6, "similar": 8},
+    ):
+        expected = (
+            per_user_metrics(truth, blend(users, candidates, priority, caps, k), k=k)[metric]
+            .reindex(users)
+            .fillna(0.0)
+            .to_numpy()
+        )
+        np.testing.assert_allclose(grid.scores(caps, metric), expected, rtol=0, atol=1e-12)
+
+
 def test_profile_vectors_come_from_an_encoders_embeddings_artifact(tmp_path) -> None:
     """Any similar-products encoder works: its embeddings artifact is aligned to the
     catalogue, products it has no vector for get a zero row (no evidence), and a run without

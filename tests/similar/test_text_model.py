@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import scipy.sparse as sp
 
 from fashion_recs.artifacts import write_artifact
 from fashion_recs.contract import PRODUCTS, PRODUCTS_SCHEMA, similar_metrics, similar_products
@@ -116,6 +117,27 @@ def test_approximate_methods_report_recall_against_exact(tmp_path) -> None:
     _, _, summary = run_stage(tmp_path, retrieval={"method": "faiss_ivf"})
     assert summary["method"] == "faiss_ivf"
     assert 0 < summary["values"]["recall_vs_exact_faiss_ivf@12"] <= 1
+
+
+def test_auto_searches_a_large_catalogue_through_ivf_and_says_how_well(tmp_path) -> None:
+    """Above `exact_max_items` the sparse text vectors go through a faiss IVF index (exact
+    search costs n^2), with recall against exact on a sample in the metrics; dense vectors
+    past the size limit stay exact."""
+    from fashion_recs.stages import similar as similar_stage
+
+    config, _, summary = run_stage(tmp_path, retrieval={"exact_max_items": 150})
+    assert summary["method"] == "faiss_ivf"
+    assert summary["values"]["recall_vs_exact_faiss_ivf@12"] > 0.8
+    small = make_config(tmp_path, similar={"retrieval": {"exact_max_items": 150}})
+    wide = sp.random(200, 64, density=0.1, format="csr", random_state=0)
+    assert similar_stage.retrieval_method(small, wide) == "faiss_ivf"
+    original = similar_stage.DENSE_MAX_BYTES
+    try:
+        similar_stage.DENSE_MAX_BYTES = 200 * 64 * 4 - 1
+        assert similar_stage.retrieval_method(small, wide) == "exact"
+    finally:
+        similar_stage.DENSE_MAX_BYTES = original
+    assert similar_stage.retrieval_method(config, wide[:150]) == "exact"
 
 
 def coarse_catalogue() -> pd.DataFrame:

@@ -238,3 +238,32 @@ def test_variant_pairs_do_not_judge_colour_beside_clicks() -> None:
     assert with_variants.learned["color"] >= clicks_only.learned["color"] > 0
     assert with_variants.used == "learned", with_variants.reason
     assert "weights_heldout_variant_same_color_learned" in with_variants.scores
+
+
+@pytest.mark.parametrize("same_audience", [False, True])
+def test_candidate_restriction_gives_the_full_catalogue_top_k(same_audience: bool) -> None:
+    """Each query's candidates (per agreement class the k + 1 of largest text cosine and the
+    k + 1 first in the tie order) give exactly the top k of scoring the whole catalogue, for
+    weights with and without text and with ties (products sharing title words and
+    attributes)."""
+    from fashion_recs.similar.weights import query_set, top_k
+
+    products = catalogue(800, seed=2)
+    model = fit_text_model(products, max_features=50)
+    groups = pd.factorize(products["target_audience"])[0] if same_audience else None
+    blocks = Blocks(model.text_block(products), model.attribute_codes(products), groups)
+    pairs = same_type_pairs(products, 200, seed=4, same_colour=False)
+    full = weights_module.query_set(blocks, pairs, 60, seed=1)
+    pruned = query_set(blocks, pairs, 60, seed=1, k=5)
+    assert pruned.columns is not None and pruned.columns.shape[1] < blocks.n / 4
+    names = [TEXT_BLOCK, *blocks.codes]
+    rng = np.random.default_rng(7)
+    settings = [dict.fromkeys(names, 1.0), {**dict.fromkeys(names, 0.5), TEXT_BLOCK: 0.0}]
+    for _ in range(6):
+        settings.append(dict(zip(names, rng.choice([0.0, 0.5, 1.0, 2.0], len(names)), strict=True)))
+    for weights in settings:
+        if not any(weights.values()):
+            continue
+        np.testing.assert_array_equal(
+            top_k(blocks, pruned, weights, 5), top_k(blocks, full, weights, 5)
+        )

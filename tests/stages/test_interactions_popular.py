@@ -13,6 +13,7 @@ from fashion_recs.config import InteractionRule, PopularityConfig
 from fashion_recs.stages.interactions import (
     aggregate_user_items,
     decay_weight,
+    sort_events,
     weight_events,
 )
 from fashion_recs.stages.popular import popular_products
@@ -174,3 +175,59 @@ def test_rule_matching_agrees_with_joining_the_rule_table(seed: int) -> None:
         expected.filter(pl.col("category").is_null()).select(frame.columns)
     )
     assert weighted.height + unmapped.height == n
+
+
+def random_weighted(n: int, seed: int) -> pl.DataFrame:
+    """Weighted events with repeated users, products and timestamps, ids of uneven length
+    and case (so lexical order differs from length or insertion order), and two categories
+    sharing a weight (the strongest signal's tie goes to the larger category name)."""
+    rng = np.random.default_rng(seed)
+    users = [f"{c}{i}" for i, c in enumerate(rng.choice(list("aBcDe"), 40))]
+    products = [f"p{i * 7 % 23}{'x' * (i % 3)}" for i in range(30)]
+    signals = [("view", 1.0), ("click", 1.0), ("bag", 4.0), ("wish", 2.5)]
+    picked = rng.integers(0, len(signals), n)
+    base = datetime(2026, 10, 1, tzinfo=UTC)
+    return pl.DataFrame(
+        {
+            "user_id": rng.choice(users, n),
+            "event_name": "e",
+            "button_name": None,
+            "event_ts": [base + timedelta(hours=int(h)) for h in rng.integers(0, 50, n)],
+            "product_id": rng.choice(products, n),
+            "product_slot": "s",
+            "category": [signals[i][0] for i in picked],
+            "weight": [signals[i][1] for i in picked],
+        },
+        schema_overrides={"button_name": pl.String},
+    )
+
+
+def test_integer_code_sort_and_aggregate_equal_the_string_versions() -> None:
+    """The interactions stage sorts and groups on lexical codes of the ids; held to the
+    plain string sort and group-by it replaced."""
+    frame = random_weighted(3_000, seed=5)
+    assert sort_events(frame).equals(
+        frame.sort("user_id", "event_ts", "product_id", maintain_order=True)
+    )
+    decayed = decay_weight(pl.col("weight"), pl.col("event_ts"), AS_OF, 30.0)
+    expected = (
+        frame.with_columns(decayed.alias("decayed"))
+        .group_by("user_id", "product_id")
+        .agg(
+            pl.len().cast(pl.Int64).alias("n_events"),
+            pl.col("weight").sum().alias("weight_sum"),
+            pl.col("decayed").sum().alias("decayed_weight"),
+            pl.col("category").sort_by(["weight", "category"]).last().alias("strongest_category"),
+            pl.col("event_ts").min().alias("first_ts"),
+            pl.col("event_ts").max().alias("last_ts"),
+        )
+        .sort("user_id", "product_id")
+    )
+    got = aggregate_user_items(frame, AS_OF, 30.0)
+    assert (
+        got.select(expected.columns)
+        .drop("weight_sum", "decayed_weight")
+        .equals(expected.drop("weight_sum", "decayed_weight"))
+    )
+    for column in ("weight_sum", "decayed_weight"):
+        np.testing.assert_allclose(got[column], expected[column], rtol=1e-12)

@@ -22,6 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fashion_recs.errors import FashionRecsError
+from fashion_recs.sort_keys import index_positions
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -98,8 +99,8 @@ def user_item_matrix(
     user_index = pd.Index(
         sorted(interactions["user_id"].unique()) if users is None else users, name="user_id"
     )
-    cols = item_index.get_indexer(interactions["product_id"])
-    rows = user_index.get_indexer(interactions["user_id"])
+    cols = index_positions(interactions["product_id"], item_index)
+    rows = index_positions(interactions["user_id"], user_index)
     keep = (cols >= 0) & (rows >= 0)
     weights = decayed_weights(
         interactions["weight"].to_numpy()[keep],

@@ -46,6 +46,7 @@ TEXT_BLOCK = "text"
 BEHAVIOUR = "behaviour"  # similar clicks and co-views, pooled
 VARIANT = "variant"
 MAX_BLOCKS = 16  # attribute agreement is packed into 16 bits
+TIE_SEED = 20_240_601
 
 
 def _unordered(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -102,14 +103,16 @@ def split_pairs(pairs: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class QuerySet:
-    """A sample of query products, their text cosines and block agreement with every
-    product, and their signal partners."""
+    """A sample of query products, their text cosines and block agreement with the products
+    that can reach their top k, and their signal partners."""
 
     rows: np.ndarray  # (q,) catalogue rows
-    text: np.ndarray  # (q, n) float32 text cosine
-    agree: np.ndarray  # (q, n) uint16, bit c set when block c agrees
+    text: np.ndarray  # (q, m) float32 text cosine with `columns`
+    agree: np.ndarray  # (q, m) uint16, bit c set when block c agrees
     partners: np.ndarray  # sorted codes q_position * n + partner_row
     n_partners: np.ndarray  # (q,)
+    # (q, m) catalogue rows in the catalogue's tie order (-1 pads), or None for all rows.
+    columns: np.ndarray | None = None
 
 
 @dataclass
@@ -121,16 +124,34 @@ class Blocks:
     codes: dict[str, np.ndarray]
     groups: np.ndarray | None = None
     text_present: np.ndarray = field(init=False)
+    # Rows in the order that breaks score ties: a fixed shuffle, so that a weight setting
+    # leaving many products tied (no text weight: only attributes score) is judged by an
+    # arbitrary pick among them, as the served lists make it, not by where the catalogue
+    # happens to place a query's partners.
+    tie_order: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.text_present = np.asarray(self.text.multiply(self.text).sum(axis=1)).ravel() > 0.5
+        self.tie_order = np.random.default_rng(TIE_SEED).permutation(self.n)
 
     @property
     def n(self) -> int:
         return self.text.shape[0]
 
 
-def query_set(blocks: Blocks, pairs: np.ndarray, max_queries: int, seed: int) -> QuerySet:
+def query_set(
+    blocks: Blocks, pairs: np.ndarray, max_queries: int, seed: int, k: int | None = None
+) -> QuerySet:
+    """The queries of `pairs` (a sample of at most `max_queries`) scored against the catalogue.
+
+    With `k`, each query keeps only the products that can reach its top k under some
+    weights: a product's score is (t^2 x + lut[agree]) / norm, increasing in its text cosine
+    x among products with the same agreement bits and text presence, so within each such
+    class only the k + 1 of largest cosine (ties in the tie order) can make a top k (one may
+    be the query itself), or with a zero text weight the k + 1 first in the tie order. A few hundred
+    candidates instead of the catalogue make each weight setting of the ascent cheap at any
+    catalogue size; `top_k` returns the same lists either way.
+    """
     both = np.concatenate([pairs, pairs[:, ::-1]])
     queries = np.unique(both[:, 0])
     if len(queries) > max_queries:
@@ -144,24 +165,90 @@ def query_set(blocks: Blocks, pairs: np.ndarray, max_queries: int, seed: int) ->
     for bit, codes in enumerate(blocks.codes.values()):
         agree |= (codes[queries][:, None] == codes[None, :]).astype(np.uint16) << bit
     n_partners = np.bincount(partners // blocks.n, minlength=len(queries))
-    return QuerySet(queries, text, agree, partners, n_partners)
+    qs = QuerySet(queries, text, agree, partners, n_partners)
+    return _candidates(blocks, qs, k) if k is not None else qs
+
+
+def _candidates(blocks: Blocks, qs: QuerySet, k: int) -> QuerySet:
+    """`qs` restricted to each class's k + 1 products of largest text cosine (see query_set)."""
+    n_classes = 2 << len(blocks.codes)
+    if n_classes * (k + 1) * 4 >= blocks.n:
+        return qs  # too many classes for the restriction to pay
+    classes = qs.agree.astype(np.int64) * 2 + blocks.text_present
+    if blocks.groups is not None:
+        # Products outside the query's group never reach its list.
+        other = blocks.groups[qs.rows][:, None] != blocks.groups[None, :]
+        classes[other] = n_classes
+    # Per class, the k + 1 first by cosine (descending, then tie order) and, for a zero text
+    # weight where only the tie order separates them, the k + 1 first in tie order. Columns
+    # are taken in tie order so that stable sorts break ties by it. Cosines lie in [0, 1], so
+    # one float key orders by class, then cosine.
+    tie_order = blocks.tie_order
+    classes = classes[:, tie_order]
+    by_text = np.argsort(classes * 4.0 + (2.0 - qs.text[:, tie_order]), axis=1, kind="stable")
+    by_tie = np.argsort(classes, axis=1, kind="stable")
+    keep = np.zeros(classes.shape, dtype=bool)
+    for order in (by_text, by_tie):
+        ranked = np.take_along_axis(classes, order, axis=1)
+        starts = np.ones(ranked.shape, dtype=bool)
+        starts[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+        position = np.arange(ranked.shape[1])
+        within = position - np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+        chosen = (within <= k) & (ranked < n_classes)
+        np.put_along_axis(keep, order, chosen | np.take_along_axis(keep, order, axis=1), axis=1)
+    width = int(keep.sum(axis=1).max()) if len(qs.rows) else 0
+    columns = np.full((len(qs.rows), width), -1, dtype=np.int64)
+    for i in range(len(qs.rows)):
+        chosen = tie_order[np.flatnonzero(keep[i])]
+        columns[i, : len(chosen)] = chosen
+    safe = np.maximum(columns, 0)
+    return QuerySet(
+        qs.rows,
+        np.take_along_axis(qs.text, safe, axis=1),
+        np.take_along_axis(qs.agree, safe, axis=1),
+        qs.partners,
+        qs.n_partners,
+        columns,
+    )
+
+
+def _first_k(score: np.ndarray, kk: int) -> np.ndarray:
+    """Column indices of each row's kk largest scores, ties to the lower column."""
+    threshold = -np.partition(-score, kk - 1, axis=1)[:, kk - 1 : kk]
+    above = score > threshold
+    tied = score == threshold
+    room = kk - above.sum(axis=1, keepdims=True)
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    return np.sort(np.argsort(~chosen, axis=1, kind="stable")[:, :kk], axis=1)
 
 
 def top_k(blocks: Blocks, qs: QuerySet, weights: dict[str, float], k: int) -> np.ndarray:
-    """Each query's top-k catalogue rows under the block weights (exact cosine)."""
+    """Each query's top-k catalogue rows under the block weights (exact cosine; ties broken
+    by the catalogue's tie order), in ascending row order with -1 first where fewer than k
+    products can be listed."""
     t = weights[TEXT_BLOCK]
     a2 = np.asarray([weights[c] ** 2 for c in blocks.codes], dtype=np.float64)
     bits = np.arange(1 << len(a2))
     lut = (((bits[:, None] >> np.arange(len(a2))) & 1) @ a2).astype(np.float32)
     norms = np.sqrt(t * t * blocks.text_present + a2.sum()).astype(np.float32)
-    score = (np.float32(t * t) * qs.text + lut[qs.agree]) / np.where(norms > 0, norms, 1)
-    score[np.arange(len(qs.rows)), qs.rows] = -np.inf
+    norms = np.where(norms > 0, norms, 1)
+    if qs.columns is None:
+        columns = np.broadcast_to(blocks.tie_order, qs.text.shape)
+        text, agree = qs.text[:, blocks.tie_order], qs.agree[:, blocks.tie_order]
+        valid = np.ones(qs.text.shape, dtype=bool)
+    else:
+        columns, valid, text, agree = qs.columns, qs.columns >= 0, qs.text, qs.agree
+    score = (np.float32(t * t) * text + lut[agree]) / norms[np.maximum(columns, 0)]
+    score[~valid | (columns == qs.rows[:, None])] = -np.inf
     if blocks.groups is not None:
-        score[blocks.groups[qs.rows][:, None] != blocks.groups[None, :]] = -np.inf
-    kk = min(k, blocks.n - 1)
-    top = np.argpartition(-score, kk - 1, axis=1)[:, :kk]
-    top = np.where(np.isfinite(np.take_along_axis(score, top, axis=1)), top, -1)
-    return top
+        other = blocks.groups[qs.rows][:, None] != blocks.groups[np.maximum(columns, 0)]
+        score[other] = -np.inf
+    kk = min(k, blocks.n - 1, score.shape[1])
+    if kk <= 0:
+        return np.full((len(qs.rows), 0), -1, dtype=np.int64)
+    picked = _first_k(score, kk)
+    top = np.take_along_axis(columns, picked, axis=1)
+    return np.sort(np.where(np.isfinite(np.take_along_axis(score, picked, axis=1)), top, -1))
 
 
 def pair_recall(blocks: Blocks, qs: QuerySet, top: np.ndarray, k: int) -> float:
@@ -314,13 +401,13 @@ def learn_weights(
     guarded = [c for c in cfg.variant_differs if c in blocks.codes]
     judges = {b: [s for s in sources if s == BEHAVIOUR or b not in guarded] for b in configured}
     halves = {s: split_pairs(p, seed) for s, p in sources.items()}
-    train = {s: query_set(blocks, h[0], cfg.max_queries, seed) for s, h in halves.items()}
+    train = {s: query_set(blocks, h[0], cfg.max_queries, seed, k) for s, h in halves.items()}
     current = coordinate_ascent(blocks, train, configured, judges, cfg, k)
     train.clear()
     choice.learned = current
     results = {}
     for source, (_, held_pairs) in halves.items():
-        held = query_set(blocks, held_pairs, cfg.max_queries, seed + 1)
+        held = query_set(blocks, held_pairs, cfg.max_queries, seed + 1, k)
         for name, weights in (("configured", configured), ("learned", current)):
             top = top_k(blocks, held, weights, k)
             results[(source, name)] = pair_recall(blocks, held, top, k)

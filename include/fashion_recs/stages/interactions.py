@@ -31,6 +31,7 @@ from fashion_recs.contract import (
     quarantine,
 )
 from fashion_recs.quality.quarantine import account_rows, enforce_reject_rate
+from fashion_recs.sort_keys import lexical_codes, n_codes
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +74,73 @@ def weight_events(
     return mapped.select(INTERACTIONS_SCHEMA.names), unmapped
 
 
+def sort_events(weighted: pl.DataFrame) -> pl.DataFrame:
+    """Events by user, time, product (stable), sorting integer codes instead of strings.
+
+    The same rows in the same order as `sort("user_id", "event_ts", "product_id")`; at 20M
+    events the string sort alone took 7 s, the codes and the gather take about 4.
+    """
+    keys = pl.DataFrame(
+        {
+            "u": lexical_codes(weighted["user_id"]),
+            "t": weighted["event_ts"],
+            "p": lexical_codes(weighted["product_id"]),
+        }
+    )
+    order = keys.with_row_index("_row").sort("u", "t", "p", maintain_order=True)["_row"]
+    return weighted[order]
+
+
+def _signal_rank(interactions: pl.DataFrame) -> tuple[pl.Expr, list[str]]:
+    """An integer that orders events by (weight, category), and the category of each value.
+
+    The strongest signal of a user-product pair is its event of largest weight, ties to the
+    larger category name; taking the maximum of this rank per group is that choice without
+    sorting each group's events.
+    """
+    signals = interactions.select("weight", "category").unique().sort("weight", "category")
+    rank: Any = pl
+    for i, (weight, category) in enumerate(signals.iter_rows()):
+        matches = (pl.col("weight") == weight) & (pl.col("category") == category)
+        rank = rank.when(matches).then(pl.lit(i, pl.Int32))
+    rank = rank.otherwise(None) if signals.height else pl.lit(None, pl.Int32)
+    return rank, signals["category"].to_list()
+
+
 def aggregate_user_items(
     interactions: pl.DataFrame, as_of: datetime, half_life_days: float
 ) -> pl.DataFrame:
-    """One row per (user, product): counts, weights, decayed weight and the strongest signal."""
+    """One row per (user, product): counts, weights, decayed weight and the strongest signal.
+
+    Grouped on one integer per pair (lexical codes of both ids packed together), whose order
+    is the (user_id, product_id) order the artifact is sorted by.
+    """
     decayed = decay_weight(pl.col("weight"), pl.col("event_ts"), as_of, half_life_days)
+    users = lexical_codes(interactions["user_id"]).cast(pl.UInt64)
+    products = lexical_codes(interactions["product_id"])
+    pair = users * max(n_codes(products), 1) + products.cast(pl.UInt64)
+    signal, categories = _signal_rank(interactions)
     return (
-        interactions.with_columns(decayed.alias("decayed"))
-        .group_by("user_id", "product_id")
+        interactions.with_columns(
+            pair.alias("_pair"), decayed.alias("decayed"), signal.alias("_signal")
+        )
+        .group_by("_pair")
         .agg(
+            pl.col("user_id").first(),
+            pl.col("product_id").first(),
             pl.len().cast(pl.Int64).alias("n_events"),
             pl.col("weight").sum().alias("weight_sum"),
             pl.col("decayed").sum().alias("decayed_weight"),
-            pl.col("category").sort_by(["weight", "category"]).last().alias("strongest_category"),
+            pl.col("_signal").max(),
             pl.col("event_ts").min().alias("first_ts"),
             pl.col("event_ts").max().alias("last_ts"),
         )
-        .sort("user_id", "product_id")
+        .sort("_pair")
+        .with_columns(
+            pl.col("_signal")
+            .replace_strict(dict(enumerate(categories)), default=None, return_dtype=pl.String)
+            .alias("strongest_category")
+        )
         .select(USER_ITEMS_SCHEMA.names)
     )
 
@@ -119,7 +170,7 @@ def build_interactions(
         n_logged = logged.height
         events = pl.concat([events, logged.cast(events.schema)], rechunk=True)
     weighted, unmapped = weight_events(events, config.interactions.rules)
-    weighted = weighted.sort("user_id", "event_ts", "product_id", maintain_order=True)
+    weighted = sort_events(weighted)
     log.info(
         "interactions: %d events weighted and sorted (%.1f s)",
         weighted.height,

@@ -1,0 +1,60 @@
+"""Integer keys for string ids: codes that sort like them, positions in an index.
+
+Sorting or grouping 20M events by two string columns spends most of its time comparing and
+hashing strings. The ids have few distinct values (a user id repeats across all of that
+user's events), so each column is mapped once to a small integer whose order is the strings'
+lexical order; sorts and group-bys then run on integers and give exactly the rows the string
+version would, in the same order. Looking ids up in an index (the rows and columns of a
+user x item matrix) likewise runs on Arrow's strings rather than Python objects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from pandas.api.types import is_string_dtype
+
+
+def lexical_codes(values: pl.Series) -> pl.Series:
+    """UInt32 codes with code order == string order of `values` (nulls stay null).
+
+    Equal strings get equal codes and codes are dense (0 .. distinct - 1), so a pair of code
+    columns packs into one integer key. The mapping goes through a Categorical (a hash of each
+    string once) and sorts only the distinct strings.
+    """
+    categorical = values.cast(pl.String).cast(pl.Categorical)
+    distinct = categorical.unique().drop_nulls()
+    physical = distinct.to_physical().to_numpy()
+    if physical.size == 0:
+        return pl.Series(values.name, [None] * len(values), dtype=pl.UInt32)
+    order = distinct.cast(pl.String).arg_sort().to_numpy()
+    rank = np.zeros(int(physical.max()) + 1, dtype=np.uint32)
+    rank[physical[order]] = np.arange(physical.size, dtype=np.uint32)
+    return pl.Series(values.name, rank).gather(categorical.to_physical())
+
+
+def n_codes(codes: pl.Series) -> int:
+    """How many distinct codes `lexical_codes` gave (its largest code + 1)."""
+    top = codes.max()
+    return 0 if top is None else int(top) + 1
+
+
+def index_positions(values: pd.Series | pd.Index | np.ndarray, index: pd.Index) -> np.ndarray:
+    """`index.get_indexer(values)` (int64, -1 where absent) for string ids, through Arrow.
+
+    Pandas looks string ids up by turning Arrow-backed strings into Python objects first: 2 s
+    for 15M events, against 0.15 s for Arrow's hash lookup on the strings as they are. Other
+    dtypes (and an index that repeats a value, which get_indexer refuses) go to pandas.
+    """
+    if not (is_string_dtype(index) and is_string_dtype(values)) or not index.is_unique:
+        return index.get_indexer(values)
+    try:
+        needles = pa.chunked_array([pa.array(values)]).cast(pa.large_string())
+        haystack = pa.array(index.to_numpy(dtype=object), type=pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # object arrays holding non-strings
+        return index.get_indexer(values)
+    found = pc.index_in(needles, value_set=haystack)
+    return pc.fill_null(found, -1).to_numpy().astype(np.int64)

@@ -1,0 +1,38 @@
+"""Integer keys for string ids (sort_keys): lexical codes and index positions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from fashion_recs.sort_keys import index_positions, lexical_codes, n_codes
+
+
+def test_lexical_codes_order_like_the_strings_and_keep_nulls() -> None:
+    values = pl.Series("id", ["b", "a", None, "B", "a", "ab", "", "b"])
+    codes = lexical_codes(values)
+    assert codes.dtype == pl.UInt32 and codes.null_count() == 1
+    distinct = sorted(v for v in set(values.to_list()) if v is not None)
+    assert n_codes(codes) == len(distinct)
+    expected = [None if v is None else distinct.index(v) for v in values.to_list()]
+    assert codes.to_list() == expected
+    assert lexical_codes(pl.Series("id", [None, None], dtype=pl.String)).to_list() == [None, None]
+
+
+def test_index_positions_equal_get_indexer_for_every_kind_of_input() -> None:
+    index = pd.Index(["u3", "u1", "u2", "ü"])
+    inputs = [
+        pd.Series(["u1", "zz", None, "ü", "u3"]),
+        pd.Series(["u2", "u9"], dtype="string[pyarrow]"),
+        np.array(["u2", "nope", "u1"], dtype=object),
+        pd.Index(["ü"]),
+        pd.Series([1, 2]),
+        pd.Series([], dtype="string[pyarrow]"),
+    ]
+    for values in inputs:
+        got = index_positions(values, index)
+        np.testing.assert_array_equal(got, index.get_indexer(values))
+        assert got.dtype == np.int64
+    numbers = pd.Index([10, 20])
+    np.testing.assert_array_equal(index_positions(pd.Series([20, 5]), numbers), [1, -1])
