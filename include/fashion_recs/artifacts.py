@@ -4,6 +4,11 @@ Every artifact of a run lives under `<data_root>/runs/<retailer>/<run_key>/<laye
 Writes go to a temporary name in the same directory and are renamed into place, so a reader (or
 a crashed task's retry) never sees a half-written file; the same input gives byte-identical
 output, so rerunning a task for the same run is harmless.
+
+A stage on the `spark` engine writes the same artifact as a Parquet dataset directory at the
+same path (`fashion_recs.spark.datasets`), its parts with the same Arrow schema; readers
+(`pq.read_table`, `pl.read_parquet`, `pd.read_parquet`, `read_frame`) take either, and a
+write of either kind replaces the other.
 """
 
 from __future__ import annotations
@@ -72,7 +77,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
         yield tmp_path
         # mkstemp creates 0600 files; artifacts are read by other users (workers, readers).
         os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, target)
+        if target.is_dir():
+            # The same artifact written by the spark engine (a dataset directory) gives way.
+            replace_dir(tmp_path, target)
+        else:
+            os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -82,6 +91,7 @@ def replace_dir(build: Path, target: Path) -> None:
     """Swap a fully written directory `build` in place of `target` (two renames).
 
     Readers see the old directory or the new one; the old one is removed after the swap.
+    Either may also be a single file (an artifact written by the other engine).
     """
     old = None
     if target.exists():
@@ -126,7 +136,7 @@ def write_artifact(
 
 
 def read_frame(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a Parquet artifact into pandas."""
+    """Read a Parquet artifact (a file or a dataset directory) into pandas."""
     return pq.read_table(path, columns=columns).to_pandas()
 
 

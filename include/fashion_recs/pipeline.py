@@ -8,6 +8,7 @@ same steps without Airflow (`run_all`).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import time
@@ -293,12 +294,47 @@ def interactions(
     return ctx.save_summary("interactions", summary)
 
 
+# The stages with a Spark implementation: (module, function) of each engine's entry point.
+# Both take the same arguments and return the same summary; the spark one takes the session
+# first.
+ENGINE_STAGES: dict[str, dict[str, tuple[str, str]]] = {
+    "popular": {
+        "local": ("fashion_recs.stages.popular", "build_popular"),
+        "spark": ("fashion_recs.spark.popular", "build_popular"),
+    },
+    "baskets": {
+        "local": ("fashion_recs.stages.fbt", "baskets_stage"),
+        "spark": ("fashion_recs.spark.baskets", "baskets_stage"),
+    },
+    "fbt_rules": {
+        "local": ("fashion_recs.stages.fbt", "rules_stage"),
+        "spark": ("fashion_recs.spark.fbt_rules", "rules_stage"),
+    },
+}
+
+
+def _on_engine(ctx: RunContext, stage: str, *args: Any) -> dict[str, Any]:
+    """Run `stage` on the engine the config chooses for it (`engine_for`). On spark it gets
+    the task's SparkSession: the process's active one, or one built from `spark:` in the
+    config and stopped when the stage ends."""
+    engine = ctx.config.engine_for(stage)
+    module, name = ENGINE_STAGES[stage][engine]
+    build = getattr(importlib.import_module(module), name)
+    if engine == "local":
+        return build(*args)
+    from fashion_recs.spark.session import spark_session
+
+    log.info("%s: engine spark (master %s)", stage, ctx.config.spark.master)
+    with spark_session(ctx.config.spark) as spark:
+        return build(spark, *args)
+
+
 def popular(
     ctx: RunContext, interactions_summary: dict[str, Any], demographics_summary: dict[str, Any]
 ) -> dict[str, Any]:
-    from fashion_recs.stages.popular import build_popular
-
-    summary = build_popular(
+    summary = _on_engine(
+        ctx,
+        "popular",
         ctx.config,
         ctx.paths,
         Path(interactions_summary["interactions"]),
@@ -318,7 +354,11 @@ def evaluate(
 
     metrics = evaluate_baselines(
         ctx.config,
-        pd.read_parquet(interactions_summary["interactions"]),
+        # Only what the baselines read: the split carries every column it is given.
+        pd.read_parquet(
+            interactions_summary["interactions"],
+            columns=["user_id", "product_id", "event_ts", "weight"],
+        ),
         pd.read_parquet(demographics_summary["users"], columns=["user_id", "age_group", "region"]),
         n_products=products_summary["counts"]["rows_out"],
     )
@@ -339,9 +379,9 @@ def evaluate(
 def baskets(
     ctx: RunContext, interactions_summary: dict[str, Any], products_summary: dict[str, Any]
 ) -> dict[str, Any]:
-    from fashion_recs.stages.fbt import baskets_stage
-
-    summary = baskets_stage(
+    summary = _on_engine(
+        ctx,
+        "baskets",
         ctx.config,
         ctx.paths,
         Path(interactions_summary["interactions"]),
@@ -351,11 +391,8 @@ def baskets(
 
 
 def fbt_rules(ctx: RunContext, baskets_summary: dict[str, Any]) -> dict[str, Any]:
-    from fashion_recs.stages.fbt import rules_stage
-
-    return ctx.save_summary(
-        "fbt_rules", rules_stage(ctx.config, ctx.paths, Path(baskets_summary["baskets"]))
-    )
+    summary = _on_engine(ctx, "fbt_rules", ctx.config, ctx.paths, Path(baskets_summary["baskets"]))
+    return ctx.save_summary("fbt_rules", summary)
 
 
 def fbt_crosscheck(ctx: RunContext, baskets_summary: dict[str, Any]) -> dict[str, Any]:

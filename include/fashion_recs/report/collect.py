@@ -136,7 +136,8 @@ def _family(stem: str) -> str:
 def read_optional(
     path: Path, columns: list[str] | None = None, filters: list[tuple] | None = None
 ) -> pd.DataFrame | None:
-    """A Parquet artifact (only the rows `filters` keep), or None when the run never wrote it."""
-    if not path.is_file():
+    """A Parquet artifact, a file or (spark engine) a dataset directory, with only the rows
+    `filters` keep; None when the run never wrote it."""
+    if not path.exists():
         return None
     return pq.read_table(path, columns=columns, filters=filters).to_pandas()
