@@ -51,6 +51,10 @@ Daily. Each task calls one step of `fashion_recs.pipeline` and passes on only pa
 Bad rows are quarantined under `<data_root>/runs/<retailer>/<run>/09_quarantine/`; a stage
 whose reject rate passes `quality.max_reject_rate` fails without retries, naming the file,
 column and reason. Params: `config_path` (YAML) and `overrides` (nested keys of the config).
+
+Stages the config puts on Spark (`engine: spark`, or per stage in `engines`) run on the master
+of the `spark_default` connection when it is defined (its `spark.*` extras as session conf),
+else on the config's `spark.master` (default `local[*]`).
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 DEFAULT_CONFIG = os.environ.get("FASHION_RECS_CONFIG", "")
 RESULTS = Asset("fashion_recs://results/recommendation_tables")
+# The Spark provider's default connection: where `engine: spark` stages find their cluster.
+SPARK_CONN_ID = "spark_default"
 
 
 def _context() -> Any:
@@ -76,7 +82,7 @@ def _context() -> Any:
     params = ctx["params"]
     dag_run = ctx["dag_run"]
     when = ctx.get("logical_date") or dag_run.run_after
-    return make_context(
+    run = make_context(
         run_id=dag_run.run_id,
         logical_date=when.date(),
         config_path=params.get("config_path") or None,
@@ -85,6 +91,7 @@ def _context() -> Any:
         # the same run id fails at once.
         owner=airflow_owner(ctx["dag"].dag_id, dag_run.run_id),
     )
+    return _with_spark_connection(run)
 
 
 @contextmanager
@@ -132,6 +139,78 @@ def _results_url(config: Any) -> str:
     return connection_url(
         conn.conn_type, conn.host, conn.login, conn.password, conn.port, conn.schema
     )
+
+
+def spark_master(conn_type: str, host: str | None, port: int | None) -> str | None:
+    """The Spark master URL a connection names, read the way the Spark provider's
+    `SparkSubmitHook` reads `spark_default`, so one connection serves both.
+
+    A URI such as `spark://spark-master:7077` arrives as type `spark`, host `spark-master`,
+    port 7077; a connection made in the UI may hold the whole URL (`spark://spark-master`,
+    `yarn`, `local[4]`) in its host, with the port apart. None when the connection names no
+    host: it then only carries conf, and the config's master stands.
+    """
+    if not host:
+        return None
+    if conn_type == "spark" and ("://" in host or not port):
+        master = host
+    else:
+        master = f"{conn_type}://{host}"
+    return f"{master}:{port}" if port else master
+
+
+def spark_conf(extra: dict[str, Any]) -> dict[str, str]:
+    """The Spark properties among a connection's extras (`spark.executor.memory`, ...).
+
+    The provider's other extras (`deploy-mode`, `queue`, `spark-binary`, `keytab`, ...) are
+    spark-submit options, not session properties, so they are left out; values become the
+    strings Spark expects (`true`, not Python's `True`).
+    """
+    conf: dict[str, str] = {}
+    for key, value in extra.items():
+        if key.startswith("spark."):
+            conf[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return conf
+
+
+def _with_spark_connection(ctx: Any) -> Any:
+    """The run context with `spark.master` / `spark.conf` taken from the `spark_default`
+    Airflow connection, when the run's config puts a stage on Spark and the connection exists.
+
+    This is how a deployment points the pipeline at a cluster without touching the retailer's
+    config (docker-compose.yaml sets AIRFLOW_CONN_SPARK_DEFAULT to its master). The library
+    never sees Airflow: it gets an ordinary `SparkConfig`. The connection's master replaces
+    the config's, its `spark.*` extras override the config's conf key by key; with no
+    connection the config's own `spark:` section (default `local[*]`) stands. Runs with every
+    stage local never look the connection up.
+    """
+    import dataclasses
+    import logging
+
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from fashion_recs.config import SPARK_STAGES, SparkConfig
+
+    config = ctx.config
+    if all(config.engine_for(stage) == "local" for stage in SPARK_STAGES):
+        return ctx
+    try:
+        conn = Connection.get(SPARK_CONN_ID)
+    except AirflowNotFoundException:
+        return ctx
+    master = spark_master(conn.conn_type, conn.host, conn.port) or config.spark.master
+    conf = {**config.spark.conf, **spark_conf(conn.extra_dejson)}
+    spark = SparkConfig.model_validate(
+        {**config.spark.model_dump(), "master": master, "conf": conf}
+    )
+    logging.getLogger(__name__).info(
+        "Spark master %s from the %s connection (config: %s)",
+        master,
+        SPARK_CONN_ID,
+        config.spark.master,
+    )
+    return dataclasses.replace(ctx, config=config.model_copy(update={"spark": spark}))
 
 
 @dag(
@@ -267,6 +346,12 @@ def fashion_recs() -> None:
         return _step("personal_model", "ranker", interactions)
 
     @task
+    def als(interactions: dict) -> dict:
+        # MLlib ALS: on the local engine the step records itself as skipped and returns at
+        # once (the DAG is parsed before a run's config is known, so the task always exists).
+        return _step("personal_model", "als", interactions)
+
+    @task
     def blend(interactions: dict) -> dict:
         return _step("personal_model", "blend", interactions)
 
@@ -336,6 +421,7 @@ def fashion_recs() -> None:
         embedding_profiles(interactions),
         two_tower(interactions),
         ranker(interactions),
+        als(interactions),
     ]
     for model in models:
         [interactions_ok, users_ok, similar_ok] >> model

@@ -27,6 +27,7 @@ from fashion_recs.config import PublishConfig
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
+SPARK_DOCKERFILE = ROOT / "docker" / "spark.Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 REQUIREMENTS = ROOT / "requirements.txt"
 
@@ -36,6 +37,9 @@ METADATA_DB = "postgres"
 API_SERVER = "airflow-apiserver"
 INIT = "airflow-init"
 WORKER = "airflow-worker"
+SPARK_MASTER = "spark-master"
+SPARK_WORKER = "spark-worker"
+SPARK_SERVICES = (SPARK_MASTER, SPARK_WORKER)
 
 # Every Airflow component of a CeleryExecutor deployment, plus the databases and the broker.
 AIRFLOW_SERVICES = {
@@ -47,7 +51,9 @@ AIRFLOW_SERVICES = {
     INIT,
     "flower",
 }
-REQUIRED_SERVICES = sorted(AIRFLOW_SERVICES | {METADATA_DB, RESULTS_DB, "redis"})
+REQUIRED_SERVICES = sorted(
+    AIRFLOW_SERVICES | {METADATA_DB, RESULTS_DB, "redis", SPARK_MASTER, SPARK_WORKER}
+)
 # Long-running Airflow components and the CLI command each one must run.
 COMPONENT_COMMANDS = {
     API_SERVER: "api-server",
@@ -508,10 +514,10 @@ def test_init_script_is_valid_bash(airflow_uid: str | None, tmp_path: Path) -> N
 # --------------------------------------------------------------------------------------------
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
+def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, with comments dropped and continuation lines joined."""
     instructions, pending = [], ""
-    for line in DOCKERFILE.read_text().splitlines():
+    for line in path.read_text().splitlines():
         stripped = line.strip()
         if not pending and (not stripped or stripped.startswith("#")):
             continue
@@ -658,3 +664,116 @@ def test_dockerignore_excludes_local_state(path: str) -> None:
 @pytest.mark.parametrize("path", ["include/fashion_recs/config.py", "config/retailer.yaml"])
 def test_dockerignore_keeps_sources(path: str) -> None:
     assert not dockerignored(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Spark: the standalone cluster the `engine: spark` stages run on
+# --------------------------------------------------------------------------------------------
+
+
+def requirements_pin(name: str) -> str:
+    pins = re.findall(rf"(?im)^{re.escape(name)}\s*==\s*([\w.]+)\s*$", REQUIREMENTS.read_text())
+    assert len(pins) == 1, f"requirements.txt must pin {name} exactly once"
+    return pins[0]
+
+
+def spark_base_image() -> str:
+    (image,) = [
+        args.split()[0]
+        for keyword, args in dockerfile_instructions(SPARK_DOCKERFILE)
+        if keyword == "FROM"
+    ]
+    return image
+
+
+def master_port() -> int:
+    command = SERVICES[SPARK_MASTER]["command"]
+    return int(command[command.index("--port") + 1])
+
+
+def test_spark_services_share_one_image_built_from_the_spark_dockerfile() -> None:
+    images = {SERVICES[name]["image"] for name in SPARK_SERVICES}
+    assert len(images) == 1 and images != {COMMON["image"]}
+    for name in SPARK_SERVICES:
+        build = SERVICES[name]["build"]
+        assert (ROOT / build["context"]).resolve() == ROOT
+        assert (ROOT / build["context"] / build["dockerfile"]).resolve() == SPARK_DOCKERFILE
+
+
+def test_spark_image_is_the_official_one_at_the_pinned_pyspark_version() -> None:
+    """Driver (pyspark in the Airflow image) and cluster must run the same Spark."""
+    match = re.fullmatch(r"apache/spark:(?P<version>\d+\.\d+\.\d+)", spark_base_image())
+    assert match, f"unexpected Spark base image {spark_base_image()!r}"
+    assert match["version"] == requirements_pin("pyspark")
+    assert requirements_pin("apache-airflow-providers-apache-spark")
+
+
+def test_spark_executors_get_the_drivers_python_and_the_pinned_pyarrow() -> None:
+    """PySpark refuses executors whose Python minor version differs from the driver's (the
+    Airflow image's), and the Spark stages write their Parquet with pyarrow on the executors."""
+    instructions = dockerfile_instructions(SPARK_DOCKERFILE)
+    args = dict(a.split("=", 1) for keyword, a in instructions if keyword == "ARG" and "=" in a)
+    driver_python = re.search(r"-python(\d+\.\d+)$", base_image())[1]
+    assert args["PYTHON_VERSION"] == driver_python
+    runs = " ".join(a for keyword, a in instructions if keyword == "RUN")
+    assert "requirements.txt" in " ".join(a for k, a in instructions if k == "COPY")
+    for package in ("pyarrow", "numpy", "pandas"):
+        assert package in runs, f"the executors' Python lacks {package}"
+        assert requirements_pin(package)
+    env = " ".join(a for keyword, a in instructions if keyword == "ENV")
+    assert "PATH=/opt/spark-python/bin:" in env, "executors look for `python3` on PATH"
+
+
+def test_master_and_worker_run_spark_standalone() -> None:
+    master = command_text(SERVICES[SPARK_MASTER])
+    worker = command_text(SERVICES[SPARK_WORKER])
+    assert master.startswith("/opt/spark/bin/spark-class org.apache.spark.deploy.master.Master")
+    assert worker.startswith("/opt/spark/bin/spark-class org.apache.spark.deploy.worker.Worker")
+    assert f"spark://{SPARK_MASTER}:{master_port()}" in worker.split()
+    assert SERVICES[SPARK_WORKER]["depends_on"][SPARK_MASTER] == {"condition": "service_healthy"}
+    assert SERVICES[SPARK_MASTER]["healthcheck"]["test"]
+
+
+def test_spark_workers_can_be_scaled() -> None:
+    worker = SERVICES[SPARK_WORKER]
+    assert "container_name" not in worker
+    assert not host_ports(worker), "a published host port would clash with --scale"
+    assert "container_name" not in SERVICES[SPARK_MASTER]
+
+
+def test_spark_connection_points_at_the_master_for_every_airflow_container() -> None:
+    """`spark_default` (the provider's connection, read by the DAG) names the cluster."""
+    values = {env_of(SERVICES[name]).get("AIRFLOW_CONN_SPARK_DEFAULT") for name in AIRFLOW_SERVICES}
+    assert len(values) == 1 and None not in values
+    url = urlsplit(values.pop())
+    assert (url.scheme, url.hostname, url.port) == ("spark", SPARK_MASTER, master_port())
+    elsewhere = "spark://spark.example:7077?spark.executor.memory=4g"
+    overridden = load_compose({"SPARK_MASTER_URL": elsewhere})["x-airflow-common"]
+    assert env_of(overridden)["AIRFLOW_CONN_SPARK_DEFAULT"] == elsewhere
+
+
+def test_spark_containers_mount_the_data_where_airflow_does() -> None:
+    """Drivers hand executors absolute paths: raw exports to read, run directories to write."""
+    data = bind_mounts(COMMON)["./data"]
+    assert data == f"{AIRFLOW_HOME}/data"
+    for name in SPARK_SERVICES:
+        assert bind_mounts(SERVICES[name]).get("./data") == data, name
+
+
+def test_spark_containers_run_as_the_airflow_user() -> None:
+    """The driver's temporary dataset directories are private to it; executors write in them."""
+    for name in SPARK_SERVICES:
+        assert SERVICES[name]["user"] == COMMON["user"], name
+    assert load_compose({"AIRFLOW_UID": "1234"})["services"][SPARK_WORKER]["user"] == "1234:0"
+
+
+def test_airflow_image_carries_java_for_the_spark_driver() -> None:
+    user, installs = "root", []
+    for keyword, args in dockerfile_instructions():
+        if keyword == "USER":
+            user = args
+        elif keyword == "RUN" and "apt-get install" in args:
+            installs.append((user, args))
+    java = [(user, args) for user, args in installs if "openjdk-17-jre-headless" in args]
+    assert java, "docker/Dockerfile installs no Java: pyspark's driver needs one"
+    assert {user for user, _ in java} == {"root"}

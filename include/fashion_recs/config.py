@@ -703,6 +703,24 @@ class RoutingConfig(_Strict):
     item_candidates_per_product: int = Field(default=20, ge=1)
 
 
+class AlsConfig(_Strict):
+    """MLlib ALS with implicit feedback: a matrix-factorisation model scored beside the other
+    personal models, run only when the engine for `als` is spark (it needs a SparkSession).
+
+    Ratings are the split's decayed weights (`weighting` as for user-CF); `alpha` scales them
+    into confidences. `num_blocks` fixes the user and item blocks, and the ratings' partitions,
+    so a seeded fit in local mode gives the same factors every run.
+    """
+
+    enabled: bool = True
+    rank: int = Field(default=32, ge=1)
+    reg_param: float = Field(default=0.1, ge=0)
+    alpha: float = Field(default=10.0, ge=0)
+    max_iter: int = Field(default=10, ge=1)
+    weighting: Literal["raw", "log1p"] = "log1p"
+    num_blocks: int = Field(default=2, ge=1)
+
+
 class PersonalConfig(_Strict):
     top_k: int = Field(default=12, ge=1)
     # Fashion shoppers come back to what they looked at and re-buy it: a customer's own items
@@ -716,6 +734,7 @@ class PersonalConfig(_Strict):
     ranker: RankerConfig = RankerConfig()
     gate: GateConfig = GateConfig()
     routing: RoutingConfig = RoutingConfig()
+    als: AlsConfig = AlsConfig()
 
 
 class ReportConfig(_Strict):
@@ -731,8 +750,17 @@ class ReportConfig(_Strict):
     thumbnail_px: int = Field(default=96, ge=16, le=512)
 
 
-# Stages (pipeline step names) with a Spark implementation in `fashion_recs.spark`.
-SPARK_STAGES = ("popular", "baskets", "fbt_rules")
+# Stages (pipeline step names) with a Spark implementation in `fashion_recs.spark`. `als`
+# (MLlib ALS, a personal model step) has only that one: on the local engine it is skipped.
+SPARK_STAGES = (
+    "events",
+    "interactions",
+    "popular",
+    "baskets",
+    "fbt_rules",
+    "fbt_recommendations",
+    "als",
+)
 Engine = Literal["local", "spark"]
 
 
@@ -750,6 +778,8 @@ class SparkConfig(_Strict):
         default_factory=lambda: {
             "spark.sql.shuffle.partitions": "8",
             "spark.ui.enabled": "false",
+            # Progress bars redraw one console line: noise in a task log.
+            "spark.ui.showConsoleProgress": "false",
             "spark.driver.memory": "2g",
             "spark.sql.session.timeZone": "UTC",
         }

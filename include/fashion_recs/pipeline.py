@@ -213,10 +213,9 @@ def events(
         files = _numbered_files(download_summary, "transactions")
         summary = build_events_hm(ctx.config, ctx.paths, files, ids, ctx.as_of)
     else:
-        from fashion_recs.stages.events import build_events
-
+        # The app-log format only: the H&M transactions are read locally on either engine.
         files = _numbered_files(download_summary, "events")
-        summary = build_events(ctx.config, ctx.paths, files, ids, ctx.as_of)
+        summary = _on_engine(ctx, "events", ctx.config, ctx.paths, files, ids, ctx.as_of)
     return ctx.save_summary("events", summary)
 
 
@@ -285,11 +284,15 @@ def ingest_interaction_log(
 def interactions(
     ctx: RunContext, events_summary: dict[str, Any], log_summary: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    from fashion_recs.stages.interactions import build_interactions
-
     logged = Path(log_summary["interaction_log"]) if log_summary else None
-    summary = build_interactions(
-        ctx.config, ctx.paths, Path(events_summary["events"]), ctx.as_of, logged
+    summary = _on_engine(
+        ctx,
+        "interactions",
+        ctx.config,
+        ctx.paths,
+        Path(events_summary["events"]),
+        ctx.as_of,
+        logged,
     )
     return ctx.save_summary("interactions", summary)
 
@@ -298,6 +301,14 @@ def interactions(
 # Both take the same arguments and return the same summary; the spark one takes the session
 # first.
 ENGINE_STAGES: dict[str, dict[str, tuple[str, str]]] = {
+    "events": {
+        "local": ("fashion_recs.stages.events", "build_events"),
+        "spark": ("fashion_recs.spark.events", "build_events"),
+    },
+    "interactions": {
+        "local": ("fashion_recs.stages.interactions", "build_interactions"),
+        "spark": ("fashion_recs.spark.interactions", "build_interactions"),
+    },
     "popular": {
         "local": ("fashion_recs.stages.popular", "build_popular"),
         "spark": ("fashion_recs.spark.popular", "build_popular"),
@@ -309,6 +320,10 @@ ENGINE_STAGES: dict[str, dict[str, tuple[str, str]]] = {
     "fbt_rules": {
         "local": ("fashion_recs.stages.fbt", "rules_stage"),
         "spark": ("fashion_recs.spark.fbt_rules", "rules_stage"),
+    },
+    "fbt_recommendations": {
+        "local": ("fashion_recs.stages.fbt", "lists_stage"),
+        "spark": ("fashion_recs.spark.fbt_lists", "lists_stage"),
     },
 }
 
@@ -413,7 +428,7 @@ def _fbt_from_rules(
     """Run an FBT stage that reads the rules, the baskets and the catalogue."""
     from fashion_recs.stages import fbt
 
-    stage = {"fbt_recommendations": fbt.lists_stage, "fbt_evaluate": fbt.evaluate_stage}[step]
+    stage = {"fbt_evaluate": fbt.evaluate_stage}[step]
     summary = stage(
         ctx.config,
         ctx.paths,
@@ -427,7 +442,16 @@ def _fbt_from_rules(
 def fbt_recommendations(
     ctx: RunContext, rules: dict[str, Any], baskets: dict[str, Any], products: dict[str, Any]
 ) -> dict[str, Any]:
-    return _fbt_from_rules(ctx, "fbt_recommendations", rules, baskets, products)
+    summary = _on_engine(
+        ctx,
+        "fbt_recommendations",
+        ctx.config,
+        ctx.paths,
+        Path(rules["fbt_rules"]),
+        Path(baskets["baskets"]),
+        Path(products["products"]),
+    )
+    return ctx.save_summary("fbt_recommendations", summary)
 
 
 def fbt_evaluate(
@@ -483,6 +507,9 @@ PERSONAL_MODEL_STEPS = (
     "embedding_profiles",
     "two_tower",
     "ranker",
+    # MLlib ALS: runs only on the spark engine (a skipped summary on local), before the blend
+    # and the gate, which read every model's metrics.
+    "als",
     "blend",
 )
 
@@ -505,9 +532,21 @@ def personal_model(
         return ctx.save_summary(step, {"skipped": "personal.two_tower.enabled is false"})
     if step == "ranker" and not ctx.config.personal.ranker.enabled:
         return ctx.save_summary(step, {"skipped": "personal.ranker.enabled is false"})
+    if step == "als":
+        if ctx.config.engine_for("als") != "spark":
+            return ctx.save_summary(step, {"skipped": "MLlib ALS runs on the spark engine only"})
+        if not ctx.config.personal.als.enabled:
+            return ctx.save_summary(step, {"skipped": "personal.als.enabled is false"})
     inputs = personal.load_inputs(
         ctx.config, ctx.paths, Path(interactions_summary["interactions"]), ctx.as_of
     )
+    if step == "als":
+        from fashion_recs.spark.als import als_stage
+        from fashion_recs.spark.session import spark_session
+
+        log.info("als: engine spark (master %s)", ctx.config.spark.master)
+        with spark_session(ctx.config.spark) as spark:
+            return ctx.save_summary(step, als_stage(spark, ctx.config, inputs, ctx.paths))
     return ctx.save_summary(step, stages[step](ctx.config, inputs, ctx.paths))
 
 

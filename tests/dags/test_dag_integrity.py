@@ -39,6 +39,7 @@ EXPECTED_TASKS = {
     "embedding_profiles",
     "two_tower",
     "ranker",
+    "als",
     "blend",
     "quality_gate",
     "route_users",
@@ -97,7 +98,7 @@ def test_tasks_are_the_seed_stages_in_order(dagbag) -> None:
         "check_similar",
         "check_personal",
     }
-    models = ("personal_baselines", "user_cf", "embedding_profiles", "two_tower", "ranker")
+    models = ("personal_baselines", "user_cf", "embedding_profiles", "two_tower", "ranker", "als")
     for model in models:
         assert {"map_interactions", "check_interactions", "check_similar"} <= upstream[model]
     assert set(models) <= upstream["blend"]

@@ -137,13 +137,13 @@ def test_stage_override_dataset_directories_and_their_quality_checks(runs, upstr
     assert pl.read_parquet(path).height == len(pd.read_parquet(path)) == expected
 
     config = upstream["local"].config.model_copy(update={"engines": {"popular": "spark"}})
-    assert [config.engine_for(s) for s in ("popular", "baskets", "events")] == [
+    assert [config.engine_for(s) for s in ("popular", "baskets", "demographics")] == [
         "spark",
         "local",
         "local",
     ]
     with pytest.raises(ValidationError, match="no Spark implementation"):
-        type(config).model_validate({**config.model_dump(), "engines": {"events": "spark"}})
+        type(config).model_validate({**config.model_dump(), "engines": {"demographics": "spark"}})
 
     # One run switching engines: each write replaces the other kind of artifact.
     switched = replace(ctx, config=config)

@@ -23,6 +23,7 @@ from fashion_recs.fbt.baskets import BasketStats
 from fashion_recs.spark.datasets import write_spark_artifact
 from fashion_recs.spark.frames import number_in_order
 from fashion_recs.spark.interactions import MICROS_PER_SECOND
+from fashion_recs.stages.fbt import baskets_summary
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -161,19 +162,4 @@ def baskets_stage(
     catalogue = spark.read.parquet(str(products)).select("product_id")
     baskets, stats = build_baskets(frame, catalogue, config.fbt.baskets)
     path = write_spark_artifact(paths, BASKETS, baskets)
-    log.info("baskets (spark): %s", stats.as_dict())
-    if stats.n_baskets == 0:
-        log.warning(
-            "no baskets: no interaction of categories %s for a catalogue product; the FBT "
-            "tables will be empty",
-            config.fbt.baskets.categories,
-        )
-    counts = {
-        "stage": "baskets",
-        "rows_in": stats.rows_in,
-        "rows_out": stats.rows_out,
-        "rows_filtered": sum(stats.dropped.values()),
-        "rows_quarantined": 0,
-        "reasons": {k: v for k, v in stats.dropped.items() if v},
-    }
-    return {"baskets": str(path), "stats": stats.as_dict(), "counts": counts}
+    return baskets_summary(config, path, stats)

@@ -27,7 +27,7 @@ from fashion_recs.contract import (
     FBT_RULES,
 )
 from fashion_recs.errors import EngineMismatch, ResourceLimitExceeded
-from fashion_recs.fbt.baskets import build_baskets, to_matrix
+from fashion_recs.fbt.baskets import BasketStats, build_baskets, to_matrix
 from fashion_recs.fbt.evaluate import basket_completion, bundle_recovery
 from fashion_recs.fbt.gate import gated_lists
 from fashion_recs.fbt.matrix import BasketMatrix
@@ -54,6 +54,11 @@ def baskets_stage(
     ids = pq.read_table(products, columns=["product_id"]).column(0).to_pylist()
     baskets, stats = build_baskets(frame, ids, config.fbt.baskets)
     path = write_artifact(paths, BASKETS, baskets.to_arrow())
+    return baskets_summary(config, path, stats)
+
+
+def baskets_summary(config: RetailerConfig, path: Path, stats: BasketStats) -> dict[str, Any]:
+    """The baskets stage's log lines and summary (shared by both engines)."""
     log.info("baskets: %s", stats.as_dict())
     if stats.n_baskets == 0:
         log.warning(
