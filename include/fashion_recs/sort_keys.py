@@ -52,7 +52,12 @@ def index_positions(values: pd.Series | pd.Index | np.ndarray, index: pd.Index) 
     if not (is_string_dtype(index) and is_string_dtype(values)) or not index.is_unique:
         return index.get_indexer(values)
     try:
-        needles = pa.chunked_array([pa.array(values)]).cast(pa.large_string())
+        # Arrow-backed pandas strings come over without a copy (a ChunkedArray); wrapping one
+        # in a list would make Arrow walk it value by value.
+        needles = pa.array(values)
+        if isinstance(needles, pa.Array):
+            needles = pa.chunked_array([needles])
+        needles = needles.cast(pa.large_string())
         haystack = pa.array(index.to_numpy(dtype=object), type=pa.large_string())
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # object arrays holding non-strings
         return index.get_indexer(values)
