@@ -1,0 +1,218 @@
+"""Benchmark: the stages with a Spark implementation, local engine against Spark, 1x and 10x.
+
+For each size the synthetic retailer is generated (as `bench/scale.py` does: 1x = 5,000
+products, 20,000 users, 2M event rows), the local pipeline runs up to and through every stage
+that has a Spark implementation (`fashion_recs.pipeline.ENGINE_STAGES`), and then each of
+those stages runs again on Spark (`local[2]` here: the machine's two cores) on the very same
+input artifacts, in a run directory of its own. Every step runs in a process of its own, as
+`fashion-recs run` runs it, so each figure is the step's own seconds (`tasks/*.json`) and a
+Spark step's figure includes starting its session (a JVM) and reading its inputs.
+
+Parity: each Spark artifact is compared with the local one (rows sorted by every
+non-float column, floats to 1e-9, same Arrow schema), except the columns the engines name
+differently by design (`IGNORED`). Results go to `bench/results/spark.json`:
+
+    python bench/spark.py --sizes 1 10 [--data /tmp/fashion-recs-bench-spark] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from machine import machine, now, write_report
+from scale import AS_OF, DEMO, generate, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "spark.json"
+DRIVER_MEMORY = "6g"
+# The Spark rules name their miner; every other column must match.
+IGNORED = {"fbt_rules": {"engine"}}
+# step -> (task id, the summaries it takes, in order)
+PREFIX = [
+    ("download", "download_files", []),
+    ("products", "clean_products", ["download"]),
+    ("events", "filter_events", ["download", "products"]),
+    ("demographics", "preprocess_demographics", ["download"]),
+    ("interactions", "map_interactions", ["events"]),
+    ("popular", "popular_items", ["interactions", "demographics"]),
+    ("baskets", "build_baskets", ["interactions", "products"]),
+    ("fbt_rules", "mine_fbt_rules", ["baskets"]),
+    ("fbt_recommendations", "fbt_recommendations", ["fbt_rules", "baskets", "products"]),
+]
+
+
+def run_steps(ctx: Any, runner: Any, steps: list[str], inputs: dict[str, dict]) -> dict[str, dict]:
+    """Run `steps` (pipeline step names) with their input summaries; return the summaries."""
+    out = {}
+    for step, task_id, needs in PREFIX:
+        if step not in steps:
+            continue
+        out[step] = runner(ctx, task_id, step, *[{**inputs, **out}[n] for n in needs])
+    return out
+
+
+def seconds_of(ctx: Any, step: str) -> float:
+    task_id = next(t for s, t, _ in PREFIX if s == step)
+    return json.loads(ctx.paths.file("tasks", f"{task_id}.json").read_text())["seconds"]
+
+
+def artifact_paths(summary: dict[str, Any]) -> dict[str, Path]:
+    """The Parquet artifacts a summary points at (files or dataset directories)."""
+    found = {}
+    for key, value in summary.items():
+        if isinstance(value, str) and value.endswith(".parquet") and Path(value).exists():
+            found[key] = Path(value)
+    return found
+
+
+def _sorted(table: pa.Table, ignore: set[str]) -> pa.Table:
+    table = table.drop_columns([c for c in table.column_names if c in ignore])
+    keys = [
+        (f.name, "ascending")
+        for f in table.schema
+        if not pa.types.is_floating(f.type) and not pa.types.is_nested(f.type)
+    ]
+    return table.sort_by(keys) if keys else table
+
+
+def same_table(local: Path, spark: Path, ignore: set[str]) -> tuple[bool, str]:
+    """Equal schemas, rows (sorted) and floats to 1e-9; a reason when not."""
+    a, b = pq.read_table(local), pq.read_table(spark)
+    if a.schema != b.schema:
+        return False, f"schemas differ: {a.schema} vs {b.schema}"
+    if a.num_rows != b.num_rows:
+        return False, f"{a.num_rows} vs {b.num_rows} rows"
+    a, b = _sorted(a, ignore), _sorted(b, ignore)
+    for name in a.column_names:
+        x, y = a.column(name), b.column(name)
+        if pa.types.is_floating(x.type):
+            xs = x.to_numpy(zero_copy_only=False)
+            ys = y.to_numpy(zero_copy_only=False)
+            if not np.allclose(xs, ys, rtol=0, atol=1e-9, equal_nan=True):
+                return False, f"{name}: floats differ by more than 1e-9"
+        elif not x.equals(y):
+            return False, f"{name}: values differ"
+    return True, ""
+
+
+def bench_size(size: float, data: Path, keep: bool) -> dict[str, Any]:
+    from fashion_recs.config import SPARK_STAGES
+    from fashion_recs.pipeline import make_context
+    from fashion_recs.task_processes import TaskProcesses
+
+    generated = generate(size, data / "retailer", ROOT)
+    config = write_config(data / "retailer", data / "runs", data / "retailer.yaml")
+    from fashion_recs.config import SparkConfig
+
+    # The defaults' 2 GiB driver (in local mode also the executor) spills at 20M events.
+    conf = {**SparkConfig().conf, "spark.driver.memory": DRIVER_MEMORY}
+    overrides_spark = {"engine": "spark", "spark": {"master": "local[2]", "conf": conf}}
+    day = date.fromisoformat(AS_OF)
+    local = make_context("bench_local", day, config)
+    spark = make_context("bench_spark", day, config, overrides_spark)
+    stages = [s for s, _, _ in PREFIX if s in SPARK_STAGES]
+    started = time.perf_counter()
+    with TaskProcesses() as runner:
+        local_summaries = run_steps(local, runner, [s for s, _, _ in PREFIX], {})
+        spark_summaries = {}
+        for stage in stages:
+            spark_summaries.update(run_steps(spark, runner, [stage], local_summaries))
+    per_stage = {}
+    for stage in stages:
+        compared = {}
+        spark_paths = artifact_paths(spark_summaries[stage])
+        for key, path in artifact_paths(local_summaries[stage]).items():
+            if key in spark_paths:
+                ok, why = same_table(path, spark_paths[key], IGNORED.get(stage, set()))
+                compared[key] = {"equal": ok, **({"difference": why} if why else {})}
+        per_stage[stage] = {
+            "seconds_local": seconds_of(local, stage),
+            "seconds_spark": seconds_of(spark, stage),
+            "artifacts": compared,
+        }
+        print(stage, per_stage[stage], flush=True)
+    result = {
+        "products": round(DEMO["products"] * size),
+        "users": round(DEMO["users"] * size),
+        "events": round(DEMO["events"] * size),
+        "generate_seconds": round(generated, 1),
+        "bench_seconds": round(time.perf_counter() - started, 1),
+        "stages": per_stage,
+        "measured_at": now(),
+    }
+    if not keep:
+        shutil.rmtree(data, ignore_errors=True)
+    return result
+
+
+def summarise(sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    largest = max(sizes, key=lambda s: float(s.rstrip("x")))
+    stages = sizes[largest]["stages"]
+    matched = [
+        a["equal"]
+        for size in sizes.values()
+        for s in size["stages"].values()
+        for a in s["artifacts"].values()
+    ]
+    summary: dict[str, Any] = {
+        "largest_size": largest,
+        "parity": bool(matched) and all(matched),
+        "artifacts_compared": len(matched),
+        "stages_on_spark": sorted(stages),
+        f"seconds_local_{largest}": round(sum(s["seconds_local"] for s in stages.values()), 1),
+        f"seconds_spark_{largest}": round(sum(s["seconds_spark"] for s in stages.values()), 1),
+    }
+    if "1x" in sizes and largest != "1x":
+        small = sizes["1x"]["stages"]
+        summary[f"growth_{largest}"] = {
+            stage: {
+                engine: round(
+                    stages[stage][f"seconds_{engine}"] / small[stage][f"seconds_{engine}"], 2
+                )
+                for engine in ("local", "spark")
+            }
+            for stage in stages
+            if stage in small
+        }
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1, 10])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/fashion-recs-bench-spark"))
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    import pyspark
+
+    sizes = {}
+    for size in args.sizes:
+        label = f"{size:g}x"
+        sizes[label] = bench_size(size, args.data / label, args.keep)
+    write_report(
+        RESULTS,
+        {
+            "summary": summarise(sizes),
+            "machine": machine(),
+            "versions": {"pyspark": pyspark.__version__},
+            "parameters": {
+                "master": "local[2]",
+                "ignored_columns": {k: sorted(v) for k, v in IGNORED.items()},
+            },
+            "sizes": sizes,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
