@@ -207,6 +207,7 @@ def main() -> None:
             "versions": {"pyspark": pyspark.__version__},
             "parameters": {
                 "master": "local[2]",
+                "driver_memory": DRIVER_MEMORY,
                 "ignored_columns": {k: sorted(v) for k, v in IGNORED.items()},
             },
             "sizes": sizes,
