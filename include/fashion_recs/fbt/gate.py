@@ -136,7 +136,17 @@ def gated_lists(
             n_queries,
             time.perf_counter() - started,
         )
-    chosen = max(hit_rates, key=lambda name: (hit_rates[name], -list(builders).index(name)))
+    decision = choose_variant(hit_rates, n_queries, k)
+    return builders[decision.chosen](matrix), decision
+
+
+def choose_variant(
+    hit_rates: dict[str, float], n_queries: int, k: int, engine: str = ""
+) -> GateDecision:
+    """The variant with the best held-out hit rate (ties to the earlier variant), with the
+    reason, logged: a warning when the configured lists lose. Shared by both engines."""
+    names = list(hit_rates)
+    chosen = max(names, key=lambda name: (hit_rates[name], -names.index(name)))
     if chosen == CONFIGURED:
         reason = "the configured lists complete held-out baskets best"
     elif chosen == POPULARITY:
@@ -145,5 +155,5 @@ def gated_lists(
         reason = f"{chosen} completes held-out baskets better than the configured lists"
     decision = GateDecision(chosen, hit_rates, n_queries, k, reason)
     log_call = log.info if chosen == CONFIGURED else log.warning
-    log_call("fbt gate: %s (%s)", reason, decision.as_dict()["hit_rates"])
-    return builders[chosen](matrix), decision
+    log_call("fbt gate%s: %s (%s)", engine, reason, decision.as_dict()["hit_rates"])
+    return decision

@@ -36,7 +36,7 @@ from fashion_recs.contract import (
     FBT_RECOMMENDATIONS,
     FBT_RECOMMENDATIONS_SCHEMA,
 )
-from fashion_recs.fbt.gate import CONFIGURED, POPULARITY, GateDecision
+from fashion_recs.fbt.gate import CONFIGURED, POPULARITY, GateDecision, choose_variant
 from fashion_recs.fbt.recommend import (
     NO_GROUP,
     SOURCES,
@@ -469,18 +469,8 @@ def gated_lists(
         )
     queries.unpersist()
     train.pairs.unpersist()
-    names = list(configs)
-    chosen = max(hit_rates, key=lambda name: (hit_rates[name], -names.index(name)))
-    if chosen == CONFIGURED:
-        reason = "the configured lists complete held-out baskets best"
-    elif chosen == POPULARITY:
-        reason = "no list variant beat popularity on held-out baskets: popularity published"
-    else:
-        reason = f"{chosen} completes held-out baskets better than the configured lists"
-    decision = GateDecision(chosen, hit_rates, n_queries, k, reason)
-    log_call = log.info if chosen == CONFIGURED else log.warning
-    log_call("fbt gate (spark): %s (%s)", reason, decision.as_dict()["hit_rates"])
-    return build(chosen, every), decision
+    decision = choose_variant(hit_rates, n_queries, k, " (spark)")
+    return build(decision.chosen, every), decision
 
 
 def lists_stage(
