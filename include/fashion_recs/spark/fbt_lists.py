@@ -217,20 +217,8 @@ def _evidence(
         F.col("demoted").asc(), F.col("score").desc(), F.col("recommended_product_id").asc()
     )
     return (
-        side.pairs.filter(F.col("n_both") >= config.min_coview_count)
-        .join(
-            F.broadcast(catalogue.select("product_id", F.col("department").alias("dept_a"))),
-            "product_id",
-        )
-        .join(
-            F.broadcast(
-                catalogue.select(
-                    F.col("product_id").alias("recommended_product_id"),
-                    F.col("department").alias("dept_b"),
-                )
-            ),
-            "recommended_product_id",
-            "left",
+        _with_departments(
+            side.pairs.filter(F.col("n_both") >= config.min_coview_count), catalogue, "left"
         )
         .withColumn("score", score)
         .withColumn("demoted", _same_department(config.exclude_same_department))
@@ -244,6 +232,26 @@ def _evidence(
             n_a.alias("n_antecedent"),
             F.lit("co_viewed").alias("source"),
         )
+    )
+
+
+def _with_departments(pairs: DataFrame, catalogue: DataFrame, how: str) -> DataFrame:
+    """Pairs with both products' departments (`dept_a`, `dept_b`): the query product must be
+    in the catalogue; the recommended one joins `how` ("left" keeps products it lacks)."""
+    from pyspark.sql import functions as F
+
+    return pairs.join(
+        F.broadcast(catalogue.select("product_id", F.col("department").alias("dept_a"))),
+        "product_id",
+    ).join(
+        F.broadcast(
+            catalogue.select(
+                F.col("product_id").alias("recommended_product_id"),
+                F.col("department").alias("dept_b"),
+            )
+        ),
+        "recommended_product_id",
+        how,
     )
 
 
@@ -316,19 +324,10 @@ def recommend(
         F.col("demoted").asc(), F.col("score").desc(), F.col("recommended_product_id").asc()
     )
     top = (
-        cand.filter(F.col("product_id") != F.col("recommended_product_id"))
-        .join(
-            F.broadcast(catalogue_frame.select("product_id", F.col("department").alias("dept_a"))),
-            "product_id",
-        )
-        .join(
-            F.broadcast(
-                catalogue_frame.select(
-                    F.col("product_id").alias("recommended_product_id"),
-                    F.col("department").alias("dept_b"),
-                )
-            ),
-            "recommended_product_id",
+        _with_departments(
+            cand.filter(F.col("product_id") != F.col("recommended_product_id")),
+            catalogue_frame,
+            "inner",
         )
         # Both windows below rank within a product: one shuffle by product serves them.
         .repartition("product_id")
