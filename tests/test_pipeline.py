@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from fashion_recs.pipeline import make_context, run_all, run_report
+from fashion_recs.pipeline import make_context, run_all, run_report, run_step
 from fashion_recs.publish import make_engine, read_table
 from tests.conftest import retailer_overrides
 
@@ -70,3 +70,29 @@ def test_rerunning_a_run_gives_byte_identical_artifacts(retailer, tmp_path) -> N
     assert statuses == ["expired", "published"]
     events = pq.read_table(ctx.paths.run_dir / "02_intermediate" / "events.parquet")
     assert events.num_rows == ctx.summaries()["events"]["events_out"] > 0
+
+
+def test_a_check_of_a_large_artifact_validates_a_sample(retailer, tmp_path) -> None:
+    ctx = make_context(
+        "sampled_check",
+        date(2026, 11, 1),
+        None,
+        retailer_overrides(retailer, tmp_path / "data", quality={"check_max_rows": 1000}),
+    )
+    download = run_step(ctx, "download_files", "download")
+    products = run_step(ctx, "clean_products", "products", download)
+    events = run_step(ctx, "filter_events", "events", download, products)
+
+    first = run_step(ctx, "check_events", "check", "events")["checks"]
+    again = run_step(ctx, "check_events", "check", "events")["checks"]
+
+    by_artifact = {c["artifact"]: c for c in first}
+    checked = by_artifact["events"]
+    assert checked["success"]
+    assert checked["rows"] == events["events_out"] > 1000
+    assert checked["sampled_rows"] == 1000
+    # The small per-id table is checked whole; a rerun checks the same sample.
+    assert "sampled_rows" not in by_artifact["event_product_ids"]
+    assert [{k: v for k, v in c.items() if k != "seconds"} for c in again] == [
+        {k: v for k, v in c.items() if k != "seconds"} for c in first
+    ]

@@ -255,6 +255,9 @@ class QualityConfig(_Strict):
     # A CSV record longer than this is quarantined unread: one hostile field must not cost a
     # stage its memory or its parser.
     max_record_bytes: int = Field(default=1 << 20, ge=1024)
+    # A quality check validates at most this many rows of an artifact: past it, a seeded
+    # sample of whole row groups (`quality.sample`), the row count still the artifact's.
+    check_max_rows: int = Field(default=2_000_000, ge=1000)
 
     def threshold(self, stage: str) -> float:
         return self.max_reject_rate.get(stage, 0.05)

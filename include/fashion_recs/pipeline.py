@@ -600,6 +600,7 @@ def check(
     between stages: a stage may shrink its input, never grow it).
     """
     from fashion_recs.quality.checks import CheckContext, run_check
+    from fashion_recs.quality.sample import read_for_check
 
     ids = pq.read_table(ctx.paths.path(PRODUCTS), columns=["product_id"]).column(0).to_pylist()
     results = []
@@ -609,14 +610,17 @@ def check(
             catalogue_ids=ids,
             upstream_rows=(upstream_rows or {}).get(artifact.name),
         )
-        frame = pd.read_parquet(ctx.paths.path(artifact))
+        read = read_for_check(
+            ctx.paths.path(artifact), ctx.config.quality.check_max_rows, ctx.config.seed
+        )
         results.append(
             run_check(
                 artifact.name,
-                frame,
+                read.frame,
                 context,
                 ctx.paths.file(QUALITY_DIR),
                 run_name=ctx.paths.run_id,
+                rows_total=read.rows_total,
             )
         )
     return ctx.save_summary(f"check_{group}", {"checks": results})

@@ -15,6 +15,7 @@ between checks, and concurrent checks in one process stay independent.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -95,6 +96,7 @@ def run_check(
     *,
     raise_on_failure: bool = True,
     run_name: str | None = None,
+    rows_total: int | None = None,
 ) -> dict:
     """Validate `frame` as `artifact`, save GX's result to `results_dir/<artifact>.json`.
 
@@ -104,25 +106,49 @@ def run_check(
     Raises `QualityCheckFailed` with the same details when the suite fails and
     `raise_on_failure`; the results file is written first either way. `run_name` (for
     example the Airflow run id) labels the result in Data Docs.
+
+    `rows_total`: the artifact's rows when `frame` is a sample of it (`sample.read_for_check`).
+    GX then validates the sample's rows, and the artifact's own row count is held to the
+    context's upstream limit here (a failure like GX's row-count one, marked `whole_artifact`);
+    the summary gives both counts.
     """
     started = time.monotonic()
+    sampled = rows_total is not None and rows_total > len(frame)
+    limit = context.upstream_rows
+    if sampled:  # the sample's row count says nothing about the limit; the total does
+        context = dataclasses.replace(context, upstream_rows=None)
     suite = build_suite(artifact, context)
     result = validate(artifact, frame, suite, run_name)
     result_dict = result.to_json_dict()
     results_path = write_json(result_dict, Path(results_dir) / f"{artifact}.json")
     summary = summarize(artifact, result_dict)
+    if sampled and limit is not None and rows_total > limit:
+        summary["success"] = False
+        summary["failed"].insert(
+            0,
+            {
+                "expectation": "expect_table_row_count_to_be_between",
+                "column": None,
+                "observed_value": rows_total,
+                "max_value": limit,
+                "whole_artifact": True,
+            },
+        )
     summary.update(
-        rows=len(frame),
+        rows=rows_total if sampled else len(frame),
         seconds=round(time.monotonic() - started, 3),
         results_path=str(results_path),
     )
+    if sampled:
+        summary["sampled_rows"] = len(frame)
     log.info(
-        "quality %s: %s, %d/%d expectations passed on %s rows in %.1f s; result %s",
+        "quality %s: %s, %d/%d expectations passed on %s rows%s in %.1f s; result %s",
         artifact,
         "passed" if summary["success"] else "FAILED",
         summary["evaluated"] - len(summary["failed"]),
         summary["evaluated"],
         f"{len(frame):,}",
+        f" (a sample of {rows_total:,})" if sampled else "",
         summary["seconds"],
         results_path,
     )
@@ -237,9 +263,16 @@ def failure_message(summary: dict) -> str:
                 else "the contract's columns in another order"
             )
             detail += f"; found {f['observed_value']}"
+        elif f.get("whole_artifact"):
+            detail = f"{f['observed_value']:,} rows, more than the {f['max_value']:,} upstream"
         else:
             detail = f"observed {f.get('observed_value')!r}"
         lines.append(f"  - {f['expectation']} on {where}: {detail}")
+    if "sampled_rows" in summary:
+        lines.append(
+            f"Row checks ran on a sample of {summary['sampled_rows']:,} of the artifact's "
+            f"{summary['rows']:,} rows (quality.check_max_rows)."
+        )
     lines.append(
         f"Full validation result: {summary.get('results_path', '(not saved)')}. Fix the stage "
         "or its input, then clear the task to rerun; retrying the same data cannot pass."
