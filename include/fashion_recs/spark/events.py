@@ -309,6 +309,7 @@ def classify(
     Rows: `_file`, `row_number`, `line_number`, the raw columns, `user`, `event_ts`,
     `reason` (null when kept). Ids: one row per (row, id), an id repeated within a row
     once, at its first place (`_slot`, `_pos`), with `known` (in the catalogue)."""
+    from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -316,14 +317,20 @@ def classify(
     interesting = _one_of(cols.event_name, cfg.events_of_interest) | _one_of(
         cols.button_name, cfg.buttons_of_interest
     )
-    rows = records.filter(interesting).select(
-        "*",
-        F.regexp_replace(F.col(cols.user_id), _STRIP, "").alias("user"),
-        parse_timestamps(F.col(cols.timestamp), cfg.timestamp_formats).alias("event_ts"),
-        *[
-            F.regexp_extract_all(F.lower(F.col(src)), F.lit(cfg.id_pattern), 0).alias(slot)
-            for src, slot in zip(cols.product_columns, slots, strict=True)
-        ],
+    # Both outputs start from these rows: kept once (spilling to disk when large) instead of
+    # reading and parsing the files again for each.
+    rows = (
+        records.filter(interesting)
+        .select(
+            "*",
+            F.regexp_replace(F.col(cols.user_id), _STRIP, "").alias("user"),
+            parse_timestamps(F.col(cols.timestamp), cfg.timestamp_formats).alias("event_ts"),
+            *[
+                F.regexp_extract_all(F.lower(F.col(src)), F.lit(cfg.id_pattern), 0).alias(slot)
+                for src, slot in zip(cols.product_columns, slots, strict=True)
+            ],
+        )
+        .persist(StorageLevel.MEMORY_AND_DISK)
     )
     key = ["_file", "row_number"]
     exploded = None
