@@ -6,13 +6,18 @@ that has a Spark implementation (`fashion_recs.pipeline.ENGINE_STAGES`), and the
 those stages runs again on Spark (`local[2]` here: the machine's two cores) on the very same
 input artifacts, in a run directory of its own. Every step runs in a process of its own, as
 `fashion-recs run` runs it, so each figure is the step's own seconds (`tasks/*.json`) and a
-Spark step's figure includes starting its session (a JVM) and reading its inputs.
+Spark step's figure includes starting its session (a JVM) and reading its inputs. Each Spark
+step also logs its events, and `spark_tasks` sums its tasks' metrics: executor seconds (the
+work without the driver's start-up and planning), input, shuffle and spill bytes, the largest
+execution memory of a task; `docs/scaling.md` plans a cluster from them.
 
 Parity: each Spark artifact is compared with the local one (rows sorted by every
 non-float column, floats to 1e-9, same Arrow schema), except the columns the engines name
 differently by design (`IGNORED`). Results go to `bench/results/spark.json`:
 
-    python bench/spark.py --sizes 1 10 [--data /tmp/fashion-recs-bench-spark] [--keep]
+    python bench/spark.py --sizes 1 10 [--data /tmp/fashion-recs-bench-spark] [--keep] [--merge]
+
+`--merge` keeps the sizes of the existing results file that this run does not measure.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from scale import AS_OF, DEMO, generate, write_config
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "spark.json"
 DRIVER_MEMORY = "6g"
+# Each Spark step logs its events (uncompressed JSON lines) for `task_metrics`.
+EVENT_LOG = {"spark.eventLog.enabled": "true", "spark.eventLog.compress": "false"}
 # The Spark rules name their miner; every other column must match.
 IGNORED = {"fbt_rules": {"engine"}}
 # step -> (task id, the summaries it takes, in order)
@@ -105,6 +112,45 @@ def same_table(local: Path, spark: Path, ignore: set[str]) -> tuple[bool, str]:
     return True, ""
 
 
+def task_metrics(log_dir: Path) -> dict[str, float]:
+    """What the Spark tasks of the applications logged in `log_dir` did, summed over tasks
+    (from each `SparkListenerTaskEnd` event): task seconds on the executors (wall and CPU),
+    bytes read from input, shuffle bytes and records written, bytes spilled, and the largest
+    execution memory one task held. Task seconds exclude the driver (session start, planning,
+    collecting results), so they give the per-core cost of the work itself."""
+    totals = dict.fromkeys(
+        [
+            "tasks",
+            "run_seconds",
+            "cpu_seconds",
+            "input_bytes",
+            "shuffle_write_bytes",
+            "shuffle_write_records",
+            "spill_disk_bytes",
+        ],
+        0.0,
+    )
+    peak = 0
+    # Spark 4 writes each application's log as a folder of `events_<n>_<app>` files.
+    for path in sorted(log_dir.rglob("events_*")):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if '"SparkListenerTaskEnd"' not in line:
+                    continue
+                metrics = json.loads(line).get("Task Metrics") or {}
+                write = metrics.get("Shuffle Write Metrics") or {}
+                totals["tasks"] += 1
+                totals["run_seconds"] += metrics.get("Executor Run Time", 0) / 1e3
+                totals["cpu_seconds"] += metrics.get("Executor CPU Time", 0) / 1e9
+                totals["input_bytes"] += (metrics.get("Input Metrics") or {}).get("Bytes Read", 0)
+                totals["shuffle_write_bytes"] += write.get("Shuffle Bytes Written", 0)
+                totals["shuffle_write_records"] += write.get("Shuffle Records Written", 0)
+                totals["spill_disk_bytes"] += metrics.get("Disk Bytes Spilled", 0)
+                peak = max(peak, metrics.get("Peak Execution Memory", 0))
+    result = {k: round(v, 1) if "seconds" in k else int(v) for k, v in totals.items()}
+    return {**result, "peak_task_execution_memory_bytes": int(peak)}
+
+
 def bench_size(size: float, data: Path, keep: bool) -> dict[str, Any]:
     from fashion_recs.config import SPARK_STAGES
     from fashion_recs.pipeline import make_context
@@ -116,16 +162,26 @@ def bench_size(size: float, data: Path, keep: bool) -> dict[str, Any]:
 
     # The defaults' 2 GiB driver (in local mode also the executor) spills at 20M events.
     conf = {**SparkConfig().conf, "spark.driver.memory": DRIVER_MEMORY}
-    overrides_spark = {"engine": "spark", "spark": {"master": "local[2]", "conf": conf}}
     day = date.fromisoformat(AS_OF)
     local = make_context("bench_local", day, config)
-    spark = make_context("bench_spark", day, config, overrides_spark)
+
+    def spark_context(stage: str) -> Any:
+        """The Spark run's context for `stage`, its session logging events to a folder of its
+        own (for `task_metrics`)."""
+        logs = data / "event_logs" / stage
+        logs.mkdir(parents=True, exist_ok=True)
+        logged = {**conf, **EVENT_LOG, "spark.eventLog.dir": f"file://{logs}"}
+        overrides = {"engine": "spark", "spark": {"master": "local[2]", "conf": logged}}
+        return make_context("bench_spark", day, config, overrides)
+
     stages = [s for s, _, _ in PREFIX if s in SPARK_STAGES]
+    spark = local
     started = time.perf_counter()
     with TaskProcesses() as runner:
         local_summaries = run_steps(local, runner, [s for s, _, _ in PREFIX], {})
         spark_summaries = {}
         for stage in stages:
+            spark = spark_context(stage)
             spark_summaries.update(run_steps(spark, runner, [stage], local_summaries))
     per_stage = {}
     for stage in stages:
@@ -138,6 +194,7 @@ def bench_size(size: float, data: Path, keep: bool) -> dict[str, Any]:
         per_stage[stage] = {
             "seconds_local": seconds_of(local, stage),
             "seconds_spark": seconds_of(spark, stage),
+            "spark_tasks": task_metrics(data / "event_logs" / stage),
             "artifacts": compared,
         }
         print(stage, per_stage[stage], flush=True)
@@ -192,13 +249,17 @@ def main() -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=[1, 10])
     parser.add_argument("--data", type=Path, default=Path("/tmp/fashion-recs-bench-spark"))
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--merge", action="store_true")
     args = parser.parse_args()
     import pyspark
 
     sizes = {}
+    if args.merge and RESULTS.exists():
+        sizes = json.loads(RESULTS.read_text())["sizes"]
     for size in args.sizes:
         label = f"{size:g}x"
         sizes[label] = bench_size(size, args.data / label, args.keep)
+    sizes = dict(sorted(sizes.items(), key=lambda kv: float(kv[0].rstrip("x"))))
     write_report(
         RESULTS,
         {
