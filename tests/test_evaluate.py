@@ -660,3 +660,84 @@ def test_segment_popularity_refuses_users_with_two_segments() -> None:
     users = pd.concat([SEGMENT_USERS, SEGMENT_USERS.iloc[[0]]], ignore_index=True)
     with pytest.raises(ValueError, match="1 duplicate 'user_id'"):
         segment_popularity_predictions(SEGMENT_TRAIN, users, ["age_group"], k=3)
+
+
+def reference_segment_popularity(
+    train: pd.DataFrame, users: pd.DataFrame, cols: list[str], k: int
+) -> pd.DataFrame:
+    """Segment popularity spelled out user by user: the definition the vectorised version
+    must match (first level whose columns are known and whose group has train events, its
+    top k by summed weight then item id, topped up from the overall ranking)."""
+
+    def ranking(events: pd.DataFrame) -> list[tuple[str, float]]:
+        scores = events.groupby("product_id")["weight"].sum()
+        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    overall = ranking(train)[:k]
+    segment_of = train.merge(users, on="user_id", how="inner")
+    rows = []
+    for user in users.itertuples(index=False):
+        picked: list[tuple[str, float, str]] = []
+        for level, level_cols in segment_levels(cols):
+            values = [getattr(user, c) for c in level_cols]
+            if any(pd.isna(v) for v in values):
+                continue
+            mask = np.ones(len(segment_of), dtype=bool)
+            for c, v in zip(level_cols, values, strict=True):
+                mask &= (segment_of[c] == v).to_numpy()
+            if mask.any():
+                picked = [(i, s, level) for i, s in ranking(segment_of[mask])[:k]]
+                break
+        have = {i for i, _, _ in picked}
+        picked += [(i, s, "overall") for i, s in overall if i not in have]
+        for rank, (item, score, source) in enumerate(picked[:k], start=1):
+            rows.append((user.user_id, item, rank, score, source))
+    return pd.DataFrame(rows, columns=["user_id", "product_id", "rank", "score", "source"])
+
+
+def test_segment_popularity_equals_its_definition_on_random_data() -> None:
+    rng = np.random.default_rng(5)
+    n = 3000
+    items = [f"p{i:03d}" for i in range(60)]
+    train = pd.DataFrame(
+        {
+            "user_id": pd.array([f"u{i:03d}" for i in rng.integers(0, 150, n)], dtype="str"),
+            "product_id": pd.array(rng.choice(items, n), dtype="str"),
+            # Whole weights, so equal sums tie exactly and the item id decides.
+            "weight": rng.integers(1, 4, n).astype(float),
+        }
+    )
+    ages = np.array(["18-24", "25-34", None], dtype=object)
+    regions = np.array(["north", "south", "east", None], dtype=object)
+    users = pd.DataFrame(
+        {
+            # Users without train events, and some train users left out.
+            "user_id": [f"u{i:03d}" for i in range(20, 170)],
+            "age_group": ages[rng.integers(0, 3, 150)],
+            "region": regions[rng.integers(0, 4, 150)],
+        }
+    )
+
+    got = segment_popularity_predictions(train, users, ["age_group", "region"], 12)
+    expected = reference_segment_popularity(train, users, ["age_group", "region"], 12)
+
+    assert got["product_id"].dtype == train["product_id"].dtype
+    assert set(got["source"]) >= {"segment", "age_group", "region", "overall"}
+    pd.testing.assert_frame_equal(
+        got.astype({"product_id": object, "rank": np.int64}),
+        expected.astype({"product_id": object}),
+        check_dtype=False,
+    )
+
+
+def test_metrics_do_not_depend_on_the_truth_being_sorted() -> None:
+    truth = pd.DataFrame({"user_id": ["b", "a", "b", "a", "b"], "product_id": list("xyzxy")})
+    predictions = pd.DataFrame(
+        {"user_id": ["a", "a", "b", "b"], "product_id": list("xqzy"), "rank": [1, 2, 1, 2]}
+    )
+    ordered = truth.sort_values(["user_id", "product_id"]).reset_index(drop=True)
+
+    shuffled = per_user_metrics(truth, predictions, k=2)
+
+    pd.testing.assert_frame_equal(shuffled, per_user_metrics(ordered, predictions, k=2))
+    assert shuffled["hits"].tolist() == [1, 2]

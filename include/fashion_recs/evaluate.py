@@ -279,9 +279,12 @@ def _scores(truth: pd.DataFrame, top: _TopK, user_col: str, item_col: str, k: in
     truth_user_codes, truth_users = pd.factorize(truth[user_col], sort=True)
     truth_item_codes, truth_items = pd.factorize(truth[item_col], sort=True)
     n_truth_items = max(len(truth_items), 1)
-    truth_keys = np.unique(
-        truth_user_codes.astype(np.int64) * n_truth_items + truth_item_codes.astype(np.int64)
+    truth_keys = truth_user_codes.astype(np.int64) * n_truth_items + truth_item_codes.astype(
+        np.int64
     )
+    # `relevant_items` gives the pairs sorted and distinct already: no sort needed then.
+    if len(truth_keys) > 1 and not (truth_keys[1:] > truth_keys[:-1]).all():
+        truth_keys = np.unique(truth_keys)
     n_rel = np.bincount(truth_keys // n_truth_items, minlength=len(truth_users))
 
     # Translate the predictions' codes into the truth's; -1 marks ids the truth lacks.
@@ -291,9 +294,18 @@ def _scores(truth: pd.DataFrame, top: _TopK, user_col: str, item_col: str, k: in
     items = truth_items.get_indexer(top.items)[top.item_codes]
     known = (users >= 0) & (items >= 0)
     is_hit = np.zeros(len(users), dtype=bool)
-    is_hit[known] = np.isin(users[known] * n_truth_items + items[known], truth_keys)
+    is_hit[known] = _in_sorted(users[known] * n_truth_items + items[known], truth_keys)
 
     return metrics_from_hits(n_rel, users[is_hit], top.position[is_hit], k, truth_users, user_col)
+
+
+def _in_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """`np.isin(values, sorted_keys)` for sorted, distinct keys: a binary search per value
+    instead of sorting both arrays together (the keys are millions at a large retailer)."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
+    return sorted_keys[at] == values
 
 
 def metrics_from_hits(
@@ -575,12 +587,25 @@ def segment_popularity_predictions(
                 len(users),
             )
 
-    overall = _ranked_items(train, [], k, item_col=item_col, weight_col=weight_col)
-    # Only the columns the score needs travel, so train columns cannot clash with segments.
-    score_cols = [user_col, item_col]
+    _require_columns(train, [item_col], "train")
+    _require_no_nulls(train, [item_col], "train")
+    # Items as a categorical with sorted categories: every ranking below groups and breaks
+    # ties on its integer codes, in the ids' own order, instead of hashing and comparing
+    # millions of id strings once per level. The ids come back at the end.
+    item_dtype = train[item_col].dtype
+    items = pd.Categorical(train[item_col])
+    scored = pd.DataFrame({item_col: items}, index=train.index)
     if weight_col is not None and weight_col in train.columns:
-        score_cols.append(weight_col)
-    events = train[score_cols].merge(users, on=user_col, how="inner")
+        scored[weight_col] = train[weight_col]
+    overall = _ranked_items(scored, [], k, item_col=item_col, weight_col=weight_col)
+    # Each train event takes its user's segment columns by the user's position (an inner
+    # join on the user id that keeps the train order, without merging on strings).
+    at = index_positions(train[user_col], pd.Index(users[user_col]))
+    of_user = at >= 0
+    events = scored[of_user].reset_index(drop=True)
+    for column in segment_cols:
+        codes, labels = pd.factorize(users[column], use_na_sentinel=True)
+        events[column] = pd.Categorical.from_codes(codes[at[of_user]], categories=labels)
 
     columns = ["_order", user_col, item_col, RANK, "score", "source"]
     remaining = users.assign(_order=np.arange(len(users)))
@@ -610,7 +635,10 @@ def segment_popularity_predictions(
         .drop(columns="_order")
         .reset_index(drop=True)
     )
-    return result.astype({RANK: np.int32, "score": np.float64}).rename(columns={RANK: rank_col})
+    result[item_col] = np.asarray(items.categories)[result[item_col].cat.codes.to_numpy()]
+    return result.astype({RANK: np.int32, "score": np.float64, item_col: item_dtype}).rename(
+        columns={RANK: rank_col}
+    )
 
 
 def _group_lists(
