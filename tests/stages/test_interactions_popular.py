@@ -14,6 +14,7 @@ from fashion_recs.stages.interactions import (
     aggregate_user_items,
     decay_weight,
     sort_events,
+    sort_events_with_codes,
     weight_events,
 )
 from fashion_recs.stages.popular import popular_products
@@ -231,3 +232,9 @@ def test_integer_code_sort_and_aggregate_equal_the_string_versions() -> None:
     )
     for column in ("weight_sum", "decayed_weight"):
         np.testing.assert_allclose(got[column], expected[column], rtol=1e-12)
+    # The stage hands the sort's codes on to the aggregate instead of computing them again.
+    ordered, codes = sort_events_with_codes(frame)
+    assert ordered.equals(sort_events(frame))
+    assert aggregate_user_items(ordered, AS_OF, 30.0, codes).equals(
+        aggregate_user_items(ordered, AS_OF, 30.0)
+    )
