@@ -32,7 +32,7 @@ from fashion_recs.personal.features import build_features, feature_names
 log = logging.getLogger(__name__)
 
 DAY = pd.Timedelta(days=1)
-PROGRESS_EVERY_S = 30.0
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)

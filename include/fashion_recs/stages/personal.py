@@ -639,6 +639,7 @@ def routing_stage(
     cfg = config.personal
     k = cfg.top_k
     unknown = config.demographics.unknown_label
+    started = time.perf_counter()
     interactions = pd.read_parquet(interactions_path, columns=["user_id", "product_id", "event_ts"])
     users = pd.read_parquet(paths.path(USERS), columns=["user_id", *SEGMENT_COLUMNS])
     popular = pd.read_parquet(paths.path(POPULAR))
@@ -653,6 +654,12 @@ def routing_stage(
         sources, ["item_knn", "fbt", "similar"], cfg.routing.item_candidates_per_product
     )
 
+    log.info(
+        "routing: %d interactions and the item candidates read (%.1f s); ordering each "
+        "user's products by recency",
+        len(interactions),
+        time.perf_counter() - started,
+    )
     # Users' distinct products, most recent first.
     last = (
         interactions.groupby(["user_id", "product_id"], as_index=False)["event_ts"]
@@ -672,6 +679,13 @@ def routing_stage(
 
     served = gate_summary.get("served") or gate_summary.get("chosen") or "segment_popularity"
     existing = frame.loc[frame["route"] == "existing", "user_id"]
+    log.info(
+        "routing: %d users routed (%.1f s); reading %s's lists for %d existing users",
+        len(frame),
+        time.perf_counter() - started,
+        served,
+        len(existing),
+    )
     model_lists = _served_lists(config, paths, served, frame, popular)
     model_lists = model_lists[model_lists["user_id"].isin(existing)]
     # A model that cannot serve some users (no neighbours, too few items) leaves their lists
