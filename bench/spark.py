@@ -175,14 +175,13 @@ def bench_size(size: float, data: Path, keep: bool) -> dict[str, Any]:
         return make_context("bench_spark", day, config, overrides)
 
     stages = [s for s, _, _ in PREFIX if s in SPARK_STAGES]
-    spark = local
+    spark = {stage: spark_context(stage) for stage in stages}
     started = time.perf_counter()
     with TaskProcesses() as runner:
         local_summaries = run_steps(local, runner, [s for s, _, _ in PREFIX], {})
         spark_summaries = {}
         for stage in stages:
-            spark = spark_context(stage)
-            spark_summaries.update(run_steps(spark, runner, [stage], local_summaries))
+            spark_summaries.update(run_steps(spark[stage], runner, [stage], local_summaries))
     per_stage = {}
     for stage in stages:
         compared = {}
@@ -193,7 +192,7 @@ def bench_size(size: float, data: Path, keep: bool) -> dict[str, Any]:
                 compared[key] = {"equal": ok, **({"difference": why} if why else {})}
         per_stage[stage] = {
             "seconds_local": seconds_of(local, stage),
-            "seconds_spark": seconds_of(spark, stage),
+            "seconds_spark": seconds_of(spark[stage], stage),
             "spark_tasks": task_metrics(data / "event_logs" / stage),
             "artifacts": compared,
         }

@@ -257,6 +257,8 @@ class QualityConfig(_Strict):
     max_record_bytes: int = Field(default=1 << 20, ge=1024)
     # A quality check validates at most this many rows of an artifact: past it, a seeded
     # sample of whole row groups (`quality.sample`), the row count still the artifact's.
+    # Enough rows that a defect touching one row in ten thousand shows up with near
+    # certainty, few enough that a check takes seconds whatever the artifact's size.
     check_max_rows: int = Field(default=2_000_000, ge=1000)
 
     def threshold(self, stage: str) -> float:

@@ -21,10 +21,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-# A check's sample: enough rows that a defect touching one row in ten thousand shows up with
-# near certainty, few enough that a check takes seconds whatever the artifact's size.
-DEFAULT_MAX_ROWS = 2_000_000
-
 
 @dataclass(frozen=True)
 class CheckFrame:
@@ -38,10 +34,11 @@ class CheckFrame:
         return len(self.frame) < self.rows_total
 
 
-def read_for_check(path: Path, max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0) -> CheckFrame:
+def read_for_check(path: Path, max_rows: int, seed: int = 0) -> CheckFrame:
     """The artifact at `path` (a Parquet file or a dataset directory) as a data frame: all of
     it up to `max_rows` rows, else whole row groups in a seeded random order until at least
-    `max_rows` rows, then cut to `max_rows`, in the order they lie in the files."""
+    `max_rows` rows, then cut to `max_rows`, in the order they lie in the files (the limit
+    is the config's `quality.check_max_rows`)."""
     dataset = ds.dataset(path, format="parquet")
     groups = [
         (fragment, group.id, group.num_rows)

@@ -302,9 +302,10 @@ def classify(
     cfg: EventsConfig,
     catalogue: DataFrame,
     as_of: datetime | None,
-) -> tuple[DataFrame, DataFrame]:
-    """(rows of interest with their verdict, their ids): `stages.events.classify_query`,
-    `settle_several_ids` and `mark_repeats` in Spark.
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """(rows of interest with their verdict, their ids, the persisted parsed rows both come
+    from, for the caller to unpersist once it has written them): `stages.events.
+    classify_query`, `settle_several_ids` and `mark_repeats` in Spark.
 
     Rows: `_file`, `row_number`, `line_number`, the raw columns, `user`, `event_ts`,
     `reason` (null when kept). Ids: one row per (row, id), an id repeated within a row
@@ -380,7 +381,7 @@ def classify(
                 "_nth"
             )
         )
-    return classified.drop(*slots), ids
+    return classified.drop(*slots), ids, rows
 
 
 def filter_events(
@@ -434,7 +435,7 @@ def filter_events(
         catalogue = spark.createDataFrame(
             [(i,) for i in sorted(set(catalogue_ids))], "id string"
         ).withColumn("known", F.lit(True))
-        classified, ids = classify(union, cols, cfg, catalogue, as_of)
+        classified, ids, parsed = classify(union, cols, cfg, catalogue, as_of)
         classified = classified.cache()
         ids = ids.cache()
         verdicts: dict[str, int] = {}
@@ -510,6 +511,7 @@ def filter_events(
         write_dataset(mentioned, ids_path, EVENT_PRODUCT_IDS.schema)
         classified.unpersist()
         ids.unpersist()
+        parsed.unpersist()
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return rows_in, verdicts, n_events, lines_in
