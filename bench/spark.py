@@ -11,13 +11,21 @@ step also logs its events, and `spark_tasks` sums its tasks' metrics: executor s
 work without the driver's start-up and planning), input, shuffle and spill bytes, the largest
 execution memory of a task; `docs/scaling.md` plans a cluster from them.
 
+Item-kNN's co-occurrence (the `item_knn` engine stage, which runs inside the personal steps)
+is measured on its own: the local run's whole user x item matrix, the local neighbour search
+against `SparkItemNeighbours` (its figure includes the session's start), both from the same
+unit item vectors to the neighbour table the model scores with.
+
 Parity: each Spark artifact is compared with the local one (rows sorted by every
 non-float column, floats to 1e-9, same Arrow schema), except the columns the engines name
-differently by design (`IGNORED`). Results go to `bench/results/spark.json`:
+differently by design (`IGNORED`); item-kNN's neighbour tables must be identical. Results go
+to `bench/results/spark.json`:
 
     python bench/spark.py --sizes 1 10 [--data /tmp/fashion-recs-bench-spark] [--keep] [--merge]
+        [--stages item_knn ...]
 
-`--merge` keeps the sizes of the existing results file that this run does not measure.
+`--merge` keeps the sizes of the existing results file that this run does not measure, and
+with `--stages` (only those stages, and the local steps they need) the other stages of a size.
 """
 
 from __future__ import annotations
@@ -151,7 +159,55 @@ def task_metrics(log_dir: Path) -> dict[str, float]:
     return {**result, "peak_task_execution_memory_bytes": int(peak)}
 
 
-def bench_size(size: float, data: Path, keep: bool) -> dict[str, Any]:
+def needed(stages: list[str]) -> list[str]:
+    """The PREFIX steps `stages` read, directly or through other steps, in PREFIX order."""
+    needs = {step: wanted for step, _, wanted in PREFIX}
+    todo, found = list(stages), set()
+    while todo:
+        step = todo.pop()
+        if step in needs and step not in found:
+            found.add(step)
+            todo += needs[step]
+    return [step for step, _, _ in PREFIX if step in found]
+
+
+def bench_item_knn(local: Any, interactions: dict[str, Any], conf: dict[str, str]) -> dict:
+    """Item-kNN's neighbour search on the local run's whole matrix: local, then on Spark."""
+    from fashion_recs.personal.item_knn import item_unit_vectors, local_item_neighbours
+    from fashion_recs.spark.item_knn import SparkItemNeighbours
+    from fashion_recs.spark.session import spark_session
+    from fashion_recs.stages.personal import load_inputs
+
+    config = local.config
+    matrix = load_inputs(config, local.paths, Path(interactions["interactions"]), local.as_of).full
+    n = config.personal.item_knn_neighbours
+    vectors = item_unit_vectors(matrix, config.personal.user_cf.weighting)
+    started = time.perf_counter()
+    mine = local_item_neighbours(vectors, n)
+    seconds_local = time.perf_counter() - started
+    started = time.perf_counter()
+    spark_config = config.spark.model_copy(update={"master": "local[2]", "conf": conf})
+    with spark_session(spark_config) as spark:
+        theirs = SparkItemNeighbours(spark)(vectors, n)
+    seconds_spark = time.perf_counter() - started
+    return {
+        "seconds_local": round(seconds_local, 1),
+        "seconds_spark": round(seconds_spark, 1),
+        "matrix": {"users": matrix.n_users, "items": matrix.n_items, "entries": vectors.nnz},
+        "co_touched_pairs": int((np.diff(matrix.values.indptr).astype(np.int64) ** 2).sum()),
+        "n_neighbours": n,
+        "artifacts": {
+            "item_similarity": {
+                "equal": bool(mine.shape == theirs.shape and (mine != theirs).nnz == 0),
+                "entries": int(mine.nnz),
+            }
+        },
+    }
+
+
+def bench_size(
+    size: float, data: Path, keep: bool, only: list[str] | None = None
+) -> dict[str, Any]:
     from fashion_recs.config import SPARK_STAGES
     from fashion_recs.pipeline import make_context
     from fashion_recs.task_processes import TaskProcesses
@@ -174,11 +230,13 @@ def bench_size(size: float, data: Path, keep: bool) -> dict[str, Any]:
         overrides = {"engine": "spark", "spark": {"master": "local[2]", "conf": logged}}
         return make_context("bench_spark", day, config, overrides)
 
-    stages = [s for s, _, _ in PREFIX if s in SPARK_STAGES]
+    stages = [s for s, _, _ in PREFIX if s in SPARK_STAGES and (only is None or s in only)]
+    knn = only is None or "item_knn" in only
     spark = {stage: spark_context(stage) for stage in stages}
     started = time.perf_counter()
     with TaskProcesses() as runner:
-        local_summaries = run_steps(local, runner, [s for s, _, _ in PREFIX], {})
+        steps = needed(stages + (["interactions"] if knn else []))
+        local_summaries = run_steps(local, runner, steps, {})
         spark_summaries = {}
         for stage in stages:
             spark_summaries.update(run_steps(spark[stage], runner, [stage], local_summaries))
@@ -197,6 +255,13 @@ def bench_size(size: float, data: Path, keep: bool) -> dict[str, Any]:
             "artifacts": compared,
         }
         print(stage, per_stage[stage], flush=True)
+    if knn:
+        logs = data / "event_logs" / "item_knn"
+        logs.mkdir(parents=True, exist_ok=True)
+        logged = {**conf, **EVENT_LOG, "spark.eventLog.dir": f"file://{logs}"}
+        per_stage["item_knn"] = bench_item_knn(local, local_summaries["interactions"], logged)
+        per_stage["item_knn"]["spark_tasks"] = task_metrics(logs)
+        print("item_knn", per_stage["item_knn"], flush=True)
     result = {
         "products": round(DEMO["products"] * size),
         "users": round(DEMO["users"] * size),
@@ -249,6 +314,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/fashion-recs-bench-spark"))
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--merge", action="store_true")
+    parser.add_argument("--stages", nargs="+", help="only these stages (ENGINE_STAGES, item_knn)")
     args = parser.parse_args()
     import pyspark
 
@@ -257,7 +323,13 @@ def main() -> None:
         sizes = json.loads(RESULTS.read_text())["sizes"]
     for size in args.sizes:
         label = f"{size:g}x"
-        sizes[label] = bench_size(size, args.data / label, args.keep)
+        result = bench_size(size, args.data / label, args.keep, args.stages)
+        if args.stages and label in sizes:
+            for stage in result["stages"].values():
+                stage["measured_at"] = result["measured_at"]
+            sizes[label]["stages"].update(result["stages"])
+        else:
+            sizes[label] = result
     sizes = dict(sorted(sizes.items(), key=lambda kv: float(kv[0].rstrip("x"))))
     write_report(
         RESULTS,

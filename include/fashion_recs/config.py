@@ -764,6 +764,8 @@ SPARK_STAGES = (
     "baskets",
     "fbt_rules",
     "fbt_recommendations",
+    # The co-occurrence of every item-kNN fit (the baselines' and the ranker's candidates).
+    "item_knn",
     "als",
 )
 Engine = Literal["local", "spark"]

@@ -516,6 +516,8 @@ PERSONAL_MODEL_STEPS = (
     "als",
     "blend",
 )
+# The steps that fit item-kNN, whose neighbours the `item_knn` engine finds.
+ITEM_KNN_STEPS = ("personal_baselines", "ranker")
 
 
 def personal_model(
@@ -551,6 +553,14 @@ def personal_model(
         log.info("als: engine spark (master %s)", ctx.config.spark.master)
         with spark_session(ctx.config.spark) as spark:
             return ctx.save_summary(step, als_stage(spark, ctx.config, inputs, ctx.paths))
+    if step in ITEM_KNN_STEPS and ctx.config.engine_for("item_knn") == "spark":
+        from fashion_recs.spark.item_knn import SparkItemNeighbours
+        from fashion_recs.spark.session import spark_session
+
+        log.info("%s: item-kNN on engine spark (master %s)", step, ctx.config.spark.master)
+        with spark_session(ctx.config.spark) as spark:
+            summary = stages[step](ctx.config, inputs, ctx.paths, SparkItemNeighbours(spark))
+        return ctx.save_summary(step, summary)
     return ctx.save_summary(step, stages[step](ctx.config, inputs, ctx.paths))
 
 

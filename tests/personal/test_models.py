@@ -443,3 +443,37 @@ def test_item_knn_similar_items_lists_each_products_nearest_items_by_score() -> 
             expected.append((pid, rank, matrix.items[row.indices[j]], float(row.data[j])))
     got = model.similar_items(asked, 4)
     assert list(got.itertuples(index=False, name=None)) == expected
+
+
+@pytest.mark.parametrize("slack", [0, 8])
+def test_item_knn_keeps_each_items_best_rounded_neighbours_ties_by_lower_item(
+    monkeypatch, slack: int
+) -> None:
+    """The neighbours are chosen on similarities rounded to SIMILARITY_QUANTUM, ties by the
+    lower item, whatever the top-n kernel cut off: with no slack every row of tied items is
+    one the kernel may have cut wrongly and must be recomputed in full."""
+    from fashion_recs.personal import user_cf
+    from fashion_recs.personal.item_knn import SIMILARITY_QUANTUM
+
+    monkeypatch.setattr(user_cf, "QUANTUM_SLACK", slack)
+    rng = np.random.default_rng(3)
+    dense = (rng.random((80, 30)) < 0.15) * rng.integers(1, 4, (80, 30)).astype(np.float64)
+    dense[:, 10:20] = dense[:, [9]]  # eleven copies of one item: tied with every other
+    dense[:, 7] = 0.0  # an item nobody touched has no neighbours
+    m = matrix_from(dense)
+    model = ItemKNN(n_neighbours=4, weighting="log1p").fit(m)
+
+    unit = unit_rows(np.log1p(dense).T)
+    sims = user_cf.quantize(unit @ unit.T, SIMILARITY_QUANTUM)
+    expected = np.zeros_like(sims)
+    for r in range(len(sims)):
+        others = [j for j in range(len(sims)) if j != r and sims[r, j] > 0]
+        best = sorted(others, key=lambda j: (-sims[r, j], j))[:4]
+        expected[r, best] = sims[r, best]
+    got = model.item_similarity.toarray()
+    assert model.item_similarity.dtype == np.float32
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    assert np.all(np.mod(got, SIMILARITY_QUANTUM) == 0)
+    assert (got[7] == 0).all()
+    tied = sum(len(set(row[row > 0])) < (row > 0).sum() for row in got)
+    assert tied > 10

@@ -201,6 +201,9 @@ class CandidateInputs:
     half_life_days: float
     n_recent: int = 6
     item_knn_neighbours: int = 200
+    # Where item-kNN's neighbours are found (`personal.item_knn.ItemNeighbourSearch`; None:
+    # the local one).
+    item_search: Callable | None = None
     user_cf_neighbours: int = 200
     # Each item compares at most this many of its users (its heaviest), so user-CF's neighbour
     # search grows with users, not users squared (personal.user_cf.max_item_users).
@@ -422,7 +425,9 @@ def item_knn(history: History, rows: np.ndarray, inputs: CandidateInputs, cap: i
     from fashion_recs.personal.item_knn import ItemKNN
 
     def fit() -> ItemKNN:
-        return ItemKNN(inputs.item_knn_neighbours, inputs.weighting).fit(history.matrix)
+        return ItemKNN(inputs.item_knn_neighbours, inputs.weighting, search=inputs.item_search).fit(
+            history.matrix
+        )
 
     key = ("item_knn", inputs.item_knn_neighbours, inputs.weighting)
     return _from_recommender(history.memo(key, fit), rows, cap)

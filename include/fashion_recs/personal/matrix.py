@@ -118,11 +118,12 @@ def user_item_matrix(
     return UserItemMatrix(values.astype(np.float32), user_index, item_index)
 
 
-def l2_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
-    """Rows scaled to unit length (empty rows stay empty)."""
+def l2_rows(matrix: sp.csr_matrix, dtype: type = np.float32) -> sp.csr_matrix:
+    """Rows scaled to unit length (empty rows stay empty), the scale in `dtype`: float64 for
+    the item-kNN similarities both engines must compute alike (`personal.item_knn`)."""
     norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
     scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    return sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ matrix)
+    return sp.csr_matrix(sp.diags(scale.astype(dtype)) @ matrix)
 
 
 def l1_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
@@ -154,7 +155,8 @@ def log_weights(matrix: sp.csr_matrix) -> sp.csr_matrix:
     often they came back to it (on the synthetic retailer it lifts user-CF MAP@12 by a
     quarter).
     """
-    damped = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    # float32 unless the weights are float64 already (item-kNN's exact similarities).
+    damped = sp.csr_matrix(matrix, dtype=np.result_type(matrix.dtype, np.float32), copy=True)
     damped.data = np.log1p(damped.data)
     return damped
 

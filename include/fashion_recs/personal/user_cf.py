@@ -39,16 +39,24 @@ def user_neighbours(
     block_rows: int = 10_000,
     n_threads: int | None = None,
     transposed: sp.csr_matrix | None = None,
+    quantum: float | None = None,
 ) -> sp.csr_matrix:
     """Top-`n_neighbours` most similar other rows of each of `rows` (unit-length `vectors`).
 
-    Returns a sparse (len(rows), n_rows) matrix of similarities; only positive similarities
-    are kept (a user who shares nothing with anyone has an empty row). The product and the
-    selection run together in sparse_dot_topn's multi-threaded kernel, which never holds more
-    than `n_neighbours + 1` results per row: with power-law item popularity a block of users
-    is similar to almost half of all users, so densifying it (or scipy's two-pass product)
-    costs ten times more (bench/personal.py). `transposed` is `vectors.T` as float32 CSR,
-    for callers that ask block after block: transposing every time costs users x blocks.
+    Returns a sparse (len(rows), n_rows) float32 matrix of similarities; only positive
+    similarities are kept (a user who shares nothing with anyone has an empty row). The
+    product and the selection run together in sparse_dot_topn's multi-threaded kernel, which
+    never holds more than `n_neighbours + 1` results per row: with power-law item popularity
+    a block of users is similar to almost half of all users, so densifying it (or scipy's
+    two-pass product) costs ten times more (bench/personal.py). `transposed` is `vectors.T`
+    in the product's dtype as CSR, for callers that ask block after block: transposing every
+    time costs users x blocks.
+
+    `quantum`: the similarities are rounded to multiples of it and the neighbours chosen on
+    the rounded values (ties by the lower row), in float64 throughout: a result any engine
+    that sums the same float64 products in another order reproduces exactly (`quantize`).
+    The kernel keeps a few more than asked; a row whose last kept value rounds like its
+    `n_neighbours`-th may have lost a tie, and is recomputed in full.
     """
     from sparse_dot_topn import sp_matmul_topn
 
@@ -57,25 +65,21 @@ def user_neighbours(
     if kk == 0 or len(rows) == 0:
         return sp.csr_matrix((len(rows), n), dtype=np.float32)
     threads = n_threads or os.cpu_count() or 1
-    left = vectors if vectors.dtype == np.float32 else sp.csr_matrix(vectors, dtype=np.float32)
+    dtype = np.float32 if quantum is None else np.float64
+    left = vectors if vectors.dtype == dtype else sp.csr_matrix(vectors, dtype=dtype)
     right = transposed if transposed is not None else sp.csr_matrix(left.T)
+    top_n = kk + 1 + (0 if quantum is None else QUANTUM_SLACK)
     started = last_report = time.perf_counter()
     blocks = []
     for lo in range(0, len(rows), block_rows):
         which = np.asarray(rows[lo : lo + block_rows])
         found = sp_matmul_topn(
-            left[which], right, top_n=kk + 1, threshold=0.0, n_threads=threads
+            left[which], right, top_n=top_n, threshold=0.0, n_threads=threads
         ).tocoo()
-        # Never yourself; then the best kk others, ties by row index (deterministic).
-        others = found.col != which[found.row]
-        r, c, v = found.row[others], found.col[others], found.data[others]
-        order = np.lexsort((c, -v, r))
-        r, c, v = r[order], c[order], v[order]
-        position = np.arange(len(r)) - np.searchsorted(r, r)
-        keep = position < kk
-        blocks.append(
-            sp.csr_matrix((v[keep], (r[keep], c[keep])), shape=(len(which), n), dtype=np.float32)
-        )
+        if quantum is None:
+            blocks.append(_best_others(found.row, found.col, found.data, which, kk, n))
+        else:
+            blocks.append(_best_quantized(found, which, kk, n, quantum, left, right, top_n))
         done = min(lo + block_rows, len(rows))
         if time.perf_counter() - last_report < PROGRESS_EVERY_S and done < len(rows):
             continue
@@ -89,6 +93,66 @@ def user_neighbours(
             (len(rows) - done) / rate,
         )
     return sp.csr_matrix(sp.vstack(blocks, format="csr"))
+
+
+# How many more results than asked the quantized search keeps per row, so that a row needs
+# its full product only when more than this many values round like its last neighbour.
+QUANTUM_SLACK = 8
+
+
+def quantize(values: np.ndarray, quantum: float) -> np.ndarray:
+    """`values` to the nearest multiple of `quantum` (halves up). With a power-of-two quantum
+    every step is exact in float64, so Spark's `floor(x / q + 0.5) * q` gives the same bits."""
+    return np.floor(values / quantum + 0.5) * quantum
+
+
+def _best_others(
+    r: np.ndarray, c: np.ndarray, v: np.ndarray, which: np.ndarray, kk: int, n: int
+) -> sp.csr_matrix:
+    """Never yourself; then the best kk others, ties by the lower column (deterministic)."""
+    others = c != which[r]
+    r, c, v = r[others], c[others], v[others]
+    order = np.lexsort((c, -v, r))
+    r, c, v = r[order], c[order], v[order]
+    position = np.arange(len(r)) - np.searchsorted(r, r)
+    keep = position < kk
+    return sp.csr_matrix((v[keep], (r[keep], c[keep])), shape=(len(which), n), dtype=np.float32)
+
+
+def _best_quantized(
+    found: sp.coo_matrix,
+    which: np.ndarray,
+    kk: int,
+    n: int,
+    quantum: float,
+    left: sp.csr_matrix,
+    right: sp.csr_matrix,
+    top_n: int,
+) -> sp.csr_matrix:
+    """`_best_others` on the rounded positive similarities, exact whatever the kernel cut
+    off: a row the kernel filled (`top_n` results) whose `kk`-th other and last result round
+    alike may have lost an equal one, so its full product replaces it (rare: it takes a tie
+    of more than `QUANTUM_SLACK` values)."""
+    r, c, v = found.row, found.col, quantize(found.data, quantum)
+    filled = np.bincount(r, minlength=len(which)) >= top_n
+    lowest = np.full(len(which), np.inf)
+    np.minimum.at(lowest, r, v)
+    others = c != which[r]
+    ro, co, vo = r[others], c[others], v[others]
+    order = np.lexsort((co, -vo, ro))
+    ro, vo = ro[order], vo[order]
+    at = np.arange(len(ro)) - np.searchsorted(ro, ro) == kk - 1
+    nth = np.full(len(which), -np.inf)
+    nth[ro[at]] = vo[at]
+    redo = np.flatnonzero(filled & (nth <= lowest))
+    if len(redo):
+        full = (left[which[redo]] @ right).tocoo()
+        drop = np.isin(r, redo)
+        r = np.concatenate([r[~drop], redo[full.row]])
+        c = np.concatenate([c[~drop], full.col])
+        v = np.concatenate([v[~drop], quantize(full.data, quantum)])
+    positive = v > 0
+    return _best_others(r[positive], c[positive], v[positive], which, kk, n)
 
 
 def cap_rows(matrix: sp.csr_matrix, limit: int) -> tuple[sp.csr_matrix, int]:

@@ -6,17 +6,20 @@ entries on the user, so it spreads over executors like the FBT pair counts; what
 is catalogue-sized (`n_neighbours` rows per item).
 
 Same definition as the local fit: entries weighted (`raw` or `log1p`), each item's column
-scaled to unit length, the cosine of every pair of distinct items that share a user, only
-positive similarities, each item's `n_neighbours` best kept, ties by the lower item code.
-The local model multiplies in float32 (sparse_dot_topn) and this in float64, so the
-similarities agree to about 1e-6 relative; an item whose `n_neighbours`-th and next
-similarity lie that close may keep a different one of the two.
+scaled to unit length, the cosine of every pair of distinct items that share a user rounded
+to `SIMILARITY_QUANTUM`, only positive similarities, each item's `n_neighbours` best kept,
+ties by the lower item code. Both engines sum float64 products, in different orders, and
+round: they give the same table unless a sum lands within a few ulps of a rounding boundary
+(about one value in a billion), which moves it by one quantum (~1e-6).
 
-How it plugs in: `ItemKNN` holds exactly this table as `item_similarity` (a CSR item x item
-matrix, `to_similarity` builds it), and `similar_items` / the `item_knn_similar` artifact are
-its first rows per item. The entries are the user x item matrix's (`matrix_entries`), or at
+How it plugs in: `SparkItemNeighbours` is an `ItemNeighbourSearch`, so `ItemKNN(search=...)`
+holds exactly this table as `item_similarity` (a CSR item x item matrix, `to_similarity`
+builds it), and `similar_items` / the `item_knn_similar` artifact are its first rows per
+item; the pipeline hands it to the item-kNN fits when `engine_for("item_knn")` is spark. Its
+entries are the model's unit item vectors (`vector_entries`: the same float64 products as
+the local search); `item_neighbours` starts from raw entries instead (`matrix_entries`, or at
 scale the `interactions` aggregated per (user, item) with `spark.interactions.decay_weight`,
-with item codes from the catalogue's order.
+with item codes from the catalogue's order).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
+from fashion_recs.personal.item_knn import SIMILARITY_QUANTUM
 from fashion_recs.personal.matrix import WEIGHTINGS, UserItemMatrix
 
 if TYPE_CHECKING:
@@ -50,6 +54,20 @@ def matrix_entries(spark: SparkSession, matrix: UserItemMatrix) -> DataFrame:
     )
 
 
+def vector_entries(spark: SparkSession, item_vectors: sp.csr_matrix) -> DataFrame:
+    """The stored entries of item x user `item_vectors` as (user, item, w)."""
+    coo = item_vectors.tocoo()
+    return spark.createDataFrame(
+        pa.table(
+            {
+                "user": coo.col.astype(np.int64),
+                "item": coo.row.astype(np.int64),
+                "w": coo.data.astype(np.float64),
+            }
+        )
+    )
+
+
 def _weighted(value: Column, weighting: str) -> Column:
     from pyspark.sql import functions as F
 
@@ -65,12 +83,10 @@ def item_neighbours(
 
     `entries`: (user, item, value), one row per (user, item), `item` the item's code (its
     place in the catalogue, which breaks ties) below `n_items`. Returns NEIGHBOUR_COLUMNS:
-    item, neighbour (codes), similarity (cosine, > 0), rank (1 = most similar).
+    item, neighbour (codes), similarity (rounded cosine, > 0), rank (1 = most similar).
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    kk = min(n_neighbours, max(n_items - 1, 0))
     weighted = entries.select("user", "item", _weighted(F.col("value"), weighting).alias("w"))
     norms = weighted.groupBy("item").agg(F.sqrt(F.sum(F.col("w") * F.col("w"))).alias("norm"))
     unit = (
@@ -78,19 +94,46 @@ def item_neighbours(
         .select("user", "item", (F.col("w") / F.col("norm")).alias("w"))
         .filter(F.col("w") != 0)
     )
+    return cooccurrence_neighbours(unit, n_items, n_neighbours)
+
+
+def cooccurrence_neighbours(unit: DataFrame, n_items: int, n_neighbours: int) -> DataFrame:
+    """`item_neighbours` from unit-length item vectors' entries (user, item, w): the
+    self-join on the user, each pair's products summed, rounded, ranked."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    kk = min(n_neighbours, max(n_items - 1, 0))
     left = unit.select("user", "item", F.col("w").alias("w_item"))
     right = unit.select("user", F.col("item").alias("neighbour"), F.col("w").alias("w_other"))
     order = Window.partitionBy("item").orderBy(F.col("similarity").desc(), F.col("neighbour"))
+    # `quantize` in Spark: floor(x / q + 0.5) * q, exact in float64 for q = 2^-20.
+    rounded = F.floor(F.col("cosine") / SIMILARITY_QUANTUM + 0.5) * SIMILARITY_QUANTUM
     return (
         left.join(right, "user")
         .filter(F.col("item") != F.col("neighbour"))
         .groupBy("item", "neighbour")
-        .agg(F.sum(F.col("w_item") * F.col("w_other")).alias("similarity"))
+        .agg(F.sum(F.col("w_item") * F.col("w_other")).alias("cosine"))
+        .select("item", "neighbour", rounded.alias("similarity"))
         .filter(F.col("similarity") > 0)
         .withColumn("rank", F.row_number().over(order).cast("int"))
         .filter(F.col("rank") <= kk)
         .select(*NEIGHBOUR_COLUMNS)
     )
+
+
+class SparkItemNeighbours:
+    """An `ItemNeighbourSearch` on Spark: the item vectors' entries go to the session, the
+    co-occurrence runs there, each item's neighbours come back (catalogue-sized)."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+
+    def __call__(self, item_vectors: sp.csr_matrix, n_neighbours: int) -> sp.csr_matrix:
+        n_items = item_vectors.shape[0]
+        unit = vector_entries(self.spark, item_vectors)
+        neighbours = cooccurrence_neighbours(unit, n_items, n_neighbours).toPandas()
+        return to_similarity(neighbours, n_items)
 
 
 def to_similarity(neighbours: pd.DataFrame, n_items: int) -> sp.csr_matrix:

@@ -43,6 +43,7 @@ from fashion_recs.errors import FashionRecsError
 from fashion_recs.evaluate import segment_popularity_predictions
 from fashion_recs.personal.base import Recommender
 from fashion_recs.personal.evaluation import HoldoutSplit, holdout_split, score_lists
+from fashion_recs.personal.item_knn import ItemNeighbourSearch
 from fashion_recs.personal.matrix import UserItemMatrix, user_item_matrix
 
 log = logging.getLogger(__name__)
@@ -174,9 +175,15 @@ def save_metrics(
 # --- the steps -------------------------------------------------------------------------------
 
 
-def baselines_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths) -> dict:
+def baselines_stage(
+    config: RetailerConfig,
+    inputs: PersonalInputs,
+    paths: RunPaths,
+    item_search: ItemNeighbourSearch | None = None,
+) -> dict:
     """Repurchase, item-kNN (and popularity without known items when models exclude them),
-    and item-kNN's per-product lists for routing new users."""
+    and item-kNN's per-product lists for routing new users. `item_search`: where item-kNN's
+    neighbours are found, local by default."""
     from fashion_recs.personal.item_knn import ItemKNN
     from fashion_recs.personal.popularity import Popularity
     from fashion_recs.personal.repurchase import Repurchase
@@ -185,12 +192,12 @@ def baselines_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPa
     weighting = config.personal.user_cf.weighting
     factories: dict[str, Callable[[], Recommender]] = {
         "repurchase": Repurchase,
-        "item_knn": lambda: ItemKNN(n, weighting),
+        "item_knn": lambda: ItemKNN(n, weighting, search=item_search),
     }
     if config.personal.exclude_known:
         factories["popularity_unseen"] = Popularity
     summary = run_models(config, paths, "baselines", inputs, factories)
-    knn = ItemKNN(n, weighting).fit(inputs.full)
+    knn = ItemKNN(n, weighting, search=item_search).fit(inputs.full)
     similar = knn.similar_items(
         list(inputs.items), config.personal.routing.item_candidates_per_product
     ).rename(columns={"similar_product_id": "candidate_product_id"})

@@ -36,6 +36,7 @@ from fashion_recs.contract import (
 )
 from fashion_recs.personal.candidates import CandidateInputs, History, history_before, in_sorted
 from fashion_recs.personal.evaluation import score_lists
+from fashion_recs.personal.item_knn import ItemNeighbourSearch
 from fashion_recs.personal.ranker import (
     CandidateRanker,
     RankerParams,
@@ -77,9 +78,11 @@ def ranker_params(config: RetailerConfig) -> RankerParams:
     )
 
 
-def candidate_inputs(config: RetailerConfig, paths: RunPaths) -> CandidateInputs:
+def candidate_inputs(
+    config: RetailerConfig, paths: RunPaths, item_search: ItemNeighbourSearch | None = None
+) -> CandidateInputs:
     """The catalogue (designs, departments, prices, the towers' item features), look-alikes
-    and segments of the run."""
+    and segments of the run; `item_search` finds item-kNN's neighbours (default local)."""
     products = pd.read_parquet(
         paths.path(PRODUCTS),
         columns=["product_id", "group_key", "department", "price", "color", "target_audience"],
@@ -99,6 +102,7 @@ def candidate_inputs(config: RetailerConfig, paths: RunPaths) -> CandidateInputs
         n_recent=rc.n_recent,
         trend_days=rc.trend_days,
         item_knn_neighbours=rc.neighbours,
+        item_search=item_search,
         user_cf_neighbours=rc.neighbours,
         user_cf_max_item_users=config.personal.user_cf.max_item_users,
         weighting=config.personal.user_cf.weighting,
@@ -116,9 +120,15 @@ def _lists(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
     return out
 
 
-def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths) -> dict:
+def ranker_stage(
+    config: RetailerConfig,
+    inputs: PersonalInputs,
+    paths: RunPaths,
+    item_search: ItemNeighbourSearch | None = None,
+) -> dict:
     """Score the ranker, every source and the fixed-order merge on the hold-out; publish the
-    lists of a ranker refit on the newest windows for every user with history."""
+    lists of a ranker refit on the newest windows for every user with history. `item_search`:
+    where the item-kNN source's neighbours are found (`ItemKNN`), local by default."""
     rc = config.personal.ranker
     k = config.personal.top_k
     params = ranker_params(config)
@@ -128,7 +138,7 @@ def ranker_stage(config: RetailerConfig, inputs: PersonalInputs, paths: RunPaths
     timings: dict[str, float] = {}
     started = time.perf_counter()
     cpu_started = time.process_time()
-    candidates_in = candidate_inputs(config, paths)
+    candidates_in = candidate_inputs(config, paths, item_search)
     # Ids as categories: every window maps them to codes again, and a categorical column
     # maps through its few categories instead of hashing every row's string.
     interactions = inputs.interactions.astype({"user_id": "category", "product_id": "category"})
