@@ -285,6 +285,69 @@ def test_validation_split_holds_out_the_latest_events_of_warm_users(split: Split
     assert len(truth) > 0
 
 
+def test_the_integer_keyed_preparation_equals_the_string_keyed_definition(
+    retailer: Retailer, split: Split
+) -> None:
+    """The split, the summed pairs and the user state are computed on integer codes of the
+    ids; each equals the plain pandas definition on the ids themselves (string groupbys and
+    MultiIndex lookups, far slower on millions of events)."""
+    from fashion_recs.personal.two_tower import _item_rows, _summed_pairs, _UserState
+
+    train = split.train.copy()
+    train["weight"] = np.random.default_rng(1).random(len(train)) + 0.5
+    for fraction, max_users in ((0.1, None), (0.2, 40), (0.0, None)):
+        fit, truth = validation_split(train, fraction, max_users=max_users, seed=3)
+        n_val = int(np.ceil(fraction * len(train)))
+        order = np.argsort(pd.DatetimeIndex(train["event_ts"]).asi8, kind="stable")
+        expected_fit = train.iloc[np.sort(order[: len(order) - n_val])].reset_index(drop=True)
+        held = train.iloc[np.sort(order[len(order) - n_val :])]
+        expected = held[["user_id", "product_id"]].drop_duplicates()
+        expected = expected[expected["user_id"].isin(expected_fit["user_id"].unique())]
+        seen = pd.MultiIndex.from_frame(expected_fit[["user_id", "product_id"]].drop_duplicates())
+        expected = expected[~pd.MultiIndex.from_frame(expected).isin(seen)]
+        if max_users is not None and expected["user_id"].nunique() > max_users:
+            users = np.sort(expected["user_id"].unique())
+            kept = np.random.default_rng(3).choice(users, size=max_users, replace=False)
+            expected = expected[expected["user_id"].isin(kept)]
+        expected = expected.sort_values(["user_id", "product_id"], kind="mergesort")
+        pd.testing.assert_frame_equal(fit, expected_fit)
+        pd.testing.assert_frame_equal(truth, expected.reset_index(drop=True))
+        assert (len(truth) > 0) == (fraction > 0)
+
+    events, _ = _item_rows(train, pd.Index(retailer.items["product_id"]), "interactions")
+    expected_pairs = (
+        events.groupby(["user_id", "item_row"], sort=True)["weight"]
+        .sum()
+        .reset_index()
+        .astype({"user_id": object})
+    )
+    pd.testing.assert_frame_equal(_summed_pairs(events), expected_pairs, check_exact=True)
+    state = _UserState.from_events(events, 5)
+    ids = pd.Index(sorted(events["user_id"].unique()), dtype=object)
+    frame = pd.DataFrame(
+        {
+            "u": ids.get_indexer(events["user_id"]),
+            "i": events["item_row"].to_numpy(np.int64),
+            "ts": pd.DatetimeIndex(events["event_ts"]).asi8,
+        }
+    )
+    latest = frame.groupby(["u", "i"], sort=True)["ts"].max().reset_index()
+    recent = latest.sort_values(["u", "ts", "i"], ascending=[True, False, True], kind="mergesort")
+    position = recent.groupby("u", sort=False).cumcount().to_numpy()
+    history = np.full((len(ids), 5), -1, dtype=np.int64)
+    keep = position < 5
+    history[recent["u"].to_numpy()[keep], position[keep]] = recent["i"].to_numpy()[keep]
+    assert list(state.ids) == list(ids)
+    np.testing.assert_array_equal(state.indices, latest["i"].to_numpy())
+    np.testing.assert_array_equal(
+        state.indptr, np.r_[0, np.cumsum(np.bincount(latest["u"], minlength=len(ids)))]
+    )
+    np.testing.assert_array_equal(state.history, history)
+    assert (history[:, 1] >= 0).sum() > 100
+    empty = _UserState.from_events(events.iloc[:0], 5)
+    assert len(empty.ids) == 0 and list(empty.indptr) == [0]
+
+
 # --- refit for the published lists ---------------------------------------------------------
 
 # Tiny towers and few epochs: these tests are about what is trained on, not how well.

@@ -220,14 +220,28 @@ def validation_split(
     `(fit, truth)`; `fit` keeps all input columns, `truth` holds `user_id, product_id`.
     """
     n_val = math.ceil(len(interactions) * val_fraction) if val_fraction > 0 else 0
+    if n_val == 0:
+        empty = interactions[[USER, ITEM]].iloc[:0].reset_index(drop=True)
+        return interactions.reset_index(drop=True), empty
     order = np.argsort(_timestamps(interactions), kind="stable")
-    fit = interactions.iloc[np.sort(order[: len(order) - n_val])].reset_index(drop=True)
-    held_out = interactions.iloc[np.sort(order[len(order) - n_val :])]
-    truth = held_out[[USER, ITEM]].drop_duplicates()
-    warm = pd.Index(fit[USER].unique()).get_indexer(truth[USER]) >= 0
-    truth = truth[warm]
-    seen = pd.MultiIndex.from_frame(fit[[USER, ITEM]].drop_duplicates())
-    truth = truth[~pd.MultiIndex.from_frame(truth).isin(seen)]
+    fit_rows = np.sort(order[: len(order) - n_val])
+    held_rows = np.sort(order[len(order) - n_val :])
+    fit = interactions.iloc[fit_rows].reset_index(drop=True)
+    # (user, item) as one integer per event: warm users and pairs already seen are set
+    # lookups on integers, not on millions of pairs of strings.
+    user = pd.factorize(interactions[USER])[0].astype(np.int64)
+    item = pd.factorize(interactions[ITEM])[0].astype(np.int64)
+    pair = user * (int(item.max(initial=0)) + 1) + item
+    _, first = np.unique(pair[held_rows], return_index=True)
+    held = held_rows[np.sort(first)]  # each held-out pair once, at its first event
+    warm = np.zeros(int(user.max(initial=0)) + 1, dtype=bool)
+    warm[user[fit_rows]] = True
+    # The fit events on a held-out pair (a hash of the few held-out pairs, probed by every fit
+    # event), then which held-out pairs they are.
+    fit_pairs = pair[fit_rows]
+    on_held = fit_pairs[pd.Series(fit_pairs).isin(pair[held]).to_numpy()]
+    keep = warm[user[held]] & ~np.isin(pair[held], on_held)
+    truth = interactions.iloc[held[keep]][[USER, ITEM]]
     if max_users is not None and truth[USER].nunique() > max_users:
         users = np.sort(truth[USER].unique())
         kept = np.random.default_rng(seed).choice(users, size=max_users, replace=False)
@@ -292,6 +306,31 @@ def _item_rows(
     return kept, n_dropped
 
 
+def _sorted_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Codes of string ids into their sorted distinct values (one hash pass, no per-row
+    string comparison): `ids.take(codes)` gives the values back."""
+    codes, ids = pd.factorize(values, sort=True)
+    return codes.astype(np.int64), pd.Index(np.asarray(ids, dtype=object), dtype=object)
+
+
+def _summed_pairs(events: pd.DataFrame) -> pd.DataFrame:
+    """`user_id, item_row, weight`: each (user, item) pair's summed weight, sorted by user
+    id then item row, the key one integer per event."""
+    codes, ids = _sorted_codes(events[USER])
+    rows = events["item_row"].to_numpy(np.int64)
+    n_rows = int(rows.max(initial=0)) + 1
+    # pandas' grouped sum (compensated, in event order) as before, on an integer key.
+    summed = pd.Series(events[WEIGHT].to_numpy(np.float64)).groupby(codes * n_rows + rows).sum()
+    key = summed.index.to_numpy(np.int64)
+    return pd.DataFrame(
+        {
+            USER: pd.Series(ids.take(key // n_rows), dtype=object),
+            "item_row": key % n_rows,
+            WEIGHT: summed.to_numpy(),
+        }
+    )
+
+
 def _timestamps(events: pd.DataFrame) -> np.ndarray:
     """Event times as int64 (UTC for tz-aware columns), for sorting without Timestamp objects."""
     return pd.DatetimeIndex(events[TS]).asi8
@@ -312,26 +351,34 @@ class _UserState:
 
     @classmethod
     def from_events(cls, events: pd.DataFrame, history_len: int) -> _UserState:
-        ids = pd.Index(sorted(events[USER].unique()), dtype=object)
-        frame = pd.DataFrame(
-            {
-                "u": ids.get_indexer(events[USER].astype(str)),
-                "i": events["item_row"].to_numpy(np.int64),
-                "ts": _timestamps(events),
-            }
-        )
-        latest = frame.groupby(["u", "i"], sort=True)["ts"].max().reset_index()
-        counts = np.bincount(latest["u"].to_numpy(), minlength=len(ids))
+        codes, ids = _sorted_codes(events[USER])
+        rows = events["item_row"].to_numpy(np.int64)
+        width = int(rows.max(initial=0)) + 1
+        # Each (user, item)'s latest event: events sorted by the pair as one integer, the
+        # largest time of each run of equal pairs (sorting and reducing arrays, where a
+        # grouped max over millions of rows costs several times more).
+        key = codes * width + rows
+        order = np.argsort(key, kind="stable")
+        key_sorted = key[order]
+        change = np.ones(len(key_sorted), dtype=bool)
+        change[1:] = key_sorted[1:] != key_sorted[:-1]
+        starts = np.flatnonzero(change)
+        pair = key_sorted[starts]
+        u, i = pair // width, pair % width
+        ts = np.maximum.reduceat(_timestamps(events)[order], starts) if len(starts) else pair
+        counts = np.bincount(u, minlength=len(ids))
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        indices = latest["i"].to_numpy(np.int64)
+        indices = i
 
-        recent = latest.sort_values(
-            ["u", "ts", "i"], ascending=[True, False, True], kind="mergesort"
-        )
-        position = recent.groupby("u", sort=False).cumcount().to_numpy()
+        # Newest first per user, ties by item row (the pairs' order): two stable sorts, by
+        # time and then by user; the first `history_len` of each user.
+        by_time = np.argsort(-ts, kind="stable")
+        recent = by_time[np.argsort(u[by_time], kind="stable")]
+        ru = u[recent]
+        position = np.arange(len(ru)) - indptr[ru]
         keep = position < history_len
         history = np.full((len(ids), history_len), -1, dtype=np.int64)
-        history[recent["u"].to_numpy()[keep], position[keep]] = recent["i"].to_numpy()[keep]
+        history[ru[keep], position[keep]] = i[recent][keep]
         return cls(ids, history, indptr, indices)
 
     def rows(self, user_ids: Sequence[str]) -> np.ndarray:
@@ -694,12 +741,7 @@ class TwoTowerModel:
             len(truth),
             time.monotonic() - started,
         )
-        pairs = (
-            fit_events.groupby([USER, "item_row"], sort=True)[WEIGHT]
-            .sum()
-            .reset_index()
-            .astype({USER: object})
-        )
+        pairs = _summed_pairs(fit_events)
         nonpositive = (pairs[WEIGHT] <= 0).to_numpy()
         if nonpositive.any():
             log.warning(
