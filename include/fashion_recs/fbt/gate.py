@@ -125,6 +125,14 @@ def gated_lists(
         log.warning("fbt gate: %s", reason)
         decision = GateDecision(CONFIGURED, n_queries=n_queries, k=k, reason=reason)
         return builders[CONFIGURED](matrix), decision
+    # Each variant takes its time at scale (24 s at 10x the demo): say what is coming.
+    log.info(
+        "fbt gate: scoring %d variants (%s) on %d held-out queries of %d baskets",
+        len(builders),
+        ", ".join(builders),
+        n_queries,
+        test.n_baskets,
+    )
     hit_rates = {}
     for name, build in builders.items():
         started = time.perf_counter()
