@@ -572,6 +572,10 @@ def top_k_by_dot(
         by_user = np.argsort(excluded[0], kind="stable")
         excluded = (excluded[0][by_user], excluded[1][by_user])
     out_users, out_items, out_ranks, out_scores = [], [], [], []
+    # One score buffer for every block, and the items transposed once: a fresh block x
+    # n_items tensor per block is mostly page faults (scoring took 40 % longer that way).
+    items_t = items.T.contiguous()
+    buffer = torch.empty((min(block, n_users), n_items), dtype=torch.float32)
     started = last_report = time.monotonic()
     for start in range(0, n_users, block):
         stop = min(start + block, n_users)
@@ -587,7 +591,7 @@ def top_k_by_dot(
                 (n_users - start) / rate,
             )
         users = torch.tensor(np.asarray(user_vectors[start:stop], dtype=np.float32))
-        scores = users @ items.T
+        scores = torch.matmul(users, items_t, out=buffer[: stop - start])
         if not finite:
             scores = torch.nan_to_num(scores, nan=-math.inf)
         if excluded is not None:
