@@ -130,29 +130,34 @@ def _best_quantized(
     top_n: int,
 ) -> sp.csr_matrix:
     """`_best_others` on the rounded positive similarities, exact whatever the kernel cut
-    off: a row the kernel filled (`top_n` results) whose `kk`-th other and last result round
-    alike may have lost an equal one, so its full product replaces it (rare: it takes a tie
-    of more than `QUANTUM_SLACK` values)."""
+    off: a row the kernel filled (`top_n` results) whose `kk`-th neighbour and last result
+    round alike may have lost an equal one, so its full product replaces it (rare: it takes
+    a tie of more than `QUANTUM_SLACK` values)."""
     r, c, v = found.row, found.col, quantize(found.data, quantum)
     filled = np.bincount(r, minlength=len(which)) >= top_n
     lowest = np.full(len(which), np.inf)
     np.minimum.at(lowest, r, v)
-    others = c != which[r]
-    ro, co, vo = r[others], c[others], v[others]
-    order = np.lexsort((co, -vo, ro))
-    ro, vo = ro[order], vo[order]
-    at = np.arange(len(ro)) - np.searchsorted(ro, ro) == kk - 1
-    nth = np.full(len(which), -np.inf)
-    nth[ro[at]] = vo[at]
-    redo = np.flatnonzero(filled & (nth <= lowest))
-    if len(redo):
-        full = (left[which[redo]] @ right).tocoo()
-        drop = np.isin(r, redo)
-        r = np.concatenate([r[~drop], redo[full.row]])
-        c = np.concatenate([c[~drop], full.col])
-        v = np.concatenate([v[~drop], quantize(full.data, quantum)])
     positive = v > 0
-    return _best_others(r[positive], c[positive], v[positive], which, kk, n)
+    best = _best_others(r[positive], c[positive], v[positive], which, kk, n)
+    # The kk-th neighbour of each row that has kk: the smallest it kept (rounded values are
+    # exact in float32).
+    sizes = np.diff(best.indptr)
+    smallest = np.full(len(which), np.inf)
+    np.minimum.at(smallest, np.repeat(np.arange(len(which)), sizes), best.data)
+    nth = np.where(sizes == kk, smallest, -np.inf)
+    redo = filled & (nth <= lowest)
+    if not redo.any():
+        return best
+    rows = np.flatnonzero(redo)
+    product = (left[which[rows]] @ right).tocoo()
+    values = quantize(product.data, quantum)
+    positive = values > 0
+    again = _best_others(
+        rows[product.row][positive], product.col[positive], values[positive], which, kk, n
+    )
+    kept = sp.csr_matrix(sp.diags((~redo).astype(np.float32)) @ best)
+    kept.eliminate_zeros()
+    return sp.csr_matrix(kept + again)
 
 
 def cap_rows(matrix: sp.csr_matrix, limit: int) -> tuple[sp.csr_matrix, int]:
