@@ -306,26 +306,30 @@ def _item_rows(
     return kept, n_dropped
 
 
-def _sorted_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
-    """Codes of string ids into their sorted distinct values (one hash pass, no per-row
-    string comparison): `ids.take(codes)` gives the values back."""
-    codes, ids = pd.factorize(values, sort=True)
-    return codes.astype(np.int64), pd.Index(np.asarray(ids, dtype=object), dtype=object)
-
-
-def _summed_pairs(events: pd.DataFrame) -> pd.DataFrame:
-    """`user_id, item_row, weight`: each (user, item) pair's summed weight, sorted by user
-    id then item row, the key one integer per event."""
-    codes, ids = _sorted_codes(events[USER])
+def _user_item_keys(events: pd.DataFrame) -> tuple[np.ndarray, int, pd.Index]:
+    """One integer per event for its (user, item row) pair, ordered like (user id, item
+    row): `user code x width + item row`, the user codes into the sorted distinct user ids
+    (one hash pass, no per-row string comparison). Returns (keys, width, user ids)."""
+    codes, ids = pd.factorize(events[USER], sort=True)
     rows = events["item_row"].to_numpy(np.int64)
-    n_rows = int(rows.max(initial=0)) + 1
+    width = int(rows.max(initial=0)) + 1
+    keys = codes.astype(np.int64) * width + rows
+    return keys, width, pd.Index(np.asarray(ids, dtype=object), dtype=object)
+
+
+def _summed_pairs(
+    events: pd.DataFrame, keys: tuple[np.ndarray, int, pd.Index] | None = None
+) -> pd.DataFrame:
+    """`user_id, item_row, weight`: each (user, item) pair's summed weight, sorted by user
+    id then item row. `keys`: `_user_item_keys(events)` when the caller has them."""
+    key, width, ids = keys or _user_item_keys(events)
     # pandas' grouped sum (compensated, in event order) as before, on an integer key.
-    summed = pd.Series(events[WEIGHT].to_numpy(np.float64)).groupby(codes * n_rows + rows).sum()
-    key = summed.index.to_numpy(np.int64)
+    summed = pd.Series(events[WEIGHT].to_numpy(np.float64)).groupby(key).sum()
+    pair = summed.index.to_numpy(np.int64)
     return pd.DataFrame(
         {
-            USER: pd.Series(ids.take(key // n_rows), dtype=object),
-            "item_row": key % n_rows,
+            USER: pd.Series(ids.take(pair // width), dtype=object),
+            "item_row": pair % width,
             WEIGHT: summed.to_numpy(),
         }
     )
@@ -350,14 +354,17 @@ class _UserState:
     indices: np.ndarray
 
     @classmethod
-    def from_events(cls, events: pd.DataFrame, history_len: int) -> _UserState:
-        codes, ids = _sorted_codes(events[USER])
-        rows = events["item_row"].to_numpy(np.int64)
-        width = int(rows.max(initial=0)) + 1
+    def from_events(
+        cls,
+        events: pd.DataFrame,
+        history_len: int,
+        keys: tuple[np.ndarray, int, pd.Index] | None = None,
+    ) -> _UserState:
+        """`keys`: `_user_item_keys(events)` when the caller has them."""
+        key, width, ids = keys or _user_item_keys(events)
         # Each (user, item)'s latest event: events sorted by the pair as one integer, the
         # largest time of each run of equal pairs (sorting and reducing arrays, where a
         # grouped max over millions of rows costs several times more).
-        key = codes * width + rows
         order = np.argsort(key, kind="stable")
         key_sorted = key[order]
         change = np.ones(len(key_sorted), dtype=bool)
@@ -745,7 +752,8 @@ class TwoTowerModel:
             len(truth),
             time.monotonic() - started,
         )
-        pairs = _summed_pairs(fit_events)
+        fit_keys = _user_item_keys(fit_events)
+        pairs = _summed_pairs(fit_events, fit_keys)
         nonpositive = (pairs[WEIGHT] <= 0).to_numpy()
         if nonpositive.any():
             log.warning(
@@ -804,7 +812,7 @@ class TwoTowerModel:
             torch.from_numpy(_item_feature_codes(items, vocabularies)),
             None if content is None else torch.tensor(content),
         )
-        fit_state = _UserState.from_events(fit_events, params.history_len)
+        fit_state = _UserState.from_events(fit_events, params.history_len, fit_keys)
         with _deterministic_torch(params.seed, params.num_threads):
             towers = _Towers(
                 sizes, 0 if content is None else content.shape[1], params.dim, params.hidden
