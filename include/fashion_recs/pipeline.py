@@ -12,7 +12,8 @@ import importlib
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -337,11 +338,19 @@ def _on_engine(ctx: RunContext, stage: str, *args: Any) -> dict[str, Any]:
     build = getattr(importlib.import_module(module), name)
     if engine == "local":
         return build(*args)
+    with _spark(ctx, stage) as spark:
+        return build(spark, *args)
+
+
+@contextmanager
+def _spark(ctx: RunContext, what: str) -> Iterator[Any]:
+    """The task's SparkSession for `what`, logged: the process's active one, or one built
+    from `spark:` in the config and stopped when the block ends."""
     from fashion_recs.spark.session import spark_session
 
-    log.info("%s: engine spark (master %s)", stage, ctx.config.spark.master)
+    log.info("%s: engine spark (master %s)", what, ctx.config.spark.master)
     with spark_session(ctx.config.spark) as spark:
-        return build(spark, *args)
+        yield spark
 
 
 def popular(
@@ -548,17 +557,13 @@ def personal_model(
     )
     if step == "als":
         from fashion_recs.spark.als import als_stage
-        from fashion_recs.spark.session import spark_session
 
-        log.info("als: engine spark (master %s)", ctx.config.spark.master)
-        with spark_session(ctx.config.spark) as spark:
+        with _spark(ctx, "als") as spark:
             return ctx.save_summary(step, als_stage(spark, ctx.config, inputs, ctx.paths))
     if step in ITEM_KNN_STEPS and ctx.config.engine_for("item_knn") == "spark":
         from fashion_recs.spark.item_knn import SparkItemNeighbours
-        from fashion_recs.spark.session import spark_session
 
-        log.info("%s: item-kNN on engine spark (master %s)", step, ctx.config.spark.master)
-        with spark_session(ctx.config.spark) as spark:
+        with _spark(ctx, f"{step} (item-kNN)") as spark:
             summary = stages[step](ctx.config, inputs, ctx.paths, SparkItemNeighbours(spark))
         return ctx.save_summary(step, summary)
     return ctx.save_summary(step, stages[step](ctx.config, inputs, ctx.paths))
