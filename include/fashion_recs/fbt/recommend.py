@@ -26,6 +26,9 @@ that would otherwise be short; a product without a department is in no departmen
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -37,6 +40,7 @@ from fashion_recs.fbt.matrix import BasketMatrix
 
 log = logging.getLogger(__name__)
 
+PROGRESS_EVERY_S = 30.0
 SOURCES = ("rules", "co_viewed", "audience_popularity", "popularity")
 NO_GROUP = "\x00"
 
@@ -77,44 +81,162 @@ def co_viewed(
     """
     position = {p: i for i, p in enumerate(matrix.item_ids.tolist())}
     wanted = np.asarray([position[p] for p in products if p in position], dtype=np.int64)
-    columns = ["product_id", "recommended_product_id", "score", "n_both", "n_antecedent"]
+    evidence = co_viewed_codes(
+        matrix,
+        wanted,
+        min_count,
+        per_product,
+        max_block_entries,
+        shrinkage=shrinkage,
+        department=department,
+    )
+    return pd.DataFrame(
+        {
+            "product_id": matrix.item_ids[evidence.row],
+            "recommended_product_id": matrix.item_ids[evidence.col],
+            "score": evidence.score,
+            "n_both": evidence.n_both,
+            "n_antecedent": evidence.n_antecedent,
+            "demoted": evidence.demoted,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """`co_viewed`'s rows as matrix item positions: for each of the asked rows in order, its
+    best candidates (`col`), their shrunk confidence, joint and antecedent basket counts and
+    whether they share the row's department."""
+
+    row: np.ndarray
+    col: np.ndarray
+    score: np.ndarray
+    n_both: np.ndarray
+    n_antecedent: np.ndarray
+    demoted: np.ndarray
+
+
+def co_viewed_codes(
+    matrix: BasketMatrix,
+    wanted: np.ndarray,
+    min_count: int,
+    per_product: int,
+    max_block_entries: int = 8_000_000,
+    *,
+    shrinkage: float = 0.0,
+    department: np.ndarray | None = None,
+) -> Evidence:
+    """`co_viewed` for the matrix items at positions `wanted`, as arrays of positions."""
+    return co_viewed_variants(
+        matrix, wanted, min_count, per_product, [(shrinkage, department)], max_block_entries
+    )[0]
+
+
+def co_viewed_variants(
+    matrix: BasketMatrix,
+    wanted: np.ndarray,
+    min_count: int,
+    per_product: int,
+    variants: Sequence[tuple[float, np.ndarray | None]],
+    max_block_entries: int = 8_000_000,
+) -> list[Evidence]:
+    """`co_viewed_codes` for several (shrinkage, department) settings at once: the gate's
+    variants share the co-occurrence counts, the costliest part, so each block of them is
+    counted once and ranked once per variant."""
+    empty = np.zeros(0, dtype=np.int64)
     if len(wanted) == 0 or matrix.n_baskets == 0:
-        return pd.DataFrame(columns=[*columns, "demoted"])
+        none = np.zeros(0, dtype=np.float64)
+        return [Evidence(empty, empty, none, none, none, np.zeros(0, dtype=bool)) for _ in variants]
     counts = matrix.item_counts().astype(np.float64)
     prior = counts / matrix.n_baskets
     XT = matrix.X.T.tocsr()
     X = matrix.X.tocsr()
     # Upper bound of each row's entries: the summed sizes of the baskets holding the product.
     bound = np.asarray(XT[wanted] @ matrix.basket_sizes().astype(np.float64)).ravel()
-    parts = []
-    for rows in _blocks(wanted, bound, max_block_entries):
+    depts = [None if d is None else _department_codes(d) for _, d in variants]
+    parts: list[list[tuple[np.ndarray, ...]]] = [[] for _ in variants]
+    blocks = _blocks(wanted, bound, max_block_entries)
+    started = last = time.perf_counter()
+    for done, rows in enumerate(blocks, start=1):
         C = (XT[rows] @ X).tocoo()
         src = rows[C.row]
         keep = (C.col != src) & (C.data >= min_count)
-        r, c, n = src[keep], C.col[keep].astype(np.int64), C.data[keep].astype(np.float64)
-        score = (n + shrinkage * prior[c]) / (counts[r] + shrinkage)
-        demoted = (
-            (department[r] == department[c]) & (department[r] != "")
-            if department is not None
-            else np.zeros(len(r), dtype=bool)
-        )
-        # Within each row: the others first, then better score, then lower column.
-        order = np.lexsort((c, -score, demoted, r))
-        r, c, n, score, demoted = r[order], c[order], n[order], score[order], demoted[order]
-        best = position_in_run(r) <= per_product
-        parts.append((r[best], c[best], n[best], score[best], demoted[best]))
-    r, c, n, score, demoted = (np.concatenate(x) for x in zip(*parts, strict=True))
-    # Rows in the order asked, as the blocks were cut from `wanted` in that order.
-    return pd.DataFrame(
-        {
-            "product_id": matrix.item_ids[r],
-            "recommended_product_id": matrix.item_ids[c],
-            "score": score,
-            "n_both": n,
-            "n_antecedent": counts[r],
-            "demoted": demoted.astype(bool),
-        }
-    )
+        local, joint = C.row[keep], C.data[keep]
+        r, c, n = src[keep], C.col[keep].astype(np.int64), joint.astype(np.float64)
+        for (shrinkage, _), dept, out in zip(variants, depts, parts, strict=True):
+            den = counts[rows] + shrinkage
+            score = (n + shrinkage * prior[c]) / den[local]
+            demoted = (
+                (dept[r] == dept[c]) & (dept[r] >= 0)
+                if dept is not None
+                else np.zeros(len(r), dtype=bool)
+            )
+            # Most entries cannot make their row's list: sort only those that may.
+            may = _contenders(local, den, joint, score, demoted, per_product)
+            vr, vc, vn, vs, vd = r[may], c[may], n[may], score[may], demoted[may]
+            # Within each row: the others first, then better score, then lower column.
+            order = np.lexsort((vc, -vs, vd, vr))
+            vr, vc, vn, vs, vd = vr[order], vc[order], vn[order], vs[order], vd[order]
+            best = position_in_run(vr) <= per_product
+            out.append((vr[best], vc[best], vn[best], vs[best], vd[best]))
+        if time.perf_counter() - last >= PROGRESS_EVERY_S and done < len(blocks):
+            last = time.perf_counter()
+            rate = done / (last - started)
+            log.info(
+                "fbt lists: co-occurrence block %d/%d (%d variant(s), ~%.0f s left)",
+                done,
+                len(blocks),
+                len(variants),
+                (len(blocks) - done) / rate,
+            )
+    out = []
+    for variant in parts:
+        # Blocks in the order asked (cut from `wanted` in order), each block in item order.
+        r, c, n, score, demoted = (np.concatenate(x) for x in zip(*variant, strict=True))
+        out.append(Evidence(r, c, score, n, counts[r], demoted.astype(bool)))
+    return out
+
+
+def _department_codes(department: np.ndarray) -> np.ndarray:
+    """A code per department name ("" none: -1); codes compare faster than strings."""
+    values = np.asarray(department, dtype=object)
+    codes = pd.factorize(values)[0]
+    codes[values == ""] = -1
+    return codes
+
+
+# Joint basket counts from this many up are counted together by `_contenders`.
+_COUNT_CAP = 64
+
+
+def _contenders(
+    local: np.ndarray,
+    den: np.ndarray,
+    n: np.ndarray,
+    score: np.ndarray,
+    demoted: np.ndarray,
+    per_product: int,
+) -> np.ndarray:
+    """Which co-occurrence entries of a block may be among their row's best `per_product`.
+
+    `local` is each entry's row in the block, `den` each row's score denominator, `n` its
+    joint basket count and `score` its shrunk confidence, `(n + shrinkage * prior) / den`. If a
+    row has `per_product` entries of the others (not demoted) with a count of at least `t`,
+    each of them scores at least `t / den`, so an entry scoring less is beaten by all of them
+    and a demoted one by all of them too: only the rest are sorted. A row without that many
+    keeps every entry. The largest such `t` (up to `_COUNT_CAP`) comes from a per-row
+    histogram of the counts. Rounding keeps the bound: every step is monotone in `n`.
+    """
+    n_rows = len(den)
+    width = _COUNT_CAP + 1
+    others = ~demoted
+    capped = np.minimum(n[others], _COUNT_CAP).astype(np.int64)
+    hist = np.bincount(local[others] * width + capped, minlength=n_rows * width)
+    at_least = np.cumsum(hist.reshape(n_rows, width)[:, ::-1], axis=1)[:, ::-1]
+    threshold = (at_least[:, 1:] >= per_product).sum(axis=1)
+    floor = threshold / den
+    unsure = threshold[local] == 0
+    return unsure | (others & (score >= floor[local]))
 
 
 def _blocks(rows: np.ndarray, bound: np.ndarray, budget: int) -> list[np.ndarray]:
@@ -130,38 +252,80 @@ def _blocks(rows: np.ndarray, bound: np.ndarray, budget: int) -> list[np.ndarray
     return blocks
 
 
-def _pads(
-    catalogue: pd.DataFrame, popularity: pd.Series, depth: int, exclude: bool
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class PadRows:
+    """Popularity pads as catalogue row positions: `product` gets `recommended` (whose basket
+    count is `count`) from the audience's pad (`audience`) or the overall one."""
+
+    product: np.ndarray
+    recommended: np.ndarray
+    count: np.ndarray
+    audience: np.ndarray
+
+
+def _pad_rows(catalogue: pd.DataFrame, count: np.ndarray, depth: int, exclude: bool) -> PadRows:
     """Each product's popularity pad: its audience's and the overall most popular products,
     `depth` of them outside its own department and (when `exclude`) `depth` inside it, to
-    fill a list only when nothing else can. Columns: product_id, recommended_product_id,
-    count, source."""
-    pop = catalogue[["product_id", "department", "target_audience"]].copy()
-    pop["count"] = pop["product_id"].map(popularity).fillna(0.0).astype("float64")
-    pop = pop[pop["count"] > 0].sort_values(["count", "product_id"], ascending=[False, True])
-    frames = []
-    for source, key in (("audience_popularity", "target_audience"), ("popularity", None)):
+    fill a list only when nothing else can. `catalogue` (cleaned, positional index) and
+    `count` (baskets holding each of its products) are aligned; a pad is built once per
+    group of products and repeated for its members."""
+    ids = catalogue["product_id"].to_numpy(dtype=object)
+    department = catalogue["department"].to_numpy(dtype=object)
+    # Most popular first, ties by product id.
+    ranked = np.argsort(ids, kind="stable")
+    name_rank = np.empty(len(ids), dtype=np.int64)
+    name_rank[ranked] = np.arange(len(ids))
+    pop = np.flatnonzero(count > 0)
+    pop = pop[np.lexsort((name_rank[pop], -count[pop]))]
+    parts: list[tuple[np.ndarray, np.ndarray, bool]] = []
+    for audience, key in ((True, "target_audience"), (False, None)):
         keys = [key] if key else []
         if exclude:
             keys.append("department")
-        groups = catalogue.groupby(keys, sort=True) if keys else [((), catalogue)]
-        for values, members in groups:
+        if keys:
+            groups = catalogue.groupby(keys, sort=True).indices
+            items = sorted(groups.items())
+        else:
+            items = [((), np.arange(len(catalogue)))]
+        for values, members in items:
             value = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
             cand = pop
             if key:
                 if value[key] == NO_GROUP:
                     continue
-                cand = cand[cand[key] == value[key]]
+                cand = cand[catalogue[key].to_numpy(dtype=object)[cand] == value[key]]
             own = value.get("department", NO_GROUP)
             if own != NO_GROUP:
-                same = cand["department"] == own
-                cand = pd.concat([cand[~same].head(depth), cand[same].head(depth)])
-            top = cand.head(2 * depth)[["product_id", "count"]].rename(
-                columns={"product_id": "recommended_product_id"}
-            )
-            frames.append(members[["product_id"]].merge(top, how="cross").assign(source=source))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+                same = department[cand] == own
+                cand = np.concatenate([cand[~same][:depth], cand[same][:depth]])
+            parts.append((np.sort(members), cand[: 2 * depth], audience))
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return PadRows(empty, empty, np.zeros(0), np.zeros(0, dtype=bool))
+    return PadRows(
+        np.concatenate([np.repeat(m, len(t)) for m, t, _ in parts]),
+        np.concatenate([np.tile(t, len(m)) for m, t, _ in parts]),
+        np.concatenate([np.tile(count[t], len(m)) for m, t, _ in parts]),
+        np.concatenate([np.full(len(m) * len(t), a) for m, t, a in parts]),
+    )
+
+
+def _pads(
+    catalogue: pd.DataFrame, popularity: pd.Series, depth: int, exclude: bool
+) -> pd.DataFrame:
+    """`_pad_rows` as a frame of ids: product_id, recommended_product_id, count, source."""
+    catalogue = catalogue.reset_index(drop=True)
+    count = catalogue["product_id"].map(popularity).fillna(0.0).to_numpy(dtype=np.float64)
+    rows = _pad_rows(catalogue, count, depth, exclude)
+    ids = catalogue["product_id"].to_numpy(dtype=object)
+    return pd.DataFrame(
+        {
+            "product_id": ids[rows.product],
+            "recommended_product_id": ids[rows.recommended],
+            "count": rows.count,
+            "source": np.where(rows.audience, "audience_popularity", "popularity"),
+        }
+    )
 
 
 def recommend(
@@ -173,68 +337,159 @@ def recommend(
     """`top_k` complementary products for every catalogue product (FBT_RECOMMENDATIONS_SCHEMA).
 
     `catalogue` needs product_id, department and target_audience; `matrix` gives the
-    co-occurrence counts and popularity (baskets holding each product).
+    co-occurrence counts and popularity (baskets holding each product). Candidates are
+    ranked as catalogue row positions (ordered like their ids) and turned into ids once,
+    for the `top_k` kept: at 50k products the candidates are millions of rows.
     """
+    return recommend_variants(rules, catalogue, matrix, [config])[0]
+
+
+def recommend_variants(
+    rules: pd.DataFrame,
+    catalogue: pd.DataFrame,
+    matrix: BasketMatrix,
+    configs: Sequence[FbtListsConfig],
+) -> list[pd.DataFrame]:
+    """`recommend` for each of `configs`, one co-occurrence pass for all the configs that
+    share `top_k` and `min_coview_count` (the gate's variants differ only in shrinkage and
+    the department exclusion): the same lists as one call per config, in a fraction of the
+    time."""
+    side = _Catalogue.of(catalogue, matrix)
+    out: list[pd.DataFrame | None] = [None] * len(configs)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault((config.top_k, config.min_coview_count), []).append(i)
+    for (k, min_count), members in groups.items():
+        settings = [
+            (
+                configs[i].shrinkage,
+                side.item_department if configs[i].exclude_same_department else None,
+            )
+            for i in members
+        ]
+        evidences = co_viewed_variants(matrix, side.wanted, min_count, 3 * k, settings)
+        for i, evidence in zip(members, evidences, strict=True):
+            out[i] = _ranked_lists(rules, side, evidence, configs[i])
+    return [lists for lists in out if lists is not None]
+
+
+@dataclass(frozen=True)
+class _Catalogue:
+    """The cleaned catalogue against a basket matrix: its ids, departments and basket counts
+    by catalogue row, each row's rank in id order, and the positions linking rows and matrix
+    items (-1: absent on the other side)."""
+
+    frame: pd.DataFrame
+    ids: np.ndarray
+    department: np.ndarray
+    name_rank: np.ndarray
+    row_of_item: np.ndarray
+    count: np.ndarray
+    wanted: np.ndarray
+    item_department: np.ndarray
+    n_baskets: int
+
+    @classmethod
+    def of(cls, catalogue: pd.DataFrame, matrix: BasketMatrix) -> _Catalogue:
+        frame = _clean(catalogue).reset_index(drop=True)
+        ids = frame["product_id"].to_numpy(dtype=object)
+        department = frame["department"].to_numpy(dtype=object)
+        # Catalogue rows in id order: what sorting on product ids sorted by.
+        name_rank = np.empty(len(ids), dtype=np.int64)
+        name_rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))
+        item_ids = matrix.item_ids.astype(str)
+        row_of_item = pd.Index(ids).get_indexer(item_ids)
+        item_of_row = pd.Index(item_ids).get_indexer(ids)
+        item_counts = matrix.item_counts().astype(np.float64)
+        known = row_of_item >= 0
+        item_department = np.full(len(item_ids), "", dtype=object)
+        item_department[known] = department[row_of_item[known]]
+        item_department[item_department == NO_GROUP] = ""
+        return cls(
+            frame=frame,
+            ids=ids,
+            department=department,
+            name_rank=name_rank,
+            row_of_item=row_of_item,
+            count=np.where(item_of_row >= 0, item_counts[np.maximum(item_of_row, 0)], 0.0)
+            if len(item_counts)
+            else np.zeros(len(ids)),
+            wanted=item_of_row[item_of_row >= 0],
+            item_department=item_department,
+            n_baskets=max(matrix.n_baskets, 1),
+        )
+
+
+def _ranked_lists(
+    rules: pd.DataFrame, side: _Catalogue, evidence: Evidence, config: FbtListsConfig
+) -> pd.DataFrame:
+    """One config's lists from its evidence: the evidence and the popularity pads ranked on
+    one scale, the best `top_k` of each product kept and labelled."""
     k = config.top_k
-    catalogue = _clean(catalogue)
-    dept = catalogue.set_index("product_id")["department"]
-    item_ids = matrix.item_ids.astype(str)
-    counts = pd.Series(matrix.item_counts().astype(np.float64), index=item_ids)
-    n = max(matrix.n_baskets, 1)
+    ids, department, name_rank, count = side.ids, side.department, side.name_rank, side.count
+    n_cat = len(ids)
+    n = side.n_baskets
     m = config.shrinkage
     exclude = config.exclude_same_department
-    depth = 3 * k
-    item_dept = (
-        pd.Series(item_ids).map(dept).fillna(NO_GROUP).replace(NO_GROUP, "").to_numpy(dtype=object)
-        if exclude
-        else None
+    row_of_item = side.row_of_item
+    pads = _pad_rows(side.frame, count, k + 1, exclude)
+    pad_n_a = count[pads.product]
+    prior = pads.count / n
+    # With no shrinkage the pad still needs an order: popularity, below any evidence.
+    pad_score = m * prior / (pad_n_a + m) if m > 0 else prior * 1e-9
+    # Candidates in the order evidence, audience pads, overall pads: equal keys keep it.
+    a = np.concatenate([row_of_item[evidence.row], pads.product])
+    b = np.concatenate([row_of_item[evidence.col], pads.recommended])
+    score = np.concatenate([evidence.score, pad_score])
+    n_both = np.concatenate([evidence.n_both, np.zeros(len(pads.product))])
+    n_antecedent = np.concatenate([evidence.n_antecedent, pad_n_a])
+    source = np.concatenate(
+        [
+            np.zeros(len(evidence.row), dtype=np.int8),
+            np.where(pads.audience, 1, 2).astype(np.int8),
+        ]
     )
-    evidence = co_viewed(
-        matrix,
-        catalogue["product_id"].to_numpy(),
-        config.min_coview_count,
-        depth,
-        shrinkage=m,
-        department=item_dept,
-    ).assign(source="co_viewed")
-    pads = _pads(catalogue, counts, k + 1, exclude)
-    if len(pads):
-        n_a = pads["product_id"].map(counts).fillna(0.0).to_numpy()
-        prior = pads["count"].to_numpy() / n
-        # With no shrinkage the pad still needs an order: popularity, below any evidence.
-        pads["score"] = m * prior / (n_a + m) if m > 0 else prior * 1e-9
-        pads["n_both"] = 0.0
-        pads["n_antecedent"] = n_a
-        pads = pads.drop(columns="count")
-    cand = pd.concat([p for p in (evidence, pads) if len(p)], ignore_index=True)
-    cand = cand[cand["recommended_product_id"].isin(dept.index)]
-    cand = cand[cand["product_id"] != cand["recommended_product_id"]]
-    a_dept = cand["product_id"].map(dept).to_numpy()
-    same = (a_dept == cand["recommended_product_id"].map(dept).to_numpy()) & (a_dept != NO_GROUP)
-    cand["demoted"] = same & exclude
-    cand = cand.sort_values(
-        ["product_id", "demoted", "score", "recommended_product_id"],
-        ascending=[True, True, False, True],
-        kind="stable",
+    ok = (b >= 0) & (a != b)
+    a, b, score, n_both, n_antecedent, source = (
+        x[ok] for x in (a, b, score, n_both, n_antecedent, source)
     )
-    cand = cand.drop_duplicates(["product_id", "recommended_product_id"], keep="first")
-    top = cand.groupby("product_id", sort=False).head(k).copy()
-    rules_pairs = _rule_pairs(rules, config.min_pair_count)
-    is_rule = pd.MultiIndex.from_arrays([top["product_id"], top["recommended_product_id"]]).isin(
-        rules_pairs
+    same = (department[a] == department[b]) & (department[a] != NO_GROUP)
+    demoted = same & exclude
+    order = np.lexsort((name_rank[b], -score, demoted, name_rank[a]))
+    pair = name_rank[a][order] * n_cat + name_rank[b][order]
+    _, first = np.unique(pair, return_index=True)
+    order = order[np.sort(first)]
+    order = order[position_in_run(a[order]) <= k]
+    a, b, score, n_both, n_antecedent, source, demoted = (
+        x[order] for x in (a, b, score, n_both, n_antecedent, source, demoted)
     )
-    top.loc[is_rule & (top["n_both"] > 0).to_numpy(), "source"] = "rules"
-    _warn_demoted(top, catalogue, exclude)
-    top["rank"] = (top.groupby("product_id", sort=False).cumcount() + 1).astype("int32")
-    evidence_rows = top["n_both"].to_numpy() > 0
-    n_both = top["n_both"].to_numpy()
-    n_a = np.maximum(top["n_antecedent"].to_numpy(dtype=np.float64), 1.0)
-    n_b = top["recommended_product_id"].map(counts).fillna(0.0).to_numpy()
+    labels = np.array(["co_viewed", "audience_popularity", "popularity"], dtype=object)[source]
+    rule_pairs = _rule_pairs(rules, config.min_pair_count)
+    rule_a = pd.Index(ids).get_indexer(rule_pairs.get_level_values(0))
+    rule_b = pd.Index(ids).get_indexer(rule_pairs.get_level_values(1))
+    known_rules = (rule_a >= 0) & (rule_b >= 0)
+    rule_keys = np.unique(rule_a[known_rules].astype(np.int64) * n_cat + rule_b[known_rules])
+    keys = a.astype(np.int64) * n_cat + b
+    is_rule = np.isin(keys, rule_keys) & (n_both > 0)
+    labels[is_rule] = "rules"
+    top = pd.DataFrame(
+        {
+            "product_id": ids[a],
+            "recommended_product_id": ids[b],
+            "score": score,
+            "source": labels,
+            "demoted": demoted,
+        }
+    )
+    _warn_demoted(top, side.frame, exclude)
+    top["rank"] = position_in_run(a).astype("int32")
+    evidence_rows = n_both > 0
+    n_a = np.maximum(n_antecedent, 1.0)
+    n_b = count[b]
     with np.errstate(divide="ignore", invalid="ignore"):
         top["support"] = np.where(evidence_rows, n_both / n, np.nan)
         top["confidence"] = np.where(evidence_rows, n_both / n_a, np.nan)
         top["lift"] = np.where(evidence_rows, n_both * n / (n_a * n_b), np.nan)
-    top = top.reset_index(drop=True)
     return top[FBT_RECOMMENDATIONS_SCHEMA.names]
 
 
