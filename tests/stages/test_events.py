@@ -247,22 +247,33 @@ def test_blocks_cut_at_record_ends_read_like_the_whole_file(tmp_path) -> None:
         assert len(blocks) > 1 or block_bytes == 1 << 20
 
 
-@given(st.lists(st.lists(st.integers(0, 30), max_size=40), max_size=6))
-def test_seen_rows_tells_repeats_like_a_set(batches) -> None:
-    """The sorted-run set marks exactly the hashes a plain set has seen (earlier in the same
-    batch or in an earlier one), however the batches fall."""
+@given(
+    st.lists(st.lists(st.integers(0, 30), max_size=40), max_size=8),
+    st.booleans(),
+    st.sampled_from([2, 3, 64]),
+)
+def test_seen_rows_tells_repeats_like_a_set(batches, spread: bool, max_runs: int) -> None:
+    """The run set marks exactly the hashes a plain set has seen (earlier in the same batch or
+    in an earlier one), however the batches fall: hashes sharing a bitmap bucket (small
+    values) or spread over the buckets, runs merged early or late."""
     import numpy as np
 
     from fashion_recs.stages.events import SeenRows
 
-    seen, reference = SeenRows(), set()
+    class Few(SeenRows):
+        MAX_RUNS = max_runs
+
+    seen, reference = Few(), set()
     for batch in batches:
+        values = np.array(batch, dtype=np.uint64)
+        if spread:  # a multiplicative hash: distinct values, scattered top bits
+            values = values * np.uint64(0x9E3779B97F4A7C15)
         expected = []
-        for value in batch:
+        for value in values.tolist():
             expected.append(value in reference)
             reference.add(value)
-        got = seen.repeats(np.array(batch, dtype=np.uint64))
-        assert got.tolist() == expected
+        assert seen.repeats(values).tolist() == expected
+        assert len(seen.runs) < max_runs
 
 
 @given(
