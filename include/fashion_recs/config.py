@@ -588,6 +588,10 @@ class TwoTowerConfig(_Strict):
     # An epoch trains on a fresh seeded sample of at most this many (user, item) pairs (every
     # pair below it): the training cost stops growing with the retailer.
     max_examples_per_epoch: int | None = Field(default=1_000_000, ge=1)
+    # The published model: the split's model trained on with every interaction (the last
+    # days included) for this many epochs; null: a fresh model trained for the split's best
+    # epoch count (as many epochs again as the split took to find it).
+    refit_epochs: int | None = Field(default=1, ge=1)
 
 
 class BlendConfig(_Strict):

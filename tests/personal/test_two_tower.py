@@ -8,7 +8,7 @@ groups finds most of each user's later items; popularity cannot.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -458,6 +458,88 @@ def test_refit_is_deterministic(
     assert again.history.train_loss == refit_model.history.train_loss
     users = [LATE_USER, "u000", "u001", "nobody"]
     pd.testing.assert_frame_equal(again.recommend(users, K), refit_model.recommend(users, K))
+
+
+def test_losses_sharing_one_preparation_train_as_if_alone(
+    retailer: Retailer, late_retailer: LateRetailer, holdout_model: TwoTowerModel
+) -> None:
+    data = TwoTowerModel.prepare(
+        late_retailer.train, retailer.users, late_retailer.items, REFIT_PARAMS
+    )
+    bpr = replace(REFIT_PARAMS, loss="bpr", max_epochs=2)
+    first = TwoTowerModel.fit_prepared(data, REFIT_PARAMS)
+    shared = TwoTowerModel.fit_prepared(data, bpr)
+    alone = TwoTowerModel.fit(late_retailer.train, retailer.users, late_retailer.items, bpr)
+    assert np.array_equal(first.item_vectors(), holdout_model.item_vectors())
+    assert np.array_equal(shared.item_vectors(), alone.item_vectors())
+    assert shared.history.train_loss == alone.history.train_loss
+    users = [LATE_USER, "u000", "u001"]
+    pd.testing.assert_frame_equal(shared.recommend(users, K), alone.recommend(users, K))
+    with pytest.raises(ValueError, match="prepared for"):
+        TwoTowerModel.fit_prepared(data, replace(REFIT_PARAMS, history_len=3))
+
+
+@pytest.fixture(scope="module")
+def warm_model(
+    retailer: Retailer, late_retailer: LateRetailer, holdout_model: TwoTowerModel
+) -> TwoTowerModel:
+    return holdout_model.refit(
+        late_retailer.interactions, retailer.users, late_retailer.items, epochs=1
+    )
+
+
+def test_a_warm_refit_starts_from_the_split_models_weights(
+    retailer: Retailer,
+    late_retailer: LateRetailer,
+    holdout_model: TwoTowerModel,
+    warm_model: TwoTowerModel,
+) -> None:
+    history = warm_model.history
+    assert len(history.train_loss) == 1 and history.n_val_pairs == 0
+    assert history.n_fit_events == len(late_retailer.interactions)
+    # Before any step, the warm towers are the split model's: each known user's and item's
+    # id row is copied to its new code, and every shared layer is the same.
+    params = REFIT_PARAMS.for_refit(1)
+    start = TwoTowerModel.fit(
+        late_retailer.interactions,
+        retailer.users,
+        late_retailer.items,
+        replace(params, max_examples_per_epoch=1, learning_rate=1e-12),
+        warm_start=holdout_model,
+    )
+    old, new = holdout_model._towers, start._towers
+    users = ["u000", "u017", "u042"]
+    old_rows = holdout_model._vocabularies["user_id"].get_indexer(users) + 1
+    new_rows = start._vocabularies["user_id"].get_indexer(users) + 1
+    assert (old_rows > 0).all() and (new_rows > 0).all()
+    close = dict(atol=1e-6)
+    assert torch.allclose(old.user_id.weight[old_rows], new.user_id.weight[new_rows], **close)
+    item_rows = pd.Index(late_retailer.items["product_id"]).get_indexer(["p000", "p005"])
+    old_items = holdout_model._item_id_codes[item_rows]
+    new_items = start._item_id_codes[item_rows]
+    assert (old_items > 0).all() and (new_items > 0).all()
+    assert torch.allclose(old.item_id.weight[old_items], new.item_id.weight[new_items], **close)
+    for name, tensor in old.user_mlp.state_dict().items():
+        assert torch.allclose(tensor, new.user_mlp.state_dict()[name], **close)
+    # The late user and item, unknown to the split model, got rows of their own in training.
+    rows = pd.Index(late_retailer.items["product_id"]).get_indexer([LATE_ITEM, NEVER_ITEM])
+    assert not np.allclose(*warm_model.item_vectors()[rows])
+    after = warm_model.user_vectors([LATE_USER, "nobody"])
+    assert not np.allclose(after[0], after[1])
+
+
+def test_a_warm_refit_is_deterministic(
+    retailer: Retailer,
+    late_retailer: LateRetailer,
+    holdout_model: TwoTowerModel,
+    warm_model: TwoTowerModel,
+) -> None:
+    again = holdout_model.refit(
+        late_retailer.interactions, retailer.users, late_retailer.items, epochs=1
+    )
+    assert np.array_equal(again.item_vectors(), warm_model.item_vectors())
+    users = [LATE_USER, "u000", "u001", "nobody"]
+    pd.testing.assert_frame_equal(again.recommend(users, K), warm_model.recommend(users, K))
 
 
 # --- serving --------------------------------------------------------------------------------

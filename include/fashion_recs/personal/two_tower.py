@@ -480,6 +480,37 @@ class _Towers(nn.Module):
         n_item_parts = 1 + len(ITEM_FEATURES) + (1 if content_dim else 0)
         self.item_mlp = _mlp(n_item_parts * dim, hidden, dim)
 
+    @torch.no_grad()
+    def warm_from(
+        self,
+        other: _Towers,
+        user_rows: np.ndarray,
+        item_rows: np.ndarray,
+        same_features: bool,
+    ) -> None:
+        """Take `other`'s weights: user id row `i + 1` from `other`'s row `user_rows[i]`
+        (0: unknown there, kept fresh), item id rows by `item_rows` (new code -> old code,
+        0: fresh), the "unknown" rows, and, when the feature vocabularies are the same
+        (`same_features`), the feature tables, the content layer and both MLPs."""
+        for mine, theirs, rows in (
+            (self.user_id, other.user_id, user_rows),
+            (self.item_id, other.item_id, item_rows),
+        ):
+            mine.weight[0] = theirs.weight[0]
+            known = np.flatnonzero(rows > 0)
+            mine.weight[torch.from_numpy(known + 1)] = theirs.weight[torch.from_numpy(rows[known])]
+        if not same_features:
+            return
+        for mine, theirs in (
+            (self.user_features, other.user_features),
+            (self.item_features, other.item_features),
+            (self.user_mlp, other.user_mlp),
+            (self.item_mlp, other.item_mlp),
+            (self.content, other.content),
+        ):
+            if mine is not None and theirs is not None:
+                mine.load_state_dict(theirs.state_dict())
+
     def users(self, inputs: _UserInputs, leave_out: torch.Tensor | None = None) -> torch.Tensor:
         """User vectors; `leave_out` (item-id codes) drops each user's target from its history."""
         mask = inputs.history > 0
@@ -665,6 +696,36 @@ def _exact_top_k(scores: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Ten
 # --- the model ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What `TwoTowerModel.prepare` derived from the interactions, users and items before any
+    training: read only, so models that agree on `key` share it. `seconds`: what preparing
+    took (part of each model's `history.seconds`)."""
+
+    key: tuple
+    item_ids: pd.Index
+    content_dim: int
+    vocabularies: dict[str, pd.Index]
+    demographics: _Demographics
+    truth: pd.DataFrame
+    pairs: pd.DataFrame
+    user_vocabulary: pd.Index
+    item_id_codes: np.ndarray
+    sizes: dict[str, int]
+    item_inputs: _ItemInputs
+    fit_state: _UserState
+    state: _UserState
+    n_fit_events: int
+    n_dropped_unknown_items: int
+    n_dropped_nonpositive_pairs: int
+    seconds: float
+
+    @staticmethod
+    def key_of(params: TwoTowerParams) -> tuple:
+        """The parameters preparation depends on: the validation split and history length."""
+        return (params.val_fraction, params.val_max_users, params.seed, params.history_len)
+
+
 class TwoTowerModel:
     """A fitted two-tower model: towers, vocabularies, and what it knows about users.
 
@@ -705,8 +766,14 @@ class TwoTowerModel:
         items: pd.DataFrame,
         params: TwoTowerParams,
         item_content: np.ndarray | None = None,
+        warm_start: TwoTowerModel | None = None,
     ) -> TwoTowerModel:
         """Train both towers on `interactions` and return the best epoch's model.
+
+        With `warm_start` (a model fitted on the same catalogue and users frame), training
+        starts from its weights instead of a seeded initialisation: every table row of a user
+        or item it knows, the feature tables and both MLPs (`_Towers.warm_from`); new users and
+        items start as a fresh model would.
 
         `interactions`: `user_id, product_id, event_ts, weight`; `users`: `user_id, age_group,
         region`; `items`: `product_id, department, color, target_audience`, whose row order is
@@ -714,6 +781,21 @@ class TwoTowerModel:
         products not in `items` are dropped and counted in `history`. Raises FashionRecsError
         when nothing is left to learn from.
         """
+        data = cls.prepare(interactions, users, items, params, item_content)
+        return cls.fit_prepared(data, params, warm_start)
+
+    @staticmethod
+    def prepare(
+        interactions: pd.DataFrame,
+        users: pd.DataFrame,
+        items: pd.DataFrame,
+        params: TwoTowerParams,
+        item_content: np.ndarray | None = None,
+    ) -> TrainingData:
+        """What `fit` derives from its inputs before it trains (checks, the validation split,
+        the summed pairs, vocabularies, the users' histories): several models trained on the
+        same inputs with parameters that agree on `TrainingData.key_of` (the comparison losses)
+        prepare once and call `fit_prepared` each. The arguments are those of `fit`."""
         started = time.monotonic()
         _require(interactions, [USER, ITEM, TS, WEIGHT], "interactions")
         _require(users, [USER, *USER_FEATURES], "users")
@@ -773,24 +855,64 @@ class TwoTowerModel:
         item_id_codes[trained_rows] = np.arange(1, len(trained_rows) + 1)
         sizes = {c: len(v) for c, v in vocabularies.items()}
         sizes |= {"user_id": len(user_vocabulary), "item_id": len(trained_rows)}
-
-        history = TrainingHistory(
-            n_pairs=len(pairs),
+        item_inputs = _ItemInputs(
+            torch.from_numpy(item_id_codes),
+            torch.from_numpy(_item_feature_codes(items, vocabularies)),
+            None if content is None else torch.tensor(content),
+        )
+        return TrainingData(
+            key=TrainingData.key_of(params),
+            item_ids=item_ids,
+            content_dim=0 if content is None else content.shape[1],
+            vocabularies=vocabularies,
+            demographics=demographics,
+            truth=truth,
+            pairs=pairs,
+            user_vocabulary=user_vocabulary,
+            item_id_codes=item_id_codes,
+            sizes=sizes,
+            item_inputs=item_inputs,
+            fit_state=_UserState.from_events(fit_events, params.history_len, fit_keys),
+            state=_UserState.from_events(events, params.history_len),
             n_fit_events=len(fit_events),
-            n_val_pairs=len(truth),
-            n_val_users=int(truth[USER].nunique()),
             n_dropped_unknown_items=n_dropped,
             n_dropped_nonpositive_pairs=int(nonpositive.sum()),
+            seconds=time.monotonic() - started,
+        )
+
+    @classmethod
+    def fit_prepared(
+        cls,
+        data: TrainingData,
+        params: TwoTowerParams,
+        warm_start: TwoTowerModel | None = None,
+    ) -> TwoTowerModel:
+        """`fit` on inputs `prepare` made with parameters that agree with `params` on
+        `TrainingData.key_of`; the data is only read, so other fits may share it."""
+        if data.key != TrainingData.key_of(params):
+            raise ValueError(
+                f"two-tower: data prepared for {data.key} (val_fraction, val_max_users, seed, "
+                f"history_len), not for {TrainingData.key_of(params)}"
+            )
+        started = time.monotonic()
+        pairs, truth = data.pairs, data.truth
+        history = TrainingHistory(
+            n_pairs=len(pairs),
+            n_fit_events=data.n_fit_events,
+            n_val_pairs=len(truth),
+            n_val_users=int(truth[USER].nunique()),
+            n_dropped_unknown_items=data.n_dropped_unknown_items,
+            n_dropped_nonpositive_pairs=data.n_dropped_nonpositive_pairs,
         )
         log.info(
             "two-tower (%s): %d pairs of %d users on %d of %d items from %d fit events; "
             "validating on %d pairs of %d users",
             params.loss,
             len(pairs),
-            len(user_vocabulary),
-            len(trained_rows),
-            len(items),
-            len(fit_events),
+            len(data.user_vocabulary),
+            data.sizes["item_id"],
+            len(data.item_ids),
+            data.n_fit_events,
             len(truth),
             history.n_val_users,
         )
@@ -807,31 +929,36 @@ class TwoTowerModel:
                 params.val_fraction,
                 params.max_epochs,
             )
-        item_inputs = _ItemInputs(
-            torch.from_numpy(item_id_codes),
-            torch.from_numpy(_item_feature_codes(items, vocabularies)),
-            None if content is None else torch.tensor(content),
-        )
-        fit_state = _UserState.from_events(fit_events, params.history_len, fit_keys)
+        vocabularies = data.vocabularies
         with _deterministic_torch(params.seed, params.num_threads):
-            towers = _Towers(
-                sizes, 0 if content is None else content.shape[1], params.dim, params.hidden
-            )
+            towers = _Towers(data.sizes, data.content_dim, params.dim, params.hidden)
+            if warm_start is not None:
+                towers.warm_from(
+                    warm_start._towers,
+                    user_rows=_codes(
+                        warm_start._vocabularies["user_id"],
+                        data.user_vocabulary.to_numpy(dtype=object),
+                    ),
+                    item_rows=_item_code_map(warm_start._item_id_codes, data.item_id_codes),
+                    same_features=all(
+                        warm_start._vocabularies[c].equals(vocabularies[c]) for c in vocabularies
+                    ),
+                )
             model = cls(
                 params,
                 towers,
-                item_ids,
-                np.zeros((len(items), params.dim), dtype=np.float32),
-                item_id_codes,
-                {"user_id": user_vocabulary, **vocabularies},
-                demographics,
-                fit_state,
+                data.item_ids,
+                np.zeros((len(data.item_ids), params.dim), dtype=np.float32),
+                data.item_id_codes,
+                {"user_id": data.user_vocabulary, **vocabularies},
+                data.demographics,
+                data.fit_state,
                 history,
             )
-            model._train(pairs, item_inputs, truth)
-            model._item_vectors = model._compute_item_vectors(item_inputs)
-        model._state = _UserState.from_events(events, params.history_len)
-        history.seconds = time.monotonic() - started
+            model._train(pairs, data.item_inputs, truth)
+            model._item_vectors = model._compute_item_vectors(data.item_inputs)
+        model._state = data.state
+        history.seconds = data.seconds + time.monotonic() - started
         best = history.best_val_recall
         log.info(
             "two-tower (%s): kept epoch %d of %d%s after %.1f s",
@@ -849,29 +976,42 @@ class TwoTowerModel:
         users: pd.DataFrame,
         items: pd.DataFrame,
         item_content: np.ndarray | None = None,
+        epochs: int | None = None,
     ) -> TwoTowerModel:
-        """A fresh model trained on `interactions` for this model's best epoch count.
+        """This model trained on `interactions` (all of them, the last days included) for the
+        lists that are published.
 
         Train on the hold-out split with `fit` first (its validation picks the epoch count,
-        its lists are scored), then refit on all interactions for the lists that are
-        published: same parameters and seed, `self.history.best_epoch` epochs, no validation
-        split and no early stopping (`TwoTowerParams.for_refit`), so two refits on the same
-        inputs give the same model. The arguments are those of `fit`.
+        its lists are scored). With `epochs` None the refit starts afresh and trains for
+        the split's best epoch count; with `epochs` it continues from this model's weights
+        (`fit`'s `warm_start`) for that many epochs, which costs a fraction of it: the split's
+        epochs are not trained again, only the interactions as they now are. Either way: same
+        parameters and seed, no validation split and no early stopping
+        (`TwoTowerParams.for_refit`), so two refits on the same inputs give the same model.
+        The other arguments are those of `fit`.
         """
-        epochs = self.history.best_epoch
-        if epochs < 1:
+        best = self.history.best_epoch
+        if best < 1:
             raise FashionRecsError(
                 "two-tower: this model has no best epoch to refit for (it was loaded without "
                 "a training history, or never trained); fit it on the split first"
             )
+        warm = epochs is not None
+        n_epochs = epochs if warm else best
         log.info(
-            "two-tower (%s): refitting on all %d interactions for %d epochs (best on the split)",
+            "two-tower (%s): refitting on all %d interactions for %d epoch(s) %s",
             self.params.loss,
             len(interactions),
-            epochs,
+            n_epochs,
+            f"from the split's epoch {best}" if warm else "from scratch (best on the split)",
         )
         return type(self).fit(
-            interactions, users, items, self.params.for_refit(epochs), item_content=item_content
+            interactions,
+            users,
+            items,
+            self.params.for_refit(n_epochs),
+            item_content=item_content,
+            warm_start=self if warm else None,
         )
 
     def _train(self, pairs: pd.DataFrame, item_inputs: _ItemInputs, truth: pd.DataFrame) -> None:
@@ -1230,6 +1370,16 @@ class TwoTowerModel:
                 for s in range(0, n, BLOCK)
             ]
         return torch.cat(parts).numpy().astype(np.float32, copy=True)
+
+
+def _item_code_map(old_codes: np.ndarray, new_codes: np.ndarray) -> np.ndarray:
+    """For each new item-id code (1..n, in order), the old model's code of the same catalogue
+    row (0 when the old model did not train that item); both are per catalogue row."""
+    n_new = int(new_codes.max()) if len(new_codes) else 0
+    out = np.zeros(n_new, dtype=np.int64)
+    trained = new_codes > 0
+    out[new_codes[trained] - 1] = old_codes[trained]
+    return out
 
 
 def _drop_ids(ids: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
