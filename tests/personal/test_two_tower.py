@@ -521,6 +521,19 @@ def test_a_warm_refit_starts_from_the_split_models_weights(
     assert torch.allclose(old.item_id.weight[old_items], new.item_id.weight[new_items], **close)
     for name, tensor in old.user_mlp.state_dict().items():
         assert torch.allclose(tensor, new.user_mlp.state_dict()[name], **close)
+    # Items are matched by id: a catalogue in another order takes the same rows.
+    reordered = TwoTowerModel.fit(
+        late_retailer.interactions,
+        retailer.users,
+        late_retailer.items.iloc[::-1].reset_index(drop=True),
+        replace(params, max_examples_per_epoch=1, learning_rate=1e-12),
+        warm_start=holdout_model,
+    )
+    back = reordered._item_ids.get_indexer(start._item_ids)
+    known = holdout_model._item_id_codes > 0  # new items start from rows of their own code
+    assert known.sum() > 50
+    got, want = reordered.item_vectors()[back][known], start.item_vectors()[known]
+    assert np.allclose(got, want, atol=1e-5)
     # The late user and item, unknown to the split model, got rows of their own in training.
     rows = pd.Index(late_retailer.items["product_id"]).get_indexer([LATE_ITEM, NEVER_ITEM])
     assert not np.allclose(*warm_model.item_vectors()[rows])

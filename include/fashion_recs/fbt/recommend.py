@@ -234,7 +234,8 @@ def _contenders(
     hist = np.bincount(local[others] * width + capped, minlength=n_rows * width)
     at_least = np.cumsum(hist.reshape(n_rows, width)[:, ::-1], axis=1)[:, ::-1]
     threshold = (at_least[:, 1:] >= per_product).sum(axis=1)
-    floor = threshold / den
+    with np.errstate(divide="ignore", invalid="ignore"):  # a product in no basket: 0 / 0
+        floor = threshold / den
     unsure = threshold[local] == 0
     return unsure | (others & (score >= floor[local]))
 

@@ -770,10 +770,11 @@ class TwoTowerModel:
     ) -> TwoTowerModel:
         """Train both towers on `interactions` and return the best epoch's model.
 
-        With `warm_start` (a model fitted on the same catalogue and users frame), training
-        starts from its weights instead of a seeded initialisation: every table row of a user
-        or item it knows, the feature tables and both MLPs (`_Towers.warm_from`); new users and
-        items start as a fresh model would.
+        With `warm_start` (a fitted model), training starts from its weights instead of a
+        seeded initialisation: the id rows of the users and items it knows (matched by id),
+        and, when its feature vocabularies and content width are these, the feature tables,
+        the content layer and both MLPs (`_Towers.warm_from`); new users and items start as a
+        fresh model would.
 
         `interactions`: `user_id, product_id, event_ts, weight`; `users`: `user_id, age_group,
         region`; `items`: `product_id, department, color, target_audience`, whose row order is
@@ -933,16 +934,21 @@ class TwoTowerModel:
         with _deterministic_torch(params.seed, params.num_threads):
             towers = _Towers(data.sizes, data.content_dim, params.dim, params.hidden)
             if warm_start is not None:
+                # Items by product id: the two catalogues need not be in the same order.
+                at = warm_start._item_ids.get_indexer(data.item_ids)
+                old_codes = np.where(at >= 0, warm_start._item_id_codes[at], 0)
+                old_content = warm_start._towers.content
                 towers.warm_from(
                     warm_start._towers,
                     user_rows=_codes(
                         warm_start._vocabularies["user_id"],
                         data.user_vocabulary.to_numpy(dtype=object),
                     ),
-                    item_rows=_item_code_map(warm_start._item_id_codes, data.item_id_codes),
+                    item_rows=_item_code_map(old_codes, data.item_id_codes),
                     same_features=all(
                         warm_start._vocabularies[c].equals(vocabularies[c]) for c in vocabularies
-                    ),
+                    )
+                    and (0 if old_content is None else old_content.in_features) == data.content_dim,
                 )
             model = cls(
                 params,
