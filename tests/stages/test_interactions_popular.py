@@ -203,6 +203,26 @@ def random_weighted(n: int, seed: int) -> pl.DataFrame:
     )
 
 
+def test_the_packed_sort_key_falls_back_when_user_and_time_do_not_fit() -> None:
+    """User code and microseconds are packed into one sort key when they fit in 63 bits; a
+    log spanning centuries does not fit, and the three-key sort gives the same order."""
+    from fashion_recs.stages.interactions import _packed_order
+
+    frame = random_weighted(2_000, seed=9)
+    wide = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) % 3 == 0)
+        .then(pl.col("event_ts").dt.offset_by("-800y"))
+        .otherwise(pl.col("event_ts").dt.offset_by("300y"))
+        .alias("event_ts")
+    )
+    keys = pl.DataFrame({"u": [0, 1 << 20], "t": wide["event_ts"][:2], "p": [0, 0]})
+    assert _packed_order(keys) is None
+    for data in (frame, wide):
+        assert sort_events(data).equals(
+            data.sort("user_id", "event_ts", "product_id", maintain_order=True)
+        )
+
+
 def test_integer_code_sort_and_aggregate_equal_the_string_versions() -> None:
     """The interactions stage sorts and groups on lexical codes of the ids; held to the
     plain string sort and group-by it replaced."""
