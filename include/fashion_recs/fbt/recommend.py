@@ -81,14 +81,8 @@ def co_viewed(
     """
     position = {p: i for i, p in enumerate(matrix.item_ids.tolist())}
     wanted = np.asarray([position[p] for p in products if p in position], dtype=np.int64)
-    evidence = co_viewed_codes(
-        matrix,
-        wanted,
-        min_count,
-        per_product,
-        max_block_entries,
-        shrinkage=shrinkage,
-        department=department,
+    (evidence,) = co_viewed_variants(
+        matrix, wanted, min_count, per_product, [(shrinkage, department)], max_block_entries
     )
     return pd.DataFrame(
         {
@@ -104,7 +98,7 @@ def co_viewed(
 
 @dataclass(frozen=True)
 class Evidence:
-    """`co_viewed`'s rows as matrix item positions: for each of the asked rows in order, its
+    """`co_viewed`'s rows as matrix item positions: for each asked row (`row`), its
     best candidates (`col`), their shrunk confidence, joint and antecedent basket counts and
     whether they share the row's department."""
 
@@ -116,22 +110,6 @@ class Evidence:
     demoted: np.ndarray
 
 
-def co_viewed_codes(
-    matrix: BasketMatrix,
-    wanted: np.ndarray,
-    min_count: int,
-    per_product: int,
-    max_block_entries: int = 8_000_000,
-    *,
-    shrinkage: float = 0.0,
-    department: np.ndarray | None = None,
-) -> Evidence:
-    """`co_viewed` for the matrix items at positions `wanted`, as arrays of positions."""
-    return co_viewed_variants(
-        matrix, wanted, min_count, per_product, [(shrinkage, department)], max_block_entries
-    )[0]
-
-
 def co_viewed_variants(
     matrix: BasketMatrix,
     wanted: np.ndarray,
@@ -140,7 +118,8 @@ def co_viewed_variants(
     variants: Sequence[tuple[float, np.ndarray | None]],
     max_block_entries: int = 8_000_000,
 ) -> list[Evidence]:
-    """`co_viewed_codes` for several (shrinkage, department) settings at once: the gate's
+    """`co_viewed` for several (shrinkage, department) settings at once, as arrays of matrix
+    item positions for the items at `wanted`: the gate's
     variants share the co-occurrence counts, the costliest part, so each block of them is
     counted once and ranked once per variant."""
     empty = np.zeros(0, dtype=np.int64)
@@ -264,18 +243,23 @@ class PadRows:
     audience: np.ndarray
 
 
-def _pad_rows(catalogue: pd.DataFrame, count: np.ndarray, depth: int, exclude: bool) -> PadRows:
+def _name_rank(ids: np.ndarray) -> np.ndarray:
+    """Each id's position in id order: sorting on it sorts on the ids."""
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))
+    return rank
+
+
+def _pad_rows(
+    catalogue: pd.DataFrame, count: np.ndarray, name_rank: np.ndarray, depth: int, exclude: bool
+) -> PadRows:
     """Each product's popularity pad: its audience's and the overall most popular products,
     `depth` of them outside its own department and (when `exclude`) `depth` inside it, to
-    fill a list only when nothing else can. `catalogue` (cleaned, positional index) and
-    `count` (baskets holding each of its products) are aligned; a pad is built once per
-    group of products and repeated for its members."""
-    ids = catalogue["product_id"].to_numpy(dtype=object)
+    fill a list only when nothing else can. `catalogue` (cleaned, positional index), `count`
+    (baskets holding each of its products) and `name_rank` (`_name_rank` of its ids) are
+    aligned; a pad is built once per group of products and repeated for its members."""
     department = catalogue["department"].to_numpy(dtype=object)
     # Most popular first, ties by product id.
-    ranked = np.argsort(ids, kind="stable")
-    name_rank = np.empty(len(ids), dtype=np.int64)
-    name_rank[ranked] = np.arange(len(ids))
     pop = np.flatnonzero(count > 0)
     pop = pop[np.lexsort((name_rank[pop], -count[pop]))]
     parts: list[tuple[np.ndarray, np.ndarray, bool]] = []
@@ -317,8 +301,8 @@ def _pads(
     """`_pad_rows` as a frame of ids: product_id, recommended_product_id, count, source."""
     catalogue = catalogue.reset_index(drop=True)
     count = catalogue["product_id"].map(popularity).fillna(0.0).to_numpy(dtype=np.float64)
-    rows = _pad_rows(catalogue, count, depth, exclude)
     ids = catalogue["product_id"].to_numpy(dtype=object)
+    rows = _pad_rows(catalogue, count, _name_rank(ids), depth, exclude)
     return pd.DataFrame(
         {
             "product_id": ids[rows.product],
@@ -382,6 +366,7 @@ class _Catalogue:
 
     frame: pd.DataFrame
     ids: np.ndarray
+    index: pd.Index
     department: np.ndarray
     name_rank: np.ndarray
     row_of_item: np.ndarray
@@ -395,11 +380,9 @@ class _Catalogue:
         frame = _clean(catalogue).reset_index(drop=True)
         ids = frame["product_id"].to_numpy(dtype=object)
         department = frame["department"].to_numpy(dtype=object)
-        # Catalogue rows in id order: what sorting on product ids sorted by.
-        name_rank = np.empty(len(ids), dtype=np.int64)
-        name_rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))
+        index = pd.Index(ids)
         item_ids = matrix.item_ids.astype(str)
-        row_of_item = pd.Index(ids).get_indexer(item_ids)
+        row_of_item = index.get_indexer(item_ids)
         item_of_row = pd.Index(item_ids).get_indexer(ids)
         item_counts = matrix.item_counts().astype(np.float64)
         known = row_of_item >= 0
@@ -409,8 +392,10 @@ class _Catalogue:
         return cls(
             frame=frame,
             ids=ids,
+            index=index,
             department=department,
-            name_rank=name_rank,
+            # Catalogue rows in id order: what sorting on product ids sorted by.
+            name_rank=_name_rank(ids),
             row_of_item=row_of_item,
             count=np.where(item_of_row >= 0, item_counts[np.maximum(item_of_row, 0)], 0.0)
             if len(item_counts)
@@ -433,7 +418,7 @@ def _ranked_lists(
     m = config.shrinkage
     exclude = config.exclude_same_department
     row_of_item = side.row_of_item
-    pads = _pad_rows(side.frame, count, k + 1, exclude)
+    pads = _pad_rows(side.frame, count, name_rank, k + 1, exclude)
     pad_n_a = count[pads.product]
     prior = pads.count / n
     # With no shrinkage the pad still needs an order: popularity, below any evidence.
@@ -466,8 +451,8 @@ def _ranked_lists(
     )
     labels = np.array(["co_viewed", "audience_popularity", "popularity"], dtype=object)[source]
     rule_pairs = _rule_pairs(rules, config.min_pair_count)
-    rule_a = pd.Index(ids).get_indexer(rule_pairs.get_level_values(0))
-    rule_b = pd.Index(ids).get_indexer(rule_pairs.get_level_values(1))
+    rule_a = side.index.get_indexer(rule_pairs.get_level_values(0))
+    rule_b = side.index.get_indexer(rule_pairs.get_level_values(1))
     known_rules = (rule_a >= 0) & (rule_b >= 0)
     rule_keys = np.unique(rule_a[known_rules].astype(np.int64) * n_cat + rule_b[known_rules])
     keys = a.astype(np.int64) * n_cat + b

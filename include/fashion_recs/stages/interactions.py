@@ -103,17 +103,18 @@ def sort_events_with_codes(weighted: pl.DataFrame) -> tuple[pl.DataFrame, pl.Dat
 
 def _packed_order(keys: pl.DataFrame) -> pl.Series | None:
     """The row order of `keys` sorted by (u, t, p), stable, from two sort keys instead of
-    three: the user code and the microseconds since the first event packed into one integer
-    (2.4x faster at 15M events). None when a key is null or the two do not fit in 63 bits."""
+    three: the user code and the time since the first event (in the column's own unit)
+    packed into one integer (2.4x faster at 15M events). None when a key is null or the two
+    do not fit in 63 bits."""
     if keys.height == 0 or any(keys[c].null_count() for c in keys.columns):
         return None
-    micros = keys["t"].dt.epoch("us")
-    first = int(micros.min())
-    span_bits = (int(micros.max()) - first).bit_length()
+    ticks = keys["t"].to_physical()
+    first = int(ticks.min())
+    span_bits = (int(ticks.max()) - first).bit_length()
     user_bits = int(keys["u"].max()).bit_length()
     if span_bits + user_bits > 63:
         return None
-    packed = keys["u"].cast(pl.UInt64) * (1 << span_bits) + (micros - first).cast(pl.UInt64)
+    packed = keys["u"].cast(pl.UInt64) * (1 << span_bits) + (ticks - first).cast(pl.UInt64)
     frame = pl.DataFrame({"k": packed, "p": keys["p"]}).with_row_index("_row")
     return frame.sort("k", "p", maintain_order=True)["_row"]
 
