@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fashion_recs.evaluate as evaluate_module
 from fashion_recs.contract import METRICS_SCHEMA
 from fashion_recs.errors import FashionRecsError
 from fashion_recs.evaluate import (
@@ -741,3 +742,55 @@ def test_metrics_do_not_depend_on_the_truth_being_sorted() -> None:
 
     pd.testing.assert_frame_equal(shuffled, per_user_metrics(ordered, predictions, k=2))
     assert shuffled["hits"].tolist() == [1, 2]
+
+
+def reference_ranked_items(
+    events: pd.DataFrame, by: list[str], k: int, weight_col: str | None
+) -> pd.DataFrame:
+    """The top k spelled out with pandas' group-by and a stable sort on the columns."""
+    keys = [*by, "product_id"]
+    if weight_col is None:
+        scores = events.groupby(keys, sort=False, observed=True).size()
+    else:
+        scores = events.groupby(keys, sort=False, observed=True)[weight_col].sum()
+    scores = scores.astype(np.float64).rename("score").reset_index()
+    scores = scores.sort_values(
+        [*by, "score", "product_id"], ascending=[*([True] * len(by)), False, True], kind="mergesort"
+    )
+    if by:
+        scores["rank"] = scores.groupby(by, sort=False, observed=True).cumcount() + 1
+    else:
+        scores["rank"] = np.arange(1, len(scores) + 1)
+    return scores[scores["rank"] <= k].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("weight_col", ["weight", None])
+@pytest.mark.parametrize("by", [[], ["age_group"], ["age_group", "region"]])
+def test_ranked_items_equal_a_group_by_and_sort_on_the_columns(
+    by: list[str], weight_col: str | None
+) -> None:
+    rng = np.random.default_rng(11)
+    n = 4000
+    ages = np.array(["25-34", "18-24", None], dtype=object)
+    events = pd.DataFrame(
+        {
+            "product_id": pd.array([f"p{i:03d}" for i in rng.integers(0, 80, n)], dtype="str"),
+            "weight": rng.integers(1, 4, n).astype(float),
+            # A plain column with missing values, and a categorical whose categories are not
+            # in lexical order (groups come in category order).
+            "age_group": ages[rng.integers(0, 3, n)],
+            "region": pd.Categorical.from_codes(
+                rng.integers(-1, 3, n), categories=["south", "east", "north"]
+            ),
+        }
+    )
+    for k in (1, 5, 100):
+        got = evaluate_module._ranked_items(
+            events, by, k, item_col="product_id", weight_col=weight_col
+        )
+        expected = reference_ranked_items(events, by, k, weight_col)
+        pd.testing.assert_frame_equal(got, expected)
+    empty = evaluate_module._ranked_items(
+        events.iloc[:0], by, 3, item_col="product_id", weight_col=weight_col
+    )
+    assert empty.empty and list(empty.columns) == [*by, "product_id", "score", "rank"]
