@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from fashion_recs.sort_keys import index_positions, lexical_codes, n_codes, sorted_codes
+from fashion_recs.sort_keys import (
+    distinct,
+    in_sorted,
+    index_positions,
+    isin,
+    lexical_codes,
+    n_codes,
+    sorted_codes,
+)
 
 
 def test_lexical_codes_order_like_the_strings_and_keep_nulls() -> None:
@@ -55,3 +63,20 @@ def test_sorted_codes_order_like_sort_values_and_give_the_values_back() -> None:
         by_codes = np.argsort(np.where(present, codes, np.iinfo(np.int64).max), kind="stable")
         by_values = values.sort_values(kind="mergesort", na_position="last").index.to_numpy()
         np.testing.assert_array_equal(by_codes, by_values)
+
+
+def test_distinct_and_isin_equal_numpy() -> None:
+    rng = np.random.default_rng(2)
+    cases = [
+        (rng.integers(0, 50, 500), rng.integers(-5, 60, 80)),
+        (rng.integers(0, 2**40, 300, dtype=np.int64), rng.integers(0, 2**40, 20)),
+        (np.array([1.5, np.nan, 0.0, 1.5, -0.0]), np.array([np.nan, 1.5, 0.0])),
+        (np.zeros(0, dtype=np.int64), np.array([3, 3])),
+        (rng.integers(0, 9, (4, 5)), np.array([], dtype=np.int64)),
+        (np.array(["b", "a", "b"], dtype=object), np.array(["a"], dtype=object)),
+    ]
+    for values, test in cases:
+        np.testing.assert_array_equal(distinct(values), np.unique(values))
+        np.testing.assert_array_equal(isin(values, test), np.isin(values, test))
+        if test.dtype.kind in "iu":
+            np.testing.assert_array_equal(in_sorted(distinct(test), values), np.isin(values, test))

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_recs.errors import FashionRecsError
-from fashion_recs.sort_keys import index_positions, sorted_codes
+from fashion_recs.sort_keys import distinct, in_sorted, index_positions, isin, sorted_codes
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def _scores(truth: pd.DataFrame, top: _TopK, user_col: str, item_col: str, k: in
     )
     # `relevant_items` gives the pairs sorted and distinct already: no sort needed then.
     if len(truth_keys) > 1 and not (truth_keys[1:] > truth_keys[:-1]).all():
-        truth_keys = np.unique(truth_keys)
+        truth_keys = distinct(truth_keys)
     n_rel = np.bincount(truth_keys // n_truth_items, minlength=len(truth_users))
 
     # Translate the predictions' codes into the truth's; -1 marks ids the truth lacks.
@@ -294,18 +294,9 @@ def _scores(truth: pd.DataFrame, top: _TopK, user_col: str, item_col: str, k: in
     items = truth_items.get_indexer(top.items)[top.item_codes]
     known = (users >= 0) & (items >= 0)
     is_hit = np.zeros(len(users), dtype=bool)
-    is_hit[known] = _in_sorted(users[known] * n_truth_items + items[known], truth_keys)
+    is_hit[known] = in_sorted(truth_keys, users[known] * n_truth_items + items[known])
 
     return metrics_from_hits(n_rel, users[is_hit], top.position[is_hit], k, truth_users, user_col)
-
-
-def _in_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """`np.isin(values, sorted_keys)` for sorted, distinct keys: a binary search per value
-    instead of sorting both arrays together (the keys are millions at a large retailer)."""
-    if len(sorted_keys) == 0:
-        return np.zeros(len(values), dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
-    return sorted_keys[at] == values
 
 
 def metrics_from_hits(
@@ -436,7 +427,7 @@ def catalogue_coverage(
 def _coverage(top: _TopK, catalogue_size: int, k: int) -> float:
     if catalogue_size < 1:
         raise ValueError(f"catalogue_size must be at least 1, got {catalogue_size}")
-    n_items = len(np.unique(top.item_codes))
+    n_items = len(distinct(top.item_codes))
     if n_items > catalogue_size:
         raise ValueError(
             f"predictions recommend {n_items} distinct items in their top {k}, more than the "
@@ -617,7 +608,7 @@ def segment_popularity_predictions(
         known = remaining[remaining[cols].notna().all(axis=1).to_numpy()]
         served = known[[user_col, "_order", *cols]].merge(lists, on=cols, how="inner")
         parts.append(served[columns])
-        is_served = np.isin(remaining["_order"].to_numpy(), served["_order"].to_numpy())
+        is_served = isin(remaining["_order"].to_numpy(), served["_order"].to_numpy())
         served_by[level] = int(is_served.sum())
         remaining = remaining[~is_served]
     parts.append(remaining.merge(overall.assign(source="overall"), how="cross")[columns])

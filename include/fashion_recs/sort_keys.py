@@ -77,3 +77,33 @@ def sorted_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
         return values.cat.codes.to_numpy(dtype=np.int64), values.cat.categories
     codes, uniques = pd.factorize(values, sort=True, use_na_sentinel=True)
     return codes.astype(np.int64, copy=False), pd.Index(uniques)
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an array, exactly as `np.unique(values)` gives them.
+
+    A plain `np.unique` call (and `np.isin`, which makes one) finds the distinct values with
+    a hash set since numpy 2.3, and on these machines that takes ~1.4 us a value: 21 s for
+    15M keys, where sorting them takes 1 s. Asking for the counts as well keeps numpy on its
+    sorting path.
+    """
+    return np.unique(values, return_counts=True)[0]
+
+
+def in_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether each of `keys` is in `sorted_keys` (sorted, distinct): one binary search each,
+    instead of sorting both arrays together (the keys are millions at a large retailer)."""
+    keys = np.asarray(keys)
+    if len(sorted_keys) == 0:
+        return np.zeros(keys.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[at] == keys
+
+
+def isin(values: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """`np.isin(values, test)` for numbers, through `distinct` and `in_sorted` (see
+    `distinct` for why); other dtypes go to numpy."""
+    values, test = np.asarray(values), np.asarray(test)
+    if values.dtype.kind not in "biuf" or test.dtype.kind not in "biuf":
+        return np.isin(values, test)
+    return in_sorted(distinct(test), values)

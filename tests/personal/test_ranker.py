@@ -115,6 +115,38 @@ def test_own_items_come_newest_day_first_then_by_count() -> None:
     assert own["source_rank"].tolist() == [1, 2, 3]
 
 
+def test_own_items_order_equals_a_lexsort_on_their_keys() -> None:
+    """The own-item order, held to the five-key lexsort it replaced, on a log with many
+    ties (whole days, repeated counts and weights)."""
+    rng = np.random.default_rng(3)
+    products = _catalogue()
+    n = 3000
+    log = pd.DataFrame(
+        {
+            "user_id": [f"u{i:02d}" for i in rng.integers(0, 40, n)],
+            "product_id": products["product_id"].to_numpy()[rng.integers(0, 40, n)],
+            "event_ts": START + pd.to_timedelta(rng.integers(0, 20, n) * 12, unit="h"),
+            "weight": rng.choice([1.0, 2.0, 4.0], n),
+        }
+    )
+    history = history_before(log, pd.Index(products["product_id"]), START + 12 * DAY, 30.0)
+    own = history.own
+    key = history.user.astype(np.int64) * history.n_items + history.item
+    order = np.argsort(key, kind="stable")
+    unique, starts = np.unique(key[order], return_index=True)
+    days, weight = history.days[order], history.weight[order]
+    since = np.minimum.reduceat(days, starts)
+    n_events = np.diff(np.r_[starts, len(order)]).astype(np.float64)
+    total = np.add.reduceat(weight * np.power(0.5, days / 30.0), starts)
+    user, item = unique // history.n_items, unique % history.n_items
+    expected = np.lexsort((item, -total, -n_events, np.floor(since), user))
+    assert len(np.unique(np.c_[user, np.floor(since), n_events], axis=0)) < len(user)  # ties
+    np.testing.assert_array_equal(own.user, user[expected])
+    np.testing.assert_array_equal(own.item, item[expected])
+    np.testing.assert_array_equal(own.decayed, total[expected])
+    np.testing.assert_array_equal(own.keys, unique)
+
+
 def test_siblings_are_other_colours_of_own_designs_never_owned_items(log, inputs) -> None:
     cutoff = START + 21 * DAY
     history = history_before(log, inputs.items, cutoff, 30.0)
@@ -259,6 +291,13 @@ def test_ranker_is_deterministic_and_learns_the_planted_return_visits(log, input
     serving = serving_frame(log, end, None, inputs, params)
     lists = first.rank(serving, 5)
     pd.testing.assert_frame_equal(lists, second.rank(serving, 5))
+    # Scoring on several threads gives exactly the one-thread scores.
+    features = serving.features[first.features]
+    np.testing.assert_array_equal(
+        first.model.predict(features, num_threads=1),
+        first.model.predict(features, num_threads=4),
+    )
+    assert set(lists["score"]) <= set(first.model.predict(features, num_threads=1))
     test = log[log["event_ts"] >= end][["user_id", "product_id"]].drop_duplicates()
     score = evaluate_all(test, lists, k=5, catalogue_size=40, model="ranker")
     popular = serving.candidates[serving.candidates["source"] == "popular"]

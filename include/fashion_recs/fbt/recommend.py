@@ -37,6 +37,7 @@ from fashion_recs.config import FbtListsConfig
 from fashion_recs.contract import FBT_RECOMMENDATIONS_SCHEMA
 from fashion_recs.evaluate import position_in_run
 from fashion_recs.fbt.matrix import BasketMatrix
+from fashion_recs.sort_keys import distinct, in_sorted
 
 log = logging.getLogger(__name__)
 
@@ -454,9 +455,9 @@ def _ranked_lists(
     rule_a = side.index.get_indexer(rule_pairs.get_level_values(0))
     rule_b = side.index.get_indexer(rule_pairs.get_level_values(1))
     known_rules = (rule_a >= 0) & (rule_b >= 0)
-    rule_keys = np.unique(rule_a[known_rules].astype(np.int64) * n_cat + rule_b[known_rules])
+    rule_keys = distinct(rule_a[known_rules].astype(np.int64) * n_cat + rule_b[known_rules])
     keys = a.astype(np.int64) * n_cat + b
-    is_rule = np.isin(keys, rule_keys) & (n_both > 0)
+    is_rule = in_sorted(rule_keys, keys) & (n_both > 0)
     labels[is_rule] = "rules"
     top = pd.DataFrame(
         {

@@ -29,6 +29,7 @@ import pandas as pd
 
 from fashion_recs.errors import FashionRecsError
 from fashion_recs.evaluate import metrics_from_hits, position_in_run
+from fashion_recs.sort_keys import distinct, in_sorted
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 30.0
@@ -168,11 +169,11 @@ class CapGrid:
         self.pair = self.user * n_items + item_codes[: len(rows)]
         truth_users = users.get_indexer(truth["user_id"])
         in_users = truth_users >= 0
-        truth_keys = np.unique(
+        truth_keys = distinct(
             truth_users[in_users].astype(np.int64) * n_items + item_codes[len(rows) :][in_users]
         )
         self.n_relevant = np.bincount(truth_keys // n_items, minlength=len(users))
-        self.is_hit = np.isin(self.pair, truth_keys)
+        self.is_hit = in_sorted(truth_keys, self.pair)
 
     def scores(self, caps: Mapping[str, int], metric: str) -> np.ndarray:
         """Per-user `metric` (aligned with the users; 0 for users without relevant items)."""

@@ -26,10 +26,12 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import scipy.sparse as sp
 
 from fashion_recs.evaluate import position_in_run, segment_popularity_predictions
 from fashion_recs.personal.matrix import UserItemMatrix, user_item_matrix
+from fashion_recs.sort_keys import distinct, in_sorted
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +71,6 @@ class OwnItems:
     def _order_of_key(self) -> np.ndarray:
         key = self.user.astype(np.int64) * self.n_items + self.item
         return np.argsort(key, kind="stable")
-
-
-def in_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Whether each of `keys` is in `sorted_keys` (sorted, unique): one binary search each."""
-    if len(sorted_keys) == 0:
-        return np.zeros(len(keys), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[pos] == keys
 
 
 @dataclass(frozen=True)
@@ -132,7 +126,19 @@ class History:
         max_weight = np.maximum.reduceat(weight, starts) if len(starts) else weight[:0]
         total = np.add.reduceat(decayed, starts) if len(starts) else decayed[:0]
         user, item = unique // n, unique % n
-        ordered = np.lexsort((item, -total, -n_events, np.floor(since), user))
+        # Own-item order, as one multi-threaded sort on five columns (a five-key lexsort
+        # took 3 s at 6M pairs); `unique` is already in (user, item) order, so the item
+        # breaks the last ties by position.
+        ordered = (
+            pl.DataFrame({"user": user, "day": np.floor(since), "n": n_events, "total": total})
+            .with_row_index("_row")
+            .sort(
+                ["user", "day", "n", "total", "_row"],
+                descending=[False, False, True, True, False],
+            )
+            .get_column("_row")
+            .to_numpy()
+        )
         rank = position_in_run(user[ordered])
         return OwnItems(
             user=user[ordered],
@@ -396,7 +402,7 @@ def basket_complements(
         return _frame([], [], [], [])
     left, b = history.memo("day_baskets", lambda: _day_baskets(history))
     _, item, _ = _recent_own(history, rows, inputs.n_recent)
-    wanted = np.unique(item)
+    wanted = distinct(item)
     if len(wanted) == 0:
         return _frame([], [], [], [])
     conf = sp_matmul_topn(left[wanted], b, top_n=cap + 1, threshold=0.0).tocoo()
@@ -565,7 +571,7 @@ def generate_candidates(
     unknown = sorted(set(caps) - set(SOURCES))
     if unknown:
         raise ValueError(f"unknown candidate sources {unknown}; known: {sorted(SOURCES)}")
-    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    rows = distinct(np.asarray(rows, dtype=np.int64))
     parts = []
     for name, cap in caps.items():
         if cap <= 0:

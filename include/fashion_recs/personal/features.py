@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_recs.personal.candidates import SEGMENT_COLUMNS, CandidateInputs, History
+from fashion_recs.sort_keys import distinct
 
 ITEM_FEATURES = [
     "item_pop_1d",
@@ -96,7 +97,7 @@ def _per_item(history: History) -> dict[str, np.ndarray]:
         seen = np.isfinite(oldest)
         first[seen], last[seen] = oldest[seen], newest[seen]
     week = history.days <= 7.0
-    pairs = np.unique(history.user[week] * n + history.item[week])
+    pairs = distinct(history.user[week] * n + history.item[week])
     users_7d = np.bincount(pairs % n, minlength=n).astype(np.float64)
     previous_week = pop[14.0] - pop[7.0]
     return {
@@ -172,7 +173,7 @@ def _per_user(history: History, inputs: CandidateInputs) -> dict[str, np.ndarray
     np.minimum.at(since, history.user, history.days)
     since[~np.isfinite(since)] = np.nan
     day = np.floor(history.days).astype(np.int64)
-    active = np.unique(history.user * (int(day.max()) + 1 if len(day) else 1) + day)
+    active = distinct(history.user * (int(day.max()) + 1 if len(day) else 1) + day)
     n_days = int(day.max()) + 1 if len(day) else 1
     active_days = np.bincount(active // n_days, minlength=n_users).astype(np.float64)
 

@@ -30,6 +30,7 @@ from fashion_recs.errors import FashionRecsError
 from fashion_recs.personal.base import Recommender, top_k_block
 from fashion_recs.personal.matrix import UserItemMatrix, l1_rows, l2_rows
 from fashion_recs.similar.retrieval import DENSE_MAX_DIM, Neighbors, ivf_index, recall_at_k
+from fashion_recs.sort_keys import isin
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class EmbeddingProfile(Recommender):
         short = asked[listed < np.minimum(k, n_items - n_known)]
         if len(short):
             self._exact_filled += len(short)
-            fill = np.isin(row, short)
+            fill = isin(row, short)
             row, col, value = row[~fill], col[~fill], value[~fill]
             sub_known = known[short] if known is not None else None
             at, at_col, at_value = top_k_block(self.score_block(rows[short]), k, sub_known)
@@ -228,7 +229,7 @@ class EmbeddingProfile(Recommender):
         known = self.matrix.known(rows[sample]) if exclude_known else None
         exact = top_k_block(self.score_block(rows[sample]), kk, known)
         position, cols, _ = found
-        picked = np.isin(position, sample)
+        picked = isin(position, sample)
         approx = (np.searchsorted(sample, position[picked]), cols[picked])
         recall = recall_at_k(_padded(*approx, size, kk), _padded(*exact[:2], size, kk), kk)
         return {"recall_at_k": round(recall, 5), "k": kk, "recall_users": int(size)}

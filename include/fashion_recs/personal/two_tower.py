@@ -67,6 +67,7 @@ from torch import nn
 from fashion_recs.artifacts import read_json, replace_dir, write_json
 from fashion_recs.errors import FashionRecsError
 from fashion_recs.evaluate import ITEM, RANK, TS, USER, WEIGHT, recall_at_k
+from fashion_recs.sort_keys import isin
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def validation_split(
     # event), then which held-out pairs they are.
     fit_pairs = pair[fit_rows]
     on_held = fit_pairs[pd.Series(fit_pairs).isin(pair[held]).to_numpy()]
-    keep = warm[user[held]] & ~np.isin(pair[held], on_held)
+    keep = warm[user[held]] & ~isin(pair[held], on_held)
     truth = interactions.iloc[held[keep]][[USER, ITEM]]
     if max_users is not None and truth[USER].nunique() > max_users:
         users = np.sort(truth[USER].unique())

@@ -39,6 +39,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fashion_recs.config import LearnWeightsConfig
+from fashion_recs.sort_keys import distinct, isin
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +154,13 @@ def query_set(
     catalogue size; `top_k` returns the same lists either way.
     """
     both = np.concatenate([pairs, pairs[:, ::-1]])
-    queries = np.unique(both[:, 0])
+    queries = distinct(both[:, 0])
     if len(queries) > max_queries:
         queries = np.sort(np.random.default_rng(seed).choice(queries, max_queries, replace=False))
     position = np.full(blocks.n, -1, dtype=np.int64)
     position[queries] = np.arange(len(queries))
     kept = both[position[both[:, 0]] >= 0]
-    partners = np.unique(position[kept[:, 0]] * blocks.n + kept[:, 1])
+    partners = distinct(position[kept[:, 0]] * blocks.n + kept[:, 1])
     text = (blocks.text[queries] @ blocks.text.T).toarray().astype(np.float32)
     agree = np.zeros((len(queries), blocks.n), dtype=np.uint16)
     for bit, codes in enumerate(blocks.codes.values()):
@@ -254,7 +255,7 @@ def top_k(blocks: Blocks, qs: QuerySet, weights: dict[str, float], k: int) -> np
 def pair_recall(blocks: Blocks, qs: QuerySet, top: np.ndarray, k: int) -> float:
     """Mean share of a query's partners (at most k) found in its top k."""
     codes = np.arange(len(qs.rows))[:, None] * blocks.n + top
-    hits = (np.isin(codes, qs.partners) & (top >= 0)).sum(axis=1)
+    hits = (isin(codes, qs.partners) & (top >= 0)).sum(axis=1)
     return float(np.mean(hits / np.minimum(qs.n_partners, k)))
 
 

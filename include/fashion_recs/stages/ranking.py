@@ -34,7 +34,7 @@ from fashion_recs.contract import (
     personal_lists,
     similar_products,
 )
-from fashion_recs.personal.candidates import CandidateInputs, History, history_before, in_sorted
+from fashion_recs.personal.candidates import CandidateInputs, History, history_before
 from fashion_recs.personal.evaluation import score_lists
 from fashion_recs.personal.item_knn import ItemNeighbourSearch
 from fashion_recs.personal.ranker import (
@@ -50,6 +50,7 @@ from fashion_recs.personal.ranker import (
     source_lists,
     window_frame,
 )
+from fashion_recs.sort_keys import distinct, in_sorted
 from fashion_recs.stages.personal import PersonalInputs, _two_tower_params, save_metrics
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ def _score_holdout(
     rows = history.matrix.user_rows(pd.Index(split.users))
     rows = rows[rows >= 0]
     train_users = np.zeros(history.n_users, dtype=bool)
-    train_users[sample_rows(np.unique(truth // history.n_items), params, 0)] = True
+    train_users[sample_rows(distinct(truth // history.n_items), params, 0)] = True
     parts: dict[str, list[pd.DataFrame]] = {}
     training, count, proposed = [], 0, 0
     for frame in chunked_frames(history, rows, inputs, params, "hold-out"):
@@ -313,7 +314,7 @@ def _publish(
 def _proposed_hits(frame: ServingFrame, truth: np.ndarray) -> int:
     """How many of the truth's (user, item) code keys the frame's candidates hold."""
     n = frame.history.n_items
-    proposed = np.unique(
+    proposed = distinct(
         frame.candidates["user"].to_numpy() * n + frame.candidates["item"].to_numpy()
     )
     return int(in_sorted(proposed, truth).sum())
