@@ -477,3 +477,31 @@ def test_item_knn_keeps_each_items_best_rounded_neighbours_ties_by_lower_item(
     assert (got[7] == 0).all()
     tied = sum(len(set(row[row > 0])) < (row > 0).sum() for row in got)
     assert tied > 10
+
+
+def test_best_others_equal_a_lexsort_on_row_value_and_column() -> None:
+    """The neighbour pick, held to the three-key lexsort it replaced, with many tied values,
+    zeros of both signs and each row's own column among its results."""
+    from fashion_recs.personal.user_cf import _best_others
+    from fashion_recs.sort_keys import by_row_value_column
+
+    rng = np.random.default_rng(4)
+    n_rows, per, n = 300, 40, 500
+    r = np.repeat(np.arange(n_rows), per)
+    c = rng.integers(0, n, len(r))
+    v = (rng.integers(0, 12, len(r)) / 4).astype(np.float32)
+    v[rng.random(len(r)) < 0.05] = -0.0
+    which = rng.integers(0, n, n_rows)
+    c[::per] = which  # every row finds itself
+    got = _best_others(r, c, v, which, 7, n)
+    np.testing.assert_array_equal(by_row_value_column(r, v, c), np.lexsort((c, -v, r)))
+
+    others = c != which[r]
+    rr, cc, vv = r[others], c[others], v[others]
+    order = np.lexsort((cc, -vv, rr))
+    rr, cc, vv = rr[order], cc[order], vv[order]
+    keep = np.arange(len(rr)) - np.searchsorted(rr, rr) < 7
+    expected = sp.csr_matrix((vv[keep], (rr[keep], cc[keep])), shape=(n_rows, n))
+    assert np.array_equal(got.indptr, expected.indptr)
+    assert np.array_equal(got.indices, expected.indices)
+    assert np.array_equal(got.data, expected.data.astype(np.float32))

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from fashion_recs.personal.matrix import UserItemMatrix
 from fashion_recs.similar.retrieval import select_top_k
+from fashion_recs.sort_keys import by_row_value_column
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +249,8 @@ def top_k_sparse(
         found = np.minimum(found, len(known_keys) - 1)
         keep &= known_keys[found] != keys
     row, col, value = row[keep], col[keep], value[keep]
-    order = np.lexsort((col, -value, row))
+    order = by_row_value_column(row, value, col)
     row, col, value = row[order], col[order], value[order]
-    rank = np.arange(len(row)) - np.searchsorted(row, row)
-    best = rank < k
+    starts = np.r_[0, np.cumsum(np.bincount(row, minlength=scores.shape[0]))]
+    best = np.arange(len(row)) - starts[row] < k
     return row[best], col[best], value[best]

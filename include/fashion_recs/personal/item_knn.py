@@ -26,6 +26,7 @@ import scipy.sparse as sp
 from fashion_recs.personal.base import Recommender
 from fashion_recs.personal.matrix import WEIGHTINGS, UserItemMatrix, l2_rows
 from fashion_recs.personal.user_cf import user_neighbours
+from fashion_recs.sort_keys import by_row_value_column
 
 SIMILARITY_QUANTUM = 2.0**-20
 
@@ -91,7 +92,7 @@ class ItemKNN(Recommender):
         asked = np.flatnonzero(codes >= 0)
         similarity = self.item_similarity[codes[asked]].tocoo()
         # Best score first, ties by item order, k per product, products in the order asked.
-        order = np.lexsort((similarity.col, -similarity.data, similarity.row))
+        order = by_row_value_column(similarity.row, similarity.data, similarity.col)
         row, col = similarity.row[order], similarity.col[order]
         score = similarity.data[order]
         rank = np.arange(len(row)) - np.searchsorted(row, row)

@@ -30,7 +30,7 @@ from fashion_recs.errors import FashionRecsError
 from fashion_recs.personal.base import Recommender, top_k_block
 from fashion_recs.personal.matrix import UserItemMatrix, l1_rows, l2_rows
 from fashion_recs.similar.retrieval import DENSE_MAX_DIM, Neighbors, ivf_index, recall_at_k
-from fashion_recs.sort_keys import isin
+from fashion_recs.sort_keys import by_row_value_column, isin
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class EmbeddingProfile(Recommender):
         if known is not None and known.nnz and keep.any():
             keep[keep] = np.asarray(known[row[keep], col[keep]]).ravel() == 0
         row, col, value = row[keep], col[keep], value[keep]
-        order = np.lexsort((col, -value, row))  # best first, ties by column
+        order = by_row_value_column(row, value, col)  # best first, ties by column
         row, col, value = row[order], col[order], value[order]
         best = np.arange(len(row)) - np.searchsorted(row, row) < k
         row, col, value = row[best], col[best], value[best]

@@ -28,7 +28,7 @@ from fashion_recs.personal.candidates import (
     history_before,
 )
 from fashion_recs.personal.features import build_features, feature_names
-from fashion_recs.sort_keys import distinct, in_sorted
+from fashion_recs.sort_keys import by_row_value_column, distinct, in_sorted
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def lists_from_codes(
 ) -> pd.DataFrame:
     """Top-k per user of scored (user, item) codes, as user_id, product_id, rank, score."""
     user, item = np.asarray(user, dtype=np.int64), np.asarray(item, dtype=np.int64)
-    order = np.lexsort((item, -scores, user))
+    order = by_row_value_column(user, scores, item)
     user, item, scores = user[order], item[order], scores[order]
     rank = position_in_run(user)
     keep = rank <= k
