@@ -41,7 +41,9 @@ from fashion_recs.sort_keys import distinct, in_sorted
 
 log = logging.getLogger(__name__)
 
-PROGRESS_EVERY_S = 30.0
+# A progress line at least this often, well inside the 30 s an operator waits for one (a
+# block's work comes on top of the interval).
+PROGRESS_EVERY_S = 10.0
 SOURCES = ("rules", "co_viewed", "audience_popularity", "popularity")
 NO_GROUP = "\x00"
 
