@@ -7,12 +7,14 @@ import pandas as pd
 import polars as pl
 
 from fashion_recs.sort_keys import (
+    by_row_value_column,
     distinct,
     in_sorted,
     index_positions,
     isin,
     lexical_codes,
     n_codes,
+    sort_order,
     sorted_codes,
 )
 
@@ -80,3 +82,21 @@ def test_distinct_and_isin_equal_numpy() -> None:
         np.testing.assert_array_equal(isin(values, test), np.isin(values, test))
         if test.dtype.kind in "iu":
             np.testing.assert_array_equal(in_sorted(distinct(test), values), np.isin(values, test))
+
+
+def test_sort_order_equals_lexsort_with_descending_keys() -> None:
+    rng = np.random.default_rng(9)
+    n = 5000
+    row = rng.integers(0, 40, n)
+    flag = rng.random(n) < 0.3
+    score = rng.integers(0, 6, n) / 4.0
+    score[rng.random(n) < 0.05] = -0.0
+    column = rng.integers(0, 30, n).astype(np.int32)
+    np.testing.assert_array_equal(
+        sort_order((row, False), (flag, False), (score, True), (column, False)),
+        np.lexsort((column, -score, flag, row)),
+    )
+    np.testing.assert_array_equal(
+        by_row_value_column(row, score, column), np.lexsort((column, -score, row))
+    )
+    assert len(sort_order((np.zeros(0, dtype=np.int64), False))) == 0

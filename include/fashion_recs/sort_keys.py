@@ -112,13 +112,24 @@ def isin(values: np.ndarray, test: np.ndarray) -> np.ndarray:
     return in_sorted(distinct(test), values)
 
 
-def by_row_value_column(r: np.ndarray, v: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """`np.lexsort((c, -v, r))`: by row, then value descending, then column, as one
-    multi-threaded sort. `v + 0` makes -0.0 a plain zero, so the two tie as in numpy."""
+def sort_order(*keys: tuple[np.ndarray, bool]) -> np.ndarray:
+    """The stable order of rows sorted by `keys` (array, descending), first key first: one
+    multi-threaded polars sort, several times faster than `np.lexsort` over millions of rows
+    (`np.lexsort` takes the keys last first and needs a negated copy for a descending one).
+    Float keys get `+ 0`, so -0.0 ties 0.0 as it does in numpy's comparisons."""
+    columns = {
+        f"k{i}": values + values.dtype.type(0) if values.dtype.kind == "f" else values
+        for i, (values, _) in enumerate(keys)
+    }
     return (
-        pl.DataFrame({"r": r, "v": v + v.dtype.type(0), "c": c})
+        pl.DataFrame(columns)
         .with_row_index("_row")
-        .sort(["r", "v", "c"], descending=[False, True, False], maintain_order=True)
+        .sort(list(columns), descending=[d for _, d in keys], maintain_order=True)
         .get_column("_row")
         .to_numpy()
     )
+
+
+def by_row_value_column(r: np.ndarray, v: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """`np.lexsort((c, -v, r))`: by row, then value descending, then column (`sort_order`)."""
+    return sort_order((r, False), (v, True), (c, False))

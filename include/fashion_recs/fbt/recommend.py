@@ -37,7 +37,7 @@ from fashion_recs.config import FbtListsConfig
 from fashion_recs.contract import FBT_RECOMMENDATIONS_SCHEMA
 from fashion_recs.evaluate import position_in_run
 from fashion_recs.fbt.matrix import BasketMatrix
-from fashion_recs.sort_keys import distinct, in_sorted
+from fashion_recs.sort_keys import distinct, in_sorted, sort_order
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def co_viewed_variants(
             may = _contenders(local, den, joint, score, demoted, per_product)
             vr, vc, vn, vs, vd = r[may], c[may], n[may], score[may], demoted[may]
             # Within each row: the others first, then better score, then lower column.
-            order = np.lexsort((vc, -vs, vd, vr))
+            order = sort_order((vr, False), (vd, False), (vs, True), (vc, False))
             vr, vc, vn, vs, vd = vr[order], vc[order], vn[order], vs[order], vd[order]
             best = position_in_run(vr) <= per_product
             out.append((vr[best], vc[best], vn[best], vs[best], vd[best]))
@@ -444,7 +444,9 @@ def _ranked_lists(
     )
     same = (department[a] == department[b]) & (department[a] != NO_GROUP)
     demoted = same & exclude
-    order = np.lexsort((name_rank[b], -score, demoted, name_rank[a]))
+    order = sort_order(
+        (name_rank[a], False), (demoted, False), (score, True), (name_rank[b], False)
+    )
     pair = name_rank[a][order] * n_cat + name_rank[b][order]
     _, first = np.unique(pair, return_index=True)
     order = order[np.sort(first)]
