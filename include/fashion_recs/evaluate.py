@@ -28,7 +28,14 @@ import numpy as np
 import pandas as pd
 
 from fashion_recs.errors import FashionRecsError
-from fashion_recs.sort_keys import distinct, in_sorted, index_positions, isin, sorted_codes
+from fashion_recs.sort_keys import (
+    by_row_value_column,
+    distinct,
+    in_sorted,
+    index_positions,
+    isin,
+    sorted_codes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -706,12 +713,9 @@ def _ranked_items(
         totals = np.bincount(inverse, weights=weights, minlength=len(present))
     n_items = sizes[-1]
     group, item = np.divmod(present, n_items)
-    order = np.lexsort((item, -totals, group))
+    order = by_row_value_column(group, totals, item)
     group, item, totals = group[order], item[order], totals[order].astype(np.float64)
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else group
-    rank = np.arange(1, len(group) + 1, dtype=np.int64)
-    if len(starts):
-        rank -= np.repeat(starts, np.diff(np.r_[starts, len(group)]))
+    rank = position_in_run(group)
     keep = rank <= k
     group, item, totals, rank = group[keep], item[keep], totals[keep], rank[keep]
     out: dict[str, Any] = {}

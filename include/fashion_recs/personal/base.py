@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from fashion_recs.evaluate import position_in_run
 from fashion_recs.personal.matrix import UserItemMatrix
 from fashion_recs.similar.retrieval import select_top_k
 from fashion_recs.sort_keys import by_row_value_column
@@ -251,6 +252,5 @@ def top_k_sparse(
     row, col, value = row[keep], col[keep], value[keep]
     order = by_row_value_column(row, value, col)
     row, col, value = row[order], col[order], value[order]
-    starts = np.r_[0, np.cumsum(np.bincount(row, minlength=scores.shape[0]))]
-    best = np.arange(len(row)) - starts[row] < k
+    best = position_in_run(row) <= k
     return row[best], col[best], value[best]

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from fashion_recs.evaluate import position_in_run
 from fashion_recs.personal.base import Recommender
 from fashion_recs.personal.matrix import WEIGHTINGS, UserItemMatrix, centred_rows, l2_rows
 from fashion_recs.sort_keys import by_row_value_column
@@ -119,9 +120,7 @@ def _best_others(
     r, c, v = r[others], c[others], v[others]
     order = by_row_value_column(r, v, c)
     r, c, v = r[order], c[order], v[order]
-    starts = np.r_[0, np.cumsum(np.bincount(r, minlength=len(which)))]
-    position = np.arange(len(r)) - starts[r]
-    keep = position < kk
+    keep = position_in_run(r) <= kk
     return sp.csr_matrix((v[keep], (r[keep], c[keep])), shape=(len(which), n), dtype=np.float32)
 
 
