@@ -96,6 +96,7 @@ _KEY = "_key"
 # A row of interest's raw columns, hashed: exact repeats of a row share it.
 ROW_HASH = "_row_hash"
 ROW_HASH_SEED = 7
+OLDEST = pl.CompatLevel.oldest()
 
 
 def parse_timestamps(column: str, formats: list[str]) -> pl.Expr:
@@ -222,9 +223,10 @@ def classify_rows(
     `rows` holds the raw columns (nulls as "") and `row_number` (0-based data row of the
     file). Added: `event_ts`, the stripped `user`, per product column the list of ids in it
     (`product_id_cleaned`, `..2`; lower-cased like the catalogue's hex ids), its length
-    `_n<i>` and its first id `_id<i>` (in the second slot null when it repeats the first),
-    and `reason` (null when the row is kept; `after_as_of` for a row that belongs to a later
-    run, which the caller counts as filtered).
+    `_n<i>`, its first id `_id<i>` (in the second slot null when it repeats the first)
+    and whether that id is in the catalogue `_k<i>`, and `reason` (null when the row is
+    kept; `after_as_of` for a row that belongs to a later run, which the caller counts as
+    filtered).
     """
     query = classify_query(rows.lazy(), cols, cfg, known, as_of)
     return settle_several_ids(query.collect(), cols, known)
@@ -247,8 +249,9 @@ def classify_query(
     counts = [f"_n{i}" for i in range(len(slots))]
     ts = pl.col("event_ts")
     implausible, after = as_of_window(ts, cfg, as_of)
+    known_flags = [f"_k{i}" for i in range(len(slots))]
     # Rows with several ids in a cell are rare; `settle_several_ids` settles their check.
-    one_known = pl.any_horizontal(pl.col(c).is_in(known.implode()).fill_null(False) for c in ids)
+    one_known = pl.any_horizontal(known_flags)
     reason = (
         pl.when(pl.col("user") == "")
         .then(pl.lit("missing_user_id"))
@@ -284,6 +287,11 @@ def classify_query(
         query = query.with_columns(
             pl.when(pl.col(ids[1]).ne_missing(pl.col(ids[0]))).then(pl.col(ids[1])).alias(ids[1])
         )
+    # Whether each first id is in the catalogue: the verdict's check, and `events_of`'s.
+    query = query.with_columns(
+        pl.col(c).is_in(known.implode()).fill_null(False).alias(k)
+        for c, k in zip(ids, known_flags, strict=True)
+    )
     extra = []
     if cfg.duplicate_events == "filter":  # what `mark_repeats` compares, hashed in the query
         extra.append(pl.struct(cols.raw_columns).hash(ROW_HASH_SEED).alias(ROW_HASH))
@@ -356,7 +364,7 @@ def events_of(
     key = pl.col("row_number").cast(pl.UInt64) * len(slots)
     block = rows.lazy()
     by_slot = [
-        block.filter(~several & kept & pl.col(c).is_in(known.implode())).select(
+        block.filter(~several & kept & pl.col(f"_k{i}")).select(
             (key + i).alias(_KEY),
             *facts,
             pl.col(c).alias("product_id"),
@@ -577,59 +585,66 @@ def _valid_utf8(data: bytes) -> bool:
 class SeenRows:
     """64-bit hashes of the rows seen so far, to tell an exact repeat of an earlier row.
 
-    Each call's new hashes are kept as one sorted run (8 bytes a row), and a bitmap of 2^28
-    buckets (32 MiB) by the hash's top bits marks the buckets seen: a hash in an unmarked
-    bucket is new without a look-up, so only the few that may repeat (true repeats, and
-    3 % of new hashes at 7M rows) are binary-searched in the runs. Hashes are handled in
-    sorted order, so the bitmap is read and written front to back. Runs are merged into one
-    only when there are `MAX_RUNS` of them: merging them as they came cost more than the
-    look-ups it saved. A 10M row log costs ~110 MiB.
+    Each call's new hashes are kept as one sorted run (8 bytes a row), and a blocked Bloom
+    filter of 2^22 words (32 MiB) marks them: a hash's top bits pick a word, two of its
+    low bits' positions must be set in it. A hash whose bits are not all set is new without
+    a look-up, so only the few that may repeat (true repeats, and ~0.3 % of new hashes at
+    7M rows) are binary-searched in the runs. The filter is read in the batch's order (one
+    gather from 32 MiB costs less than sorting the batch first) and written in hash order
+    from the sorted new run. Runs are merged into one only when there are `MAX_RUNS` of
+    them: merging them as they came cost more than the look-ups it saved. A 10M row log
+    costs ~110 MiB.
     """
 
-    BUCKET_BITS = 28
+    WORD_BITS = 22
     MAX_RUNS = 64
 
     def __init__(self) -> None:
         self.runs: list[np.ndarray] = []
-        self.bitmap = np.zeros(1 << (self.BUCKET_BITS - 3), dtype=np.uint8)
+        self.words = np.zeros(1 << self.WORD_BITS, dtype=np.uint64)
+
+    def _word_and_mask(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        word = (hashes >> np.uint64(64 - self.WORD_BITS)).astype(np.int64)
+        one, low = np.uint64(1), np.uint64(63)
+        mask = (one << (hashes & low)) | (one << ((hashes >> np.uint64(6)) & low))
+        return word, mask
 
     def repeats(self, hashes: np.ndarray) -> np.ndarray:
         """Which of `hashes` were seen before (earlier in this call or in an earlier one)."""
-        if not len(hashes):
-            return np.zeros(0, dtype=bool)
         hashes = np.asarray(hashes, dtype=np.uint64)
-        # An unstable sort (several times faster than `np.unique`'s stable one); the first
-        # occurrence of each value is then its group's smallest position.
-        order = np.argsort(hashes)
-        ordered = hashes[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        unique = ordered[starts]
-        first = np.minimum.reduceat(order, starts)
-        repeated = np.ones(len(hashes), dtype=bool)
-        repeated[first] = False
-        bucket = (unique >> np.uint64(64 - self.BUCKET_BITS)).astype(np.int64)
-        byte, bit = bucket >> 3, (bucket & 7).astype(np.uint8)
-        maybe = np.flatnonzero((self.bitmap[byte] >> bit) & 1)
-        seen = np.zeros(len(unique), dtype=bool)
-        if len(maybe):
-            wanted = unique[maybe]
+        repeated = np.zeros(len(hashes), dtype=bool)
+        if not len(hashes):
+            return repeated
+        word, mask = self._word_and_mask(hashes)
+        maybe = np.flatnonzero((self.words[word] & mask) == mask)
+        if len(maybe) and self.runs:
+            wanted = np.sort(hashes[maybe])  # binary searches in order: cache-friendly
             found = np.zeros(len(maybe), dtype=bool)
             for run in self.runs:
                 at = np.minimum(np.searchsorted(run, wanted), len(run) - 1)
                 found |= run[at] == wanted
-            seen[maybe] = found
-        repeated[first[seen]] = True
-        new = ~seen
-        if new.any():
-            # Bytes come in order: OR each byte's bits together, then write each byte once.
-            new_byte = byte[new]
-            flags = np.left_shift(np.uint8(1), bit[new])
-            at = np.flatnonzero(np.r_[True, new_byte[1:] != new_byte[:-1]])
-            self.bitmap[new_byte[at]] |= np.bitwise_or.reduceat(flags, at)
-            self.runs.append(unique[new])
+            repeated[maybe] = found[np.searchsorted(wanted, hashes[maybe])]
+        fresh = np.flatnonzero(~repeated)
+        if not len(fresh):
+            return repeated
+        run = _sorted(hashes[fresh])
+        distinct = np.r_[True, run[1:] != run[:-1]]
+        if not distinct.all():  # a hash twice in this call: the later ones repeat it
+            repeated[fresh] = ~pl.Series(hashes[fresh]).is_first_distinct().to_numpy()
+            run = run[distinct]
+        # Words in order: OR each word's bits together, then write each word once.
+        word, mask = self._word_and_mask(run)
+        at = np.flatnonzero(np.r_[True, word[1:] != word[:-1]])
+        self.words[word[at]] |= np.bitwise_or.reduceat(mask, at)
+        self.runs.append(run)
         if len(self.runs) >= self.MAX_RUNS:
-            self.runs = [np.sort(np.concatenate(self.runs))]
+            self.runs = [_sorted(np.concatenate(self.runs))]
         return repeated
+
+
+def _sorted(values: np.ndarray) -> np.ndarray:
+    """`np.sort(values)` on every core (polars' sort of a plain column)."""
+    return pl.Series(values).sort().to_numpy()
 
 
 def _ahead(items: Iterator[T], executor: ThreadPoolExecutor) -> Iterator[T]:
@@ -825,10 +840,13 @@ def filter_events(
     ):
 
         def write(events: pl.DataFrame, rejected: pl.DataFrame) -> None:
+            # Arrow's plain strings (oldest) cast to the schema's for free; polars' string
+            # views would be copied.
             if events.height:
-                ev_writer.write_table(events.to_arrow().cast(EVENTS_SCHEMA))
+                ev_writer.write_table(events.to_arrow(compat_level=OLDEST).cast(EVENTS_SCHEMA))
             if rejected.height:
-                q_writer.write_table(rejected.select(q_names).to_arrow().cast(q_schema))
+                table = rejected.select(q_names).to_arrow(compat_level=OLDEST)
+                q_writer.write_table(table.cast(q_schema))
 
         for source in sources:
             file_bytes = source.stat().st_size
@@ -849,8 +867,8 @@ def filter_events(
                     rows = mark_repeats(rows, seen)
                 reasons = rows.get_column("reason")
                 verdicts["kept"] = verdicts.get("kept", 0) + reasons.null_count()
-                for frame in (rows.filter(reasons.is_not_null()), unit.rejected):
-                    for reason, n in frame.group_by("reason").len().rows():
+                for verdict in (reasons, unit.rejected.get_column("reason")):
+                    for reason, n in verdict.drop_nulls().value_counts().rows():
                         verdicts[reason] = verdicts.get(reason, 0) + n
                 rejected = rows.filter(
                     pl.col("reason").is_not_null() & ~pl.col("reason").is_in(FILTERED_VERDICTS)
