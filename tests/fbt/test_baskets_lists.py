@@ -90,6 +90,71 @@ def test_oversized_baskets_are_dropped_and_counted() -> None:
     assert stats.n_oversized == 1 and stats.dropped["oversized_basket"] == 60
 
 
+def reference_baskets(frame: pl.DataFrame, catalogue: list[str], config: BasketConfig):
+    """The baskets as group-bys over the id strings (how they were first built)."""
+    from fashion_recs.fbt.baskets import _basket_keys
+
+    known = frame.filter(
+        pl.col("category").is_in(config.categories) & pl.col("product_id").is_in(catalogue)
+    )
+    baskets = (
+        _basket_keys(known, config)
+        .group_by(["user_id", "_key"], maintain_order=True)
+        .agg(pl.col("event_ts").min().alias("basket_start"), "product_id", "category")
+        .explode(["product_id", "category"])
+        .unique(["user_id", "_key", "product_id"], keep="first", maintain_order=True)
+    )
+    sizes = baskets.group_by(["user_id", "_key"]).agg(pl.len().alias("_size"))
+    oversized = sizes.filter(pl.col("_size") > config.max_items).select("user_id", "_key")
+    baskets = baskets.join(oversized, on=["user_id", "_key"], how="anti").sort(
+        ["basket_start", "user_id", "_key", "product_id"]
+    )
+    ids = baskets.select("user_id", "_key").unique(maintain_order=True).with_row_index("basket_id")
+    return (
+        baskets.join(ids, on=["user_id", "_key"], how="left", maintain_order="left")
+        .select(
+            pl.col("basket_id").cast(pl.Int64),
+            "user_id",
+            "basket_start",
+            "product_id",
+            pl.col("category").alias("first_category"),
+        )
+        .sort(["basket_id", "product_id"])
+    )
+
+
+@pytest.mark.parametrize("delimiter", ["session", "user_day", "order"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_baskets_match_the_group_by_reference(delimiter: str, seed: int) -> None:
+    """Ordinals and integer codes give the table the group-bys over id strings give: repeats
+    within a basket (first row kept, with its category), ties in time across users,
+    oversized baskets dropped, ids unknown to the catalogue, categories not for baskets."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = 600
+    products = [f"p{i:02d}" for i in range(30)]
+    rows = list(
+        zip(
+            [f"u{u}" for u in rng.integers(0, 25, n)],
+            [products[p] for p in rng.integers(0, 30, n)],
+            rng.integers(0, 3 * 24 * 60, n).tolist(),
+            rng.choice(["view", "add_to_bag", "purchase", "share"], n).tolist(),
+            strict=True,
+        )
+    )
+    # One shopper's burst: a basket over the size cap whatever the delimiter.
+    rows += [("bot", products[i % 12], 100, "view") for i in range(20)]
+    config = BasketConfig(delimiter=delimiter, max_items=6)
+    frame = interactions(rows)
+    catalogue = products[:27]
+    out, stats = build_baskets(frame, catalogue, config)
+    expected = reference_baskets(frame, catalogue, config)
+    assert out.equals(expected)
+    assert stats.n_oversized > 0 and stats.dropped["duplicate_in_basket"] > 0
+    assert stats.dropped["unknown_product"] > 0
+
+
 def test_no_usable_rows_gives_empty_baskets() -> None:
     out, stats = build_baskets(interactions(ROWS), ["nothing"], BasketConfig())
     assert out.height == 0 and stats.n_baskets == 0

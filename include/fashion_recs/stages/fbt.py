@@ -27,7 +27,12 @@ from fashion_recs.contract import (
     FBT_RULES,
 )
 from fashion_recs.errors import EngineMismatch, ResourceLimitExceeded
-from fashion_recs.fbt.baskets import BasketStats, build_baskets, to_matrix
+from fashion_recs.fbt.baskets import (
+    BASKET_INPUT_COLUMNS,
+    BasketStats,
+    build_baskets,
+    to_matrix,
+)
 from fashion_recs.fbt.evaluate import basket_completion, bundle_recovery
 from fashion_recs.fbt.gate import gated_lists
 from fashion_recs.fbt.matrix import BasketMatrix
@@ -50,7 +55,7 @@ CATALOGUE_COLUMNS = ["product_id", "department", "target_audience"]
 def baskets_stage(
     config: RetailerConfig, paths: RunPaths, interactions: Path, products: Path
 ) -> dict[str, Any]:
-    frame = pl.read_parquet(interactions)
+    frame = pl.read_parquet(interactions, columns=list(BASKET_INPUT_COLUMNS))
     ids = pq.read_table(products, columns=["product_id"]).column(0).to_pylist()
     baskets, stats = build_baskets(frame, ids, config.fbt.baskets)
     path = write_artifact(paths, BASKETS, baskets.to_arrow())
