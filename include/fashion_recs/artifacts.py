@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fashion_recs.contract import Artifact
 
+# What an artifact is written from.
+Frame = pd.DataFrame | pl.DataFrame | pa.Table
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -102,8 +105,14 @@ def replace_dir(build: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def to_table(data: pd.DataFrame | pa.Table, schema: pa.Schema | None) -> pa.Table:
-    """Convert to an Arrow table with exactly `schema` (column order and types), if given."""
+def to_table(data: Frame, schema: pa.Schema | None) -> pa.Table:
+    """Convert to an Arrow table with exactly `schema` (column order and types), if given.
+
+    A polars frame comes over with Arrow's plain strings (its oldest compat level): their
+    cast to the schema's `string` only narrows offsets, where polars' string views would be
+    copied (1.2 s to 0.3 s for 15M interactions)."""
+    if isinstance(data, pl.DataFrame):
+        data = data.to_arrow(compat_level=pl.CompatLevel.oldest())
     if isinstance(data, pd.DataFrame):
         if schema is not None:
             missing = [n for n in schema.names if n not in data.columns]
@@ -117,7 +126,7 @@ def to_table(data: pd.DataFrame | pa.Table, schema: pa.Schema | None) -> pa.Tabl
     return table.replace_schema_metadata(None)
 
 
-def write_table(data: pd.DataFrame | pa.Table, path: Path, schema: pa.Schema | None = None) -> Path:
+def write_table(data: Frame, path: Path, schema: pa.Schema | None = None) -> Path:
     """Write one Parquet file atomically and return its path."""
     table = to_table(data, schema)
     with atomic_path(path) as tmp:
@@ -128,7 +137,7 @@ def write_table(data: pd.DataFrame | pa.Table, path: Path, schema: pa.Schema | N
 def write_artifact(
     paths: RunPaths,
     artifact: Artifact,
-    data: pd.DataFrame | pa.Table,
+    data: Frame,
     schema: pa.Schema | None = None,
 ) -> Path:
     """Write `data` as `artifact` of the run, with the artifact's schema (or `schema` if given)."""

@@ -39,7 +39,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fashion_recs.artifacts import RunPaths, atomic_path, write_artifact
+from fashion_recs.artifacts import RunPaths, atomic_path, to_table, write_artifact
 from fashion_recs.clock import as_of_timestamp
 from fashion_recs.config import EventColumns, EventsConfig, RetailerConfig
 from fashion_recs.contract import EVENT_PRODUCT_IDS, EVENTS, EVENTS_SCHEMA, quarantine
@@ -96,7 +96,6 @@ _KEY = "_key"
 # A row of interest's raw columns, hashed: exact repeats of a row share it.
 ROW_HASH = "_row_hash"
 ROW_HASH_SEED = 7
-OLDEST = pl.CompatLevel.oldest()
 
 
 def parse_timestamps(column: str, formats: list[str]) -> pl.Expr:
@@ -840,13 +839,10 @@ def filter_events(
     ):
 
         def write(events: pl.DataFrame, rejected: pl.DataFrame) -> None:
-            # Arrow's plain strings (oldest) cast to the schema's for free; polars' string
-            # views would be copied.
             if events.height:
-                ev_writer.write_table(events.to_arrow(compat_level=OLDEST).cast(EVENTS_SCHEMA))
+                ev_writer.write_table(to_table(events, EVENTS_SCHEMA))
             if rejected.height:
-                table = rejected.select(q_names).to_arrow(compat_level=OLDEST)
-                q_writer.write_table(table.cast(q_schema))
+                q_writer.write_table(to_table(rejected.select(q_names), q_schema))
 
         for source in sources:
             file_bytes = source.stat().st_size
@@ -1018,7 +1014,7 @@ def finish_events(
 ) -> dict:
     """Write the per-id counts, enforce the reject rate and return the stage's summary
     (shared by every source format's events stage)."""
-    ids_path = write_artifact(paths, EVENT_PRODUCT_IDS, ids.to_arrow())
+    ids_path = write_artifact(paths, EVENT_PRODUCT_IDS, ids)
     unknown = ids.filter(~pl.col("in_catalogue"))
     threshold = config.quality.threshold(counts.stage)
     if counts.reject_rate > threshold:

@@ -58,7 +58,7 @@ def baskets_stage(
     frame = pl.read_parquet(interactions, columns=list(BASKET_INPUT_COLUMNS))
     ids = pq.read_table(products, columns=["product_id"]).column(0).to_pylist()
     baskets, stats = build_baskets(frame, ids, config.fbt.baskets)
-    path = write_artifact(paths, BASKETS, baskets.to_arrow())
+    path = write_artifact(paths, BASKETS, baskets)
     return baskets_summary(config, path, stats)
 
 

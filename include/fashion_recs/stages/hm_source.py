@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fashion_recs.artifacts import RunPaths, atomic_path
+from fashion_recs.artifacts import RunPaths, atomic_path, to_table
 from fashion_recs.clock import as_of_timestamp
 from fashion_recs.config import DemographicsConfig, EventsConfig, RetailerConfig
 from fashion_recs.contract import (
@@ -367,7 +367,7 @@ def build_products_hm(
         config,
         paths,
         products,
-        history.to_arrow(),
+        history,
         product_field_issues(products, articles.parent),
         [raw.locate(rejected), raw.rejected],
         rows_in=raw.records,
@@ -424,8 +424,8 @@ def filter_transactions(
                         pl.col("row_number").cast(pl.String).alias("source_row"),
                         pl.lit(str(source)).alias("source_file"),
                         *TRANSACTION_COLUMNS,
-                    ).to_arrow()
-                    q_writer.write_table(table.cast(q_schema))
+                    )
+                    q_writer.write_table(to_table(table, q_schema))
                 events = chunk.filter(pl.col("reason").is_null()).select(
                     pl.col("user").alias("user_id"),
                     pl.lit(PURCHASE).alias("event_name"),
@@ -435,7 +435,7 @@ def filter_transactions(
                     pl.lit(PRODUCT_SLOT).alias("product_slot"),
                 )
                 if events.height:
-                    ev_writer.write_table(events.to_arrow().cast(EVENTS_SCHEMA))
+                    ev_writer.write_table(to_table(events, EVENTS_SCHEMA))
                     n_events += events.height
                 # Like the seed stage, every well-formed id a row mentions is counted.
                 mentioned = (

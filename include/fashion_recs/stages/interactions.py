@@ -226,7 +226,7 @@ def build_interactions(
     # The two files are written at once: Parquet encoding and compression run outside the GIL.
     with ThreadPoolExecutor(max_workers=2) as writers:
         written = [
-            writers.submit(write_artifact, paths, artifact, frame.to_arrow())
+            writers.submit(write_artifact, paths, artifact, frame)
             for artifact, frame in ((INTERACTIONS, weighted), (USER_ITEMS, user_items))
         ]
         interactions_path, user_items_path = (w.result() for w in written)

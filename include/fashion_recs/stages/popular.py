@@ -114,7 +114,7 @@ def build_popular(
         as_of_timestamp(as_of),
         config.demographics.unknown_label,
     )
-    path = write_artifact(paths, POPULAR, table.to_arrow())
+    path = write_artifact(paths, POPULAR, table)
     segments = table.group_by("segment_type").agg(
         pl.struct("age_group", "region").n_unique().alias("segments"), pl.len().alias("rows")
     )

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 
-from fashion_recs.artifacts import RunPaths, write_artifact, write_table
+from fashion_recs.artifacts import Frame, RunPaths, write_artifact, write_table
 from fashion_recs.config import ProductColumns, ProductsConfig, RetailerConfig
 from fashion_recs.contract import PRICE_HISTORY, PRODUCTS, quarantine
 from fashion_recs.quality.quarantine import (
@@ -403,7 +402,7 @@ def finish_products(
     config: RetailerConfig,
     paths: RunPaths,
     products: pd.DataFrame,
-    price_history: pd.DataFrame | pa.Table,
+    price_history: Frame,
     field_issues: pd.DataFrame,
     rejected: list[pd.DataFrame],
     rows_in: int,
