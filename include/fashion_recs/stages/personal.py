@@ -110,8 +110,12 @@ def run_models(
     factories: dict[str, Callable[[], Recommender]],
     *,
     full_lists: bool = True,
+    fitted: dict[str, Recommender] | None = None,
 ) -> dict[str, Any]:
-    """Fit, list and score each model on the split; refit on everything for the full lists."""
+    """Fit, list and score each model on the split; refit on everything for the full lists.
+
+    `fitted`, when given, receives each model fitted on everything, for a caller that needs
+    more from it than its lists (a second fit costs as much as the first)."""
     cfg = config.personal
     k = cfg.top_k
     metrics, timings, unserved = [], {}, {}
@@ -128,6 +132,8 @@ def run_models(
             model = make().fit(inputs.full)
             lists = model.recommend(inputs.full.users, k, exclude_known=cfg.exclude_known)
             write_artifact(paths, personal_lists(name), _lists_table(lists))
+            if fitted is not None:
+                fitted[name] = model
         timings[name] = round(time.perf_counter() - started, 2)
         log.info(
             "%s: map@%d %.4f, recall@%d %.4f (%.1f s)",
@@ -196,8 +202,10 @@ def baselines_stage(
     }
     if config.personal.exclude_known:
         factories["popularity_unseen"] = Popularity
-    summary = run_models(config, paths, "baselines", inputs, factories)
-    knn = ItemKNN(n, weighting, search=item_search).fit(inputs.full)
+    fitted: dict[str, Recommender] = {}
+    summary = run_models(config, paths, "baselines", inputs, factories, fitted=fitted)
+    knn = fitted["item_knn"]
+    assert isinstance(knn, ItemKNN)
     similar = knn.similar_items(
         list(inputs.items), config.personal.routing.item_candidates_per_product
     ).rename(columns={"similar_product_id": "candidate_product_id"})
