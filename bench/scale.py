@@ -13,7 +13,10 @@ can be run one at a time; the `summary` compares the largest size run with 1x:
     python bench/scale.py --sizes 10
 
 `--source DIR` runs another checkout's `include/` (the code before a change) on the same data.
-Generated data and run directories are deleted afterwards unless `--keep`.
+`--repeats N` runs each size N times on the same data and keeps each task's median seconds
+(and the median wall time): a task of one or two seconds at 1x moves by a third between runs
+on a shared machine, which is the whole margin of a growth bound. Generated data and run
+directories are deleted afterwards unless `--keep`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from machine import machine, now, write_report
@@ -140,6 +144,28 @@ def personal_metrics(run_dir: Path) -> dict[str, float]:
     return values
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One size's figures from its runs: the median wall time and each task's median
+    seconds; the largest peak RSS and every run's log silences (the worst case is what a
+    bound is about); the personal metrics of the first run (seeded, the same every run)."""
+    tasks = {t: float(np.median([r["tasks"].get(t, 0.0) for r in runs])) for t in runs[0]["tasks"]}
+    peaks: dict[str, float] = {}
+    for run in runs:
+        for task, mib in run["task_peak_rss_mib"].items():
+            peaks[task] = max(peaks.get(task, 0.0), mib)
+    return {
+        "seconds": round(float(np.median([r["seconds"] for r in runs])), 1),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "exit_status": max((r["exit_status"] for r in runs), key=abs),
+        "tasks": dict(sorted(((t, round(v, 2)) for t, v in tasks.items()), key=lambda kv: -kv[1])),
+        "task_peak_rss_mib": dict(sorted(peaks.items(), key=lambda kv: -kv[1])),
+        "personal_map": runs[0]["personal_map"],
+        "log_silences_over_30s": sorted(
+            (s for r in runs for s in r["log_silences_over_30s"]), key=lambda s: -s["seconds"]
+        ),
+    }
+
+
 def summarise(sizes: dict[str, Any]) -> dict[str, Any]:
     """1x against the largest size run (10x when present)."""
     base = sizes.get("1x")
@@ -157,6 +183,8 @@ def summarise(sizes: dict[str, Any]) -> dict[str, Any]:
     return {
         "largest_size": largest,
         "seconds_1x": base["seconds"],
+        "runs_1x": base.get("runs", 1),
+        f"runs_{largest}": top.get("runs", 1),
         f"seconds_{tag}": top["seconds"],
         f"growth_{tag}": round(top["seconds"] / base["seconds"], 2),
         "worst_task": worst,
@@ -181,6 +209,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout whose code runs")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep generated data and runs")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per size (medians kept)")
     args = parser.parse_args()
 
     report = json.loads(args.results.read_text()) if args.results.exists() else {}
@@ -189,28 +218,45 @@ def main() -> None:
         tag = f"{size:g}x"
         data = args.data / f"data_{tag}"
         run_root = args.data / f"run_{tag}"
-        shutil.rmtree(run_root, ignore_errors=True)
-        run_root.mkdir(parents=True)
         print(f"{tag}: generating ...", flush=True)
         generate_seconds = generate(size, data, args.source)
-        config = write_config(data, run_root, run_root / "retailer.yaml")
-        print(f"{tag}: running the pipeline (log: {run_root / 'run.log'}) ...", flush=True)
-        figures = run_pipeline(config, run_root / "results.db", run_root / "run.log", args.source)
-        run_dir = run_root / "runs" / "demo" / "scale"
-        records = task_records(run_dir)
+        runs = []
+        for attempt in range(args.repeats):
+            shutil.rmtree(run_root, ignore_errors=True)
+            run_root.mkdir(parents=True)
+            config = write_config(data, run_root, run_root / "retailer.yaml")
+            print(
+                f"{tag}: running the pipeline, run {attempt + 1} of {args.repeats} "
+                f"(log: {run_root / 'run.log'}) ...",
+                flush=True,
+            )
+            figures = run_pipeline(
+                config, run_root / "results.db", run_root / "run.log", args.source
+            )
+            run_dir = run_root / "runs" / "demo" / "scale"
+            records = task_records(run_dir)
+            runs.append(
+                {
+                    **figures,
+                    "tasks": task_seconds(records),
+                    "task_peak_rss_mib": task_peak_rss(records),
+                    "personal_map": personal_metrics(run_dir),
+                    "log_silences_over_30s": log_silences(run_root / "run.log"),
+                }
+            )
+            print(f"{tag}: run {attempt + 1}: {figures}", flush=True)
+        figures = median_run(runs)
         sizes[tag] = {
             **figures,
             "generate_seconds": round(generate_seconds, 1),
             "products": round(DEMO["products"] * size),
             "users": round(DEMO["users"] * size),
             "events": round(DEMO["events"] * size),
-            "tasks": task_seconds(records),
-            "task_peak_rss_mib": task_peak_rss(records),
-            "personal_map": personal_metrics(run_dir),
-            "log_silences_over_30s": log_silences(run_root / "run.log"),
+            "runs": len(runs),
+            "run_seconds": [r["seconds"] for r in runs],
             "measured_at": now(),
         }
-        print(f"{tag}: {figures}", flush=True)
+        print(f"{tag}: median of {len(runs)} run(s): {figures['seconds']} s", flush=True)
         if not args.keep:
             shutil.rmtree(run_root, ignore_errors=True)
             shutil.rmtree(data, ignore_errors=True)
