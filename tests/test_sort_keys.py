@@ -100,3 +100,45 @@ def test_sort_order_equals_lexsort_with_descending_keys() -> None:
         by_row_value_column(row, score, column), np.lexsort((column, -score, row))
     )
     assert len(sort_order((np.zeros(0, dtype=np.int64), False))) == 0
+
+
+def test_sorted_categories_make_a_parquet_dictionary_rank_like_the_ids(tmp_path) -> None:
+    """Products read as the file's dictionary (in the order the file met them) and given
+    sorted categories score the popularity baselines exactly as the id strings do, ties
+    between equally popular products included."""
+    import pyarrow.parquet as pq
+
+    from fashion_recs.config import load_config
+    from fashion_recs.sort_keys import sorted_categories
+    from fashion_recs.stages.baselines import evaluate_baselines
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    start = pd.Timestamp("2026-10-01", tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{u:03d}" for u in rng.integers(0, 300, n)],
+            # Few weights over few products: many equally popular products.
+            "product_id": [f"p{p:02d}" for p in rng.integers(0, 60, n)][::-1],
+            "event_ts": start + pd.to_timedelta(rng.integers(0, 30 * 86400, n), unit="s"),
+            "weight": rng.choice([1.0, 2.0], n),
+        }
+    )
+    path = tmp_path / "interactions.parquet"
+    frame.to_parquet(path)
+    coded = pq.read_table(path, read_dictionary=["product_id"]).to_pandas()
+    assert not coded["product_id"].cat.categories.is_monotonic_increasing
+    coded["product_id"] = sorted_categories(coded["product_id"])
+    assert coded["product_id"].cat.categories.is_monotonic_increasing
+    assert coded["product_id"].astype(str).tolist() == frame["product_id"].tolist()
+    users = pd.DataFrame(
+        {
+            "user_id": [f"u{u:03d}" for u in range(300)],
+            "age_group": rng.choice(["18-24", "25-34", "unknown"], 300),
+            "region": rng.choice(["north", "south"], 300),
+        }
+    )
+    config = load_config()
+    expected = evaluate_baselines(config, pq.read_table(path).to_pandas(), users, 60)
+    got = evaluate_baselines(config, coded, users, 60)
+    pd.testing.assert_frame_equal(got, expected)

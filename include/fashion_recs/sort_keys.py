@@ -82,6 +82,16 @@ def sorted_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     return codes.astype(np.int64, copy=False), pd.Index(uniques)
 
 
+def sorted_categories(values: pd.Series) -> pd.Series:
+    """A categorical column with its categories in sorted order, so that its codes sort,
+    group and break ties as the values themselves would (`sorted_codes` takes them as they
+    are). A Parquet dictionary comes in the order the file met the values."""
+    categories = values.cat.categories
+    if categories.is_monotonic_increasing:
+        return values
+    return values.cat.reorder_categories(categories.sort_values())
+
+
 def distinct(values: np.ndarray) -> np.ndarray:
     """The sorted distinct values of an array, exactly as `np.unique(values)` gives them.
 
