@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from fashion_recs.config import BasketConfig
+from fashion_recs.evaluate import position_in_run
 from fashion_recs.fbt.matrix import BasketMatrix, coded_basket_matrix
 
 # The interactions' columns a basket is cut from.
@@ -107,13 +108,12 @@ def build_baskets(
         ordinal = ordinal[~oversized[ordinal]]
     # Baskets numbered in time order (ties by user), so ids are stable for the same input;
     # a basket's first row holds its start (the earliest time in it), and its rows follow.
-    first = np.r_[True, ordinal[1:] != ordinal[:-1]] if len(ordinal) else ordinal.astype(bool)
+    first = position_in_run(ordinal) == 1
     firsts = baskets.filter(pl.Series(first))
     order = firsts.select(pl.arg_sort_by(["event_ts", "user_id", "_key"])).to_series()
     numbers = np.empty(firsts.height, dtype=np.int64)
     numbers[order.to_numpy()] = np.arange(firsts.height)
-    at = np.flatnonzero(first)
-    whose = np.repeat(np.arange(firsts.height), np.diff(np.r_[at, baskets.height]))
+    whose = np.cumsum(first) - 1  # each row's basket among the kept ones
     out = (
         baskets.select(
             pl.Series("basket_id", numbers[whose]),
