@@ -77,6 +77,11 @@ def holdout_cutoff(last_ts: pd.Timestamp, holdout_days: int) -> pd.Timestamp:
     return last_ts.normalize() + pd.Timedelta(days=1 - holdout_days)
 
 
+def before_cutoff(interactions: pd.DataFrame, cutoff: pd.Timestamp, ts_col: str = TS) -> np.ndarray:
+    """Which events are train events for a split at `cutoff`: strictly before it."""
+    return (interactions[ts_col] < cutoff).to_numpy()
+
+
 def temporal_split(
     interactions: pd.DataFrame,
     holdout_days: int,
@@ -115,7 +120,7 @@ def temporal_split(
     first_ts = interactions[ts_col].min()
     last_ts = interactions[ts_col].max()
     cutoff = holdout_cutoff(last_ts, holdout_days)
-    in_train = (interactions[ts_col] < cutoff).to_numpy()
+    in_train = before_cutoff(interactions, cutoff, ts_col)
     train = interactions[in_train].reset_index(drop=True)
     test = interactions[~in_train].reset_index(drop=True)
     if train.empty:

@@ -14,7 +14,13 @@ from functools import cached_property
 
 import pandas as pd
 
-from fashion_recs.evaluate import evaluate_all, holdout_cutoff, relevant_items, temporal_split
+from fashion_recs.evaluate import (
+    before_cutoff,
+    evaluate_all,
+    holdout_cutoff,
+    relevant_items,
+    temporal_split,
+)
 from fashion_recs.personal.matrix import UserItemMatrix, user_item_matrix
 
 
@@ -36,7 +42,7 @@ class HoldoutSplit:
     @cached_property
     def train(self) -> pd.DataFrame:
         """The events before the cutoff, in their order (`temporal_split`'s train)."""
-        in_train = (self.interactions["event_ts"] < self.cutoff).to_numpy()
+        in_train = before_cutoff(self.interactions, self.cutoff)
         return self.interactions[in_train].reset_index(drop=True)
 
 
