@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from fashion_recs.evaluate import position_in_run
 from fashion_recs.personal.base import Recommender
 from fashion_recs.personal.matrix import WEIGHTINGS, UserItemMatrix, l2_rows
 from fashion_recs.personal.user_cf import user_neighbours
@@ -95,12 +96,12 @@ class ItemKNN(Recommender):
         order = by_row_value_column(similarity.row, similarity.data, similarity.col)
         row, col = similarity.row[order], similarity.col[order]
         score = similarity.data[order]
-        rank = np.arange(len(row)) - np.searchsorted(row, row)
-        keep = rank < k
+        rank = position_in_run(row)
+        keep = rank <= k
         return pd.DataFrame(
             {
                 "product_id": np.asarray(product_ids, dtype=object)[asked[row[keep]]],
-                "rank": rank[keep] + 1,
+                "rank": rank[keep],
                 "similar_product_id": self.matrix.items.to_numpy()[col[keep]],
                 "score": score[keep].astype(np.float64),
             }

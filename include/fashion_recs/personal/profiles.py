@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fashion_recs.errors import FashionRecsError
+from fashion_recs.evaluate import position_in_run
 from fashion_recs.personal.base import Recommender, top_k_block
 from fashion_recs.personal.matrix import UserItemMatrix, l1_rows, l2_rows
 from fashion_recs.similar.retrieval import DENSE_MAX_DIM, Neighbors, ivf_index, recall_at_k
@@ -172,7 +173,7 @@ class EmbeddingProfile(Recommender):
         row, col, value = row[keep], col[keep], value[keep]
         order = by_row_value_column(row, value, col)  # best first, ties by column
         row, col, value = row[order], col[order], value[order]
-        best = np.arange(len(row)) - np.searchsorted(row, row) < k
+        best = position_in_run(row) <= k
         row, col, value = row[best], col[best], value[best]
         # Users left short of what exact ranking lists (k, or every item they do not know)
         # are ranked exactly.
@@ -260,7 +261,7 @@ def build_ivf_index(vectors: np.ndarray, search: ProfileSearch) -> tuple[Any, di
 def _padded(position: np.ndarray, cols: np.ndarray, n: int, k: int) -> Neighbors:
     """Lists grouped by position as `Neighbors` rows (padded with -1) for `recall_at_k`."""
     indices = np.full((n, k), -1, dtype=np.int64)
-    rank = np.arange(len(position)) - np.searchsorted(position, position)
+    rank = position_in_run(position) - 1
     indices[position, rank] = cols
     return Neighbors(indices, np.zeros((n, k), dtype=np.float32))
 
