@@ -130,8 +130,25 @@ def write_table(data: Frame, path: Path, schema: pa.Schema | None = None) -> Pat
     """Write one Parquet file atomically and return its path."""
     table = to_table(data, schema)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(
+            table, tmp, compression="zstd", write_statistics=statistics_columns(table.schema)
+        )
     return Path(path)
+
+
+def statistics_columns(schema: pa.Schema) -> list[str]:
+    """The columns whose min/max statistics a Parquet file keeps: numbers, times and flags,
+    what a reader skips row groups by. Those of string ids (no reader here filters files by
+    them) were a fifth of writing the interactions and user-items artifacts at 10x the demo."""
+    return [
+        field.name
+        for field in schema
+        if pa.types.is_integer(field.type)
+        or pa.types.is_floating(field.type)
+        or pa.types.is_temporal(field.type)
+        or pa.types.is_boolean(field.type)
+        or pa.types.is_decimal(field.type)
+    ]
 
 
 def write_artifact(
