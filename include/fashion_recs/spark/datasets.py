@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fashion_recs.artifacts import RunPaths, replace_dir
+from fashion_recs.artifacts import RunPaths, replace_dir, statistics_columns
 from fashion_recs.contract import Artifact
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ def _part_writer(build: str, schema: pa.Schema):
     A closure, so Spark ships it by value and executors need pyarrow but not this package.
     """
     required = [f.name for f in schema if not f.nullable]
+    statistics = statistics_columns(schema)  # the local writer's; captured as a plain list
     result = pa.schema([("part", pa.string()), ("rows", pa.int64())])
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -62,7 +63,9 @@ def _part_writer(build: str, schema: pa.Schema):
                         )
                 table = table.cast(schema)
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+                    writer = pq.ParquetWriter(
+                        tmp, schema, compression="zstd", write_statistics=statistics
+                    )
                 writer.write_table(table)
                 rows += table.num_rows
         finally:

@@ -50,6 +50,7 @@ from fashion_recs.quality.quarantine import (
 from fashion_recs.stages.demographics import age_groups, finish_demographics, impute_ages
 from fashion_recs.stages.events import (
     AFTER_AS_OF,
+    EVENTS_WRITE_OPTIONS,
     PROGRESS_EVERY_S,
     SLOT_NAMES,
     WRITE_OPTIONS,
@@ -406,7 +407,7 @@ def filter_transactions(
     with (
         atomic_path(events_path) as ev_tmp,
         atomic_path(quarantine_path) as q_tmp,
-        pq.ParquetWriter(ev_tmp, EVENTS_SCHEMA, **WRITE_OPTIONS) as ev_writer,
+        pq.ParquetWriter(ev_tmp, EVENTS_SCHEMA, **EVENTS_WRITE_OPTIONS) as ev_writer,
         pq.ParquetWriter(q_tmp, q_schema, **WRITE_OPTIONS) as q_writer,
     ):
         for source in sources:
