@@ -13,10 +13,11 @@ this package, which imports it) is left to each task: its allocator's background
 threads do not survive a fork, and a child forked with them gone purged memory inline: 15 %
 slower on a plain polars sort and group-by, map_interactions 19-24 s at 10x the demo against
 13-16 s in a process of its own. Importing polars and this package costs a task 0.2 s.
-Each child takes the caller's current
-environment and logging level, runs `run_step` (which writes the task's record), and sends
-back the step's summary; an exception comes back and is raised here. A child that dies
-without an answer (killed, out of memory) gets a failed task record naming that.
+
+Each child takes the caller's current environment and logging level, runs `run_step` (which
+writes the task's record), and sends back the step's summary; an exception comes back and is
+raised here. A child that dies without an answer (killed, out of memory) gets a failed task
+record naming that.
 """
 
 from __future__ import annotations
