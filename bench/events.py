@@ -2,8 +2,9 @@
 
 All read the same synthetic `events_*.csv` files (10M rows by default), extract product ids
 with the regex `[a-zA-Z0-9]{3,}`, explode multi-id cells, keep the events and buttons of
-interest and write the result. `polars_same_job` is the stage's whole job (timestamps, verdicts,
-repeats, quarantine, id counts) as one plain polars query: the peer that does what we do.
+interest and write the result. `polars_same_job` and `duckdb_same_job` are the stage's whole
+job (timestamps, verdicts, repeats, quarantine, id counts) as one plain polars query and as
+plain DuckDB SQL: the peers that do what we do, whose events are checked equal to ours.
 Each engine runs in its own child process so its peak RSS is its own (`ru_maxrss` of the
 child). Writes `bench/results/events.json`.
 
@@ -25,7 +26,15 @@ from machine import machine, now, write_report
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "events.json"
 PATTERN = r"[a-zA-Z0-9]{3,}"
-ENGINES = ("seed_loop", "polars_peer", "duckdb_peer", "polars_same_job", "ours", "ours_blocks")
+ENGINES = (
+    "seed_loop",
+    "polars_peer",
+    "duckdb_peer",
+    "polars_same_job",
+    "duckdb_same_job",
+    "ours",
+    "ours_blocks",
+)
 AS_OF = date(2026, 11, 1)
 CONTROL = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F]"
 
@@ -241,6 +250,131 @@ def polars_same_job(files: list[Path], out: Path, data_dir: Path) -> int:
     return pq.read_metadata(out / "events.parquet").num_rows
 
 
+def duckdb_same_job(files: list[Path], out: Path, data_dir: Path) -> int:
+    """The stage's job as plain DuckDB SQL, as a data engineer would write it: the same
+    events (in file, row, slot, cell order), quarantined rows, verdict counts and per-id
+    counts as `polars_same_job` and the stage (equal on these files). Rows are numbered per
+    file, ids unnested with their place in the cell, a row's repeated id dropped, the
+    catalogue joined, repeats found by a window over the raw columns' hash."""
+    from datetime import timedelta
+
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from fashion_recs.clock import as_of_timestamp
+    from fashion_recs.config import load_config
+
+    cfg = load_config().events
+    catalogue = pq.read_table(data_dir / "truth" / "popular.parquet", columns=["product_id"])
+    as_of = as_of_timestamp(AS_OF).replace(tzinfo=None)
+    earliest = as_of - timedelta(days=cfg.max_days_before_as_of)
+    latest = as_of + timedelta(days=cfg.max_days_after_as_of)
+
+    def listed(values: list[str]) -> str:
+        return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+    def stamp(value: object) -> str:
+        return f"TIMESTAMP '{value:%Y-%m-%d %H:%M:%S.%f}'"
+
+    # chrono's optional fraction `%.f` is DuckDB's `.%f`.
+    formats = [f.replace("%.f", ".%f") for f in cfg.timestamp_formats]
+    parsed = ", ".join(f"try_strptime(event_timestamp, '{f}')" for f in formats)
+    scans = " UNION ALL ".join(
+        f"SELECT {i} AS file, row_number() OVER () - 1 AS source_row, * "
+        f"FROM read_csv('{f}', all_varchar = true, header = true, null_padding = true)"
+        for i, f in enumerate(files)
+    )
+    pattern = cfg.id_pattern
+    con = duckdb.connect()
+    con.register("catalogue_ids", catalogue)
+    con.execute("CREATE TEMP TABLE catalogue AS SELECT DISTINCT product_id FROM catalogue_ids")
+    con.execute(
+        f"""
+        CREATE TEMP TABLE rows AS
+        SELECT file, source_row, user_id, event_name, button_name, event_timestamp,
+          product_id, related_product_ids,
+          trim(coalesce(user_id, '')) AS usr, coalesce({parsed}) AS ts,
+          regexp_extract_all(lower(coalesce(product_id, '')), '{pattern}') AS a,
+          regexp_extract_all(lower(coalesce(related_product_ids, '')), '{pattern}') AS b,
+          hash(user_id, event_name, button_name, event_timestamp, product_id,
+               related_product_ids) AS h
+        FROM ({scans})
+        WHERE event_name IN ({listed(cfg.events_of_interest)})
+           OR button_name IN ({listed(cfg.buttons_of_interest)})
+        """
+    )
+    con.execute(
+        """
+        CREATE TEMP TABLE ids AS
+        WITH cells AS (
+          SELECT file, source_row, 0 AS slot, unnest(a) AS product_id,
+            generate_subscripts(a, 1) AS pos FROM rows
+          UNION ALL
+          SELECT file, source_row, 1, unnest(b), generate_subscripts(b, 1) FROM rows
+        )
+        SELECT c.file, c.source_row, c.slot, c.pos, c.product_id,
+          k.product_id IS NOT NULL AS known
+        FROM cells c LEFT JOIN catalogue k USING (product_id)
+        QUALIFY row_number() OVER (
+          PARTITION BY c.file, c.source_row, c.product_id ORDER BY c.slot, c.pos) = 1
+        """
+    )
+    con.execute(
+        f"""
+        CREATE TEMP TABLE verdict AS
+        WITH known_rows AS (SELECT DISTINCT file, source_row FROM ids WHERE known),
+        first AS (
+          SELECT r.file, r.source_row, r.h, CASE
+            WHEN usr = '' THEN 'missing_user_id'
+            WHEN regexp_matches(usr, '{CONTROL}') THEN 'control_characters'
+            WHEN ts IS NULL THEN 'bad_timestamp'
+            WHEN ts < {stamp(earliest)} OR ts > {stamp(latest)} THEN 'implausible_timestamp'
+            WHEN ts > {stamp(as_of)} THEN 'after_as_of'
+            WHEN len(a) + len(b) = 0 THEN 'no_product_id'
+            WHEN k.source_row IS NULL THEN 'unknown_product_id'
+          END AS reason
+          FROM rows r LEFT JOIN known_rows k USING (file, source_row)
+        )
+        SELECT file, source_row, CASE WHEN reason IS NULL AND row_number() OVER (
+            PARTITION BY h, reason IS NULL ORDER BY file, source_row) > 1
+          THEN 'duplicate_event' ELSE reason END AS reason
+        FROM first
+        """
+    )
+    con.execute(
+        f"""
+        COPY (
+          SELECT r.usr AS user_id, r.event_name, nullif(r.button_name, '') AS button_name,
+            r.ts AS event_ts, i.product_id,
+            CASE i.slot WHEN 0 THEN 'product_id_cleaned' ELSE 'product_id_cleaned2' END
+              AS product_slot
+          FROM ids i JOIN verdict v USING (file, source_row) JOIN rows r USING (file, source_row)
+          WHERE v.reason IS NULL AND i.known
+          ORDER BY i.file, i.source_row, i.slot, i.pos
+        ) TO '{out / "events.parquet"}' (FORMAT parquet)
+        """
+    )
+    con.execute(
+        f"""
+        COPY (
+          SELECT v.reason, r.file, r.source_row, r.user_id, r.event_name, r.button_name,
+            r.event_timestamp, r.product_id, r.related_product_ids
+          FROM rows r JOIN verdict v USING (file, source_row)
+          WHERE v.reason NOT IN ('after_as_of', 'duplicate_event')
+        ) TO '{out / "quarantine.parquet"}' (FORMAT parquet)
+        """
+    )
+    con.execute(
+        f"COPY (SELECT reason, count(*) AS n FROM verdict GROUP BY reason) "
+        f"TO '{out / 'verdicts.parquet'}' (FORMAT parquet)"
+    )
+    con.execute(
+        f"COPY (SELECT product_id, count(*) AS n_events FROM ids GROUP BY product_id) "
+        f"TO '{out / 'event_product_ids.parquet'}' (FORMAT parquet)"
+    )
+    return pq.read_metadata(out / "events.parquet").num_rows
+
+
 def ours(files: list[Path], out: Path, data_dir: Path, reader: str = "auto") -> int:
     """The `events` stage with the default config: the streaming reader for these files
     (`ours`), or every file through the block reader, chunk size 100,000 (`ours_blocks`),
@@ -272,6 +406,7 @@ IMPORTS = {
     "polars_peer": ["polars"],
     "duckdb_peer": ["duckdb"],
     "polars_same_job": ["polars", "pyarrow.parquet", "fashion_recs.clock"],
+    "duckdb_same_job": ["duckdb", "pyarrow.parquet", "fashion_recs.clock"],
     "ours": ["fashion_recs.artifacts", "fashion_recs.contract", "fashion_recs.stages.events"],
 }
 IMPORTS["ours_blocks"] = IMPORTS["ours"]
@@ -298,10 +433,34 @@ def child(engine: str, data_dir: Path, out: Path) -> None:
         rows_out = duckdb_peer(files, out, cfg.events_of_interest, cfg.buttons_of_interest)
     elif engine == "polars_same_job":
         rows_out = polars_same_job(files, out, data_dir)
+    elif engine == "duckdb_same_job":
+        rows_out = duckdb_same_job(files, out, data_dir)
     else:
         rows_out = ours(files, out, data_dir, "blocks" if engine == "ours_blocks" else "auto")
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "rows_out": rows_out, "peak_rss_mib": peak_rss_mib()}))
+
+
+def same_events(out: Path) -> dict[str, dict[str, bool]]:
+    """Whether each same-job peer wrote our events: the same rows, and in our order (file,
+    row, slot, cell), which `polars_same_job` does not keep. The time's zone aside, which
+    DuckDB leaves off."""
+    import polars as pl
+
+    written = (out / "ours").glob("runs/*/*/02_intermediate/events.parquet")
+    ours_events = pl.read_parquet(next(written))
+    columns = ours_events.columns
+    equal = {}
+    for engine in ("polars_same_job", "duckdb_same_job"):
+        theirs = pl.read_parquet(out / engine / "events.parquet").select(columns)
+        theirs = theirs.with_columns(
+            pl.col("event_ts").dt.replace_time_zone(None).dt.replace_time_zone("UTC")
+        )
+        equal[engine] = {
+            "same_rows": theirs.sort(columns).equals(ours_events.sort(columns)),
+            "same_order": theirs.equals(ours_events),
+        }
+    return equal
 
 
 def run_child(engine: str, data_dir: Path, out: Path) -> dict:
@@ -356,6 +515,8 @@ def main() -> None:
     import polars as pl
     import pyarrow as pa
 
+    equal = same_events(args.out)
+    print(f"  same events as ours: {equal}", flush=True)
     speedup = results["ours"]["rows_per_s"] / results["seed_loop"]["rows_per_s"]
     report = {
         "summary": {
@@ -370,6 +531,10 @@ def main() -> None:
             "speedup_vs_polars_same_job": round(
                 results["polars_same_job"]["seconds"] / results["ours"]["seconds"], 2
             ),
+            "speedup_vs_duckdb_same_job": round(
+                results["duckdb_same_job"]["seconds"] / results["ours"]["seconds"], 2
+            ),
+            "same_job_events_equal": equal,
             "peak_rss_mib": round(results["ours"]["peak_rss_mib"], 1),
             "block_reader_seconds": round(results["ours_blocks"]["seconds"], 2),
             "seed_loop_peak_rss_mib": round(results["seed_loop"]["peak_rss_mib"], 1),
@@ -387,8 +552,9 @@ def main() -> None:
             "does (a cross product when both hold ids); ours writes one row per extracted id "
             "and also parses timestamps, keeps accounting, quarantines and counts; "
             "ours_blocks forces the block reader (events.reader: blocks); polars_same_job "
-            "does the stage's job in one plain polars query (same events, verdicts and id "
-            "counts); each engine's libraries are imported before its clock starts",
+            "and duckdb_same_job do the stage's job in one plain polars query and in plain "
+            "DuckDB SQL (same events, verdicts and id counts); each engine's libraries are "
+            "imported before its clock starts",
         },
         "machine": machine(),
         "versions": {
