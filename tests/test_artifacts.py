@@ -5,10 +5,19 @@ from __future__ import annotations
 import stat
 
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pytest
 
-from fashion_recs.artifacts import RunPaths, atomic_path, read_frame, run_key, write_table
+from fashion_recs import artifacts
+from fashion_recs.artifacts import (
+    RunPaths,
+    atomic_path,
+    read_frame,
+    run_key,
+    to_table,
+    write_table,
+)
 from fashion_recs.contract import PRODUCTS
 from fashion_recs.errors import RejectRateExceeded
 from fashion_recs.quality.quarantine import StageCounts, enforce_reject_rate, write_quarantine
@@ -50,6 +59,28 @@ def test_same_data_gives_identical_bytes_and_schema_is_enforced(tmp_path) -> Non
     assert list(read_frame(tmp_path / "1.parquet").columns) == ["a", "b"]
     with pytest.raises(ValueError, match="lacks columns"):
         write_table(pd.DataFrame({"a": [1]}), tmp_path / "3.parquet", SCHEMA)
+
+
+def test_a_column_too_large_for_one_chunk_is_sliced_before_the_cast(tmp_path, monkeypatch) -> None:
+    """Arrow's `string` cannot hold a chunk over 2 GiB, so a polars column of one chunk that
+    large is cut into slices before the cast; the file is the same either way."""
+    frame = pl.DataFrame({"a": range(10_000), "b": [f"user-{i:08d}" for i in range(10_000)]})
+    frame = frame.sort("b", descending=True).rechunk()
+    write_table(frame, tmp_path / "whole.parquet", SCHEMA)
+    monkeypatch.setattr(artifacts, "CHUNK_BYTES", 20_000)
+    table = to_table(frame, SCHEMA)
+    assert table.schema == SCHEMA
+    assert table.column("b").num_chunks > 1
+    assert max(chunk.nbytes for chunk in table.column("b").chunks) <= 2 * 20_000
+    assert pl.from_arrow(table).equals(frame)
+    write_table(frame, tmp_path / "sliced.parquet", SCHEMA)
+    assert (tmp_path / "sliced.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    # An Arrow table in one piece: its slices are copied to offsets of their own.
+    whole = frame.to_arrow(compat_level=pl.CompatLevel.oldest()).combine_chunks()
+    sliced = to_table(whole, SCHEMA)
+    assert sliced.column("b").num_chunks > 1
+    assert all(chunk.offset == 0 for chunk in sliced.column("b").chunks)
+    assert pl.from_arrow(sliced).equals(frame)
 
 
 def test_stage_counts_refuse_to_lose_rows() -> None:

@@ -33,6 +33,10 @@ from fashion_recs.contract import Artifact
 
 # What an artifact is written from.
 Frame = pd.DataFrame | pl.DataFrame | pa.Table
+# Arrow's `string` has 32-bit offsets, so a `large_string` chunk over 2 GiB cannot be cast to
+# it: a column that large is cut into chunks of about half that (room for rows longer than
+# the average) before the cast to the schema's types.
+CHUNK_BYTES = 1 << 30
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -112,7 +116,7 @@ def to_table(data: Frame, schema: pa.Schema | None) -> pa.Table:
     cast to the schema's `string` only narrows offsets, where polars' string views would be
     copied (1.2 s to 0.3 s for 15M interactions)."""
     if isinstance(data, pl.DataFrame):
-        data = data.to_arrow(compat_level=pl.CompatLevel.oldest())
+        data = _in_slices(data).to_arrow(compat_level=pl.CompatLevel.oldest())
     if isinstance(data, pd.DataFrame):
         if schema is not None:
             missing = [n for n in schema.names if n not in data.columns]
@@ -120,10 +124,57 @@ def to_table(data: Frame, schema: pa.Schema | None) -> pa.Table:
                 raise ValueError(f"frame lacks columns {missing} required by the schema")
             data = data[schema.names]
         table = pa.Table.from_pandas(data, schema=schema, preserve_index=False)
+    elif schema is not None:
+        table = castable_chunks(data.select(schema.names)).cast(schema)
     else:
-        table = data.select(schema.names).cast(schema) if schema is not None else data
+        table = data
     # Pandas metadata makes files differ by index details; artifacts are plain Arrow tables.
     return table.replace_schema_metadata(None)
+
+
+def _rows_per_slice(height: int, widest_bytes: int, limit: int) -> int | None:
+    """Rows per slice that keep the widest column's slices near `CHUNK_BYTES`, or None when
+    it is within `limit` already."""
+    if widest_bytes <= limit:
+        return None
+    return max(1, height * CHUNK_BYTES // widest_bytes)
+
+
+def _in_slices(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` as zero-copy slices of rows when a column of it holds more than `CHUNK_BYTES`:
+    each slice then comes over to Arrow as a chunk of its own, with offsets from 0."""
+    widest = max((column.estimated_size() for column in frame.iter_columns()), default=0)
+    rows = _rows_per_slice(frame.height, widest, CHUNK_BYTES)
+    if rows is None:
+        return frame
+    slices = [frame.slice(start, rows) for start in range(0, frame.height, rows)]
+    return pl.concat(slices, rechunk=False)
+
+
+def castable_chunks(table: pa.Table) -> pa.Table:
+    """`table` with no chunk of a column over twice `CHUNK_BYTES`, so each casts to `string`.
+
+    A polars frame of one chunk (a rechunked or sorted column; see `_in_slices`) or an Arrow
+    table built in one piece holds a column in one chunk: 15M user ids at 10x the demo are
+    0.2 GiB, but a few hundred million ids, or a column of long texts, pass 2 GiB. Arrow
+    checks a slice's offsets against its whole buffer, so an oversized chunk is cut into
+    slices that are copied (`concat_arrays`) to offsets of their own."""
+    limit = 2 * CHUNK_BYTES
+    sizes = [chunk.nbytes for column in table.columns for chunk in column.chunks]
+    if max(sizes, default=0) <= limit:
+        return table
+    columns = []
+    for column in table.columns:
+        chunks = []
+        for chunk in column.chunks:
+            rows = _rows_per_slice(len(chunk), chunk.nbytes, limit)
+            if rows is None:
+                chunks.append(chunk)
+                continue
+            pieces = (chunk.slice(start, rows) for start in range(0, len(chunk), rows))
+            chunks.extend(pa.concat_arrays([piece]) for piece in pieces)
+        columns.append(pa.chunked_array(chunks, type=column.type))
+    return pa.Table.from_arrays(columns, schema=table.schema)
 
 
 def write_table(data: Frame, path: Path, schema: pa.Schema | None = None) -> Path:
