@@ -196,6 +196,23 @@ def test_same_seed_gives_byte_identical_files(out: Path, tmp_path: Path) -> None
     assert summary == json.loads((out / "truth" / "summary.json").read_text())
 
 
+def test_events_rendered_a_file_at_a_time_are_the_whole_log_cut_anywhere(tmp_path: Path) -> None:
+    """Each event file is rendered on its own (memory: one file's strings, not the log's);
+    the defects drawn for the whole log land on the same rows however the log is cut."""
+
+    def rows(files: int) -> list[str]:
+        out = tmp_path / str(files)
+        generate(replace(SPEC, n_event_files=files, images=False), out)
+        lines = []
+        for i in range(1, files + 1):
+            lines += (out / f"events_{i}.csv").read_text().splitlines()[1:]
+        return lines
+
+    whole = rows(1)
+    assert len(whole) == SPEC.n_events
+    assert rows(7) == whole
+
+
 def test_another_seed_gives_other_data(out: Path, tmp_path: Path) -> None:
     generate(replace(SPEC, seed=12, images=False), tmp_path)
     for name in ("product_data.csv", "events_1.csv", "user_answers.csv"):

@@ -1919,36 +1919,62 @@ def _purchase_cells(log: _EventLog, hexes: pl.Series, rng: np.random.Generator) 
     return cells.get_column("cell")
 
 
-def _event_frame(
+@dataclass
+class _EventCells:
+    """What rendering the event rows draws at random, drawn once for the whole log (in the
+    order the rows' strings always drew it) so that the rows can be rendered a file at a
+    time: the whole log as strings took about 0.45 KiB a row, more than 24 GiB at 30x the
+    demo, where one file's share stays a few GiB."""
+
+    hexes: pl.Series
+    purchase_cells: pl.Series
+    p_style: np.ndarray
+    r_style: np.ndarray
+    # (column, rows of the log, the values written over them)
+    edits: list[tuple[str, np.ndarray, pl.Series]]
+
+
+def _draw_event_cells(
     log: _EventLog,
     defect: np.ndarray,
     hexes: list[str],
     unknown_hexes: list[str],
     rng: np.random.Generator,
-) -> pl.DataFrame:
-    """Render the event rows as the export's strings, defects included."""
+) -> _EventCells:
+    """The export's random choices for every row: id styles, purchase cells, defect values."""
     n = len(log)
     hex_series = pl.Series("hex", hexes, dtype=pl.String)
+    purchase_cells = _purchase_cells(log, hex_series, rng)
+    p_style = rng.choice(5, n, p=SINGLE_CELL_STYLE_SHARE).astype(np.int8)
+    r_style = rng.choice(5, n, p=SINGLE_CELL_STYLE_SHARE).astype(np.int8)
+    return _EventCells(
+        hex_series, purchase_cells, p_style, r_style, _event_edits(defect, unknown_hexes, rng)
+    )
+
+
+def _event_rows(log: _EventLog, cells: _EventCells, lo: int, hi: int) -> pl.DataFrame:
+    """Rows `lo:hi` of the log as the export's strings, defects included."""
     names = pl.Series([k[0] for k in EVENT_KINDS], dtype=pl.String)
     buttons = pl.Series([k[1] for k in EVENT_KINDS], dtype=pl.String)
-    purchase_cells = _purchase_cells(log, hex_series, rng)
-    has_purchase = log.purchase >= 0
+    kind, product, related = log.kind[lo:hi], log.product[lo:hi], log.related[lo:hi]
+    purchase = log.purchase[lo:hi]
+    has_purchase = purchase >= 0
     frame = pl.DataFrame(
         {
-            "user": log.user,
-            "ts": log.ts,
-            "event_name": names.gather(log.kind),
-            "button_name": buttons.gather(log.kind),
-            "p_hex": hex_series.gather(np.maximum(log.product, 0)),
-            "r_hex": hex_series.gather(np.maximum(log.related, 0)),
-            "p_style": rng.choice(5, n, p=SINGLE_CELL_STYLE_SHARE),
-            "r_style": rng.choice(5, n, p=SINGLE_CELL_STYLE_SHARE),
-            "has_p": log.product >= 0,
-            "has_r": log.related >= 0,
+            "user": log.user[lo:hi],
+            "ts": log.ts[lo:hi],
+            "event_name": names.gather(kind),
+            "button_name": buttons.gather(kind),
+            "p_hex": cells.hexes.gather(np.maximum(product, 0)),
+            "r_hex": cells.hexes.gather(np.maximum(related, 0)),
+            "p_style": cells.p_style[lo:hi],
+            "r_style": cells.r_style[lo:hi],
+            "has_p": product >= 0,
+            "has_r": related >= 0,
             "has_purchase": has_purchase,
-            "purchase_cell": purchase_cells.gather(np.where(has_purchase, log.purchase, 0))
-            if len(purchase_cells)
-            else pl.Series([None] * n, dtype=pl.String),
+            "purchase_cell": cells.purchase_cells.gather(np.where(has_purchase, purchase, 0))
+            if len(cells.purchase_cells)
+            else pl.Series([None] * (hi - lo), dtype=pl.String),
         }
     )
     frame = frame.select(
@@ -1967,14 +1993,18 @@ def _event_frame(
         .then(_single_cell(pl.col("r_hex"), pl.col("r_style")))
         .alias("related_product_ids"),
     )
-    return _apply_event_defects(frame, defect, unknown_hexes, rng)
-
-
-def _apply_event_defects(
-    frame: pl.DataFrame, defect: np.ndarray, unknown_hexes: list[str], rng: np.random.Generator
-) -> pl.DataFrame:
-    """Overwrite the cells of defective rows: unknown ids, garbage, blanks, bad timestamps."""
     columns = {name: frame.get_column(name) for name in frame.columns}
+    for column, rows, values in cells.edits:
+        inside = (rows >= lo) & (rows < hi)
+        if inside.any():
+            columns[column] = columns[column].scatter(rows[inside] - lo, values.filter(inside))
+    return pl.DataFrame(columns).select(EVENT_COLUMNS)
+
+
+def _event_edits(
+    defect: np.ndarray, unknown_hexes: list[str], rng: np.random.Generator
+) -> list[tuple[str, np.ndarray, pl.Series]]:
+    """The cells of defective rows: unknown ids, garbage, blanks, bad timestamps."""
     rows = {name: np.nonzero(defect == i + 1)[0] for i, name in enumerate(EVENT_DEFECTS)}
     styles = ("{}", "['{}']", "p:{}")
     unknown = [
@@ -1995,12 +2025,11 @@ def _apply_event_defects(
         ),
         ("user_id", "missing_user_id", [None] * len(rows["missing_user_id"])),
     )
-    for column, name, values in edits:
-        if len(rows[name]):
-            columns[column] = columns[column].scatter(
-                rows[name], pl.Series(values, dtype=pl.String)
-            )
-    return pl.DataFrame(columns).select(EVENT_COLUMNS)
+    return [
+        (column, rows[name], pl.Series(values, dtype=pl.String))
+        for column, name, values in edits
+        if len(rows[name])
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -2119,15 +2148,17 @@ def _event_file_bounds(n: int, files: int) -> list[tuple[int, int]]:
 
 def _write_events(
     spec: SyntheticSpec,
-    frame: pl.DataFrame,
+    log: _EventLog,
+    cells: _EventCells,
     defect: np.ndarray,
     out_dir: Path,
 ) -> tuple[dict[str, int], dict[str, dict[str, int]], list[tuple[str, int, str]]]:
-    """Split the time-ordered rows into consecutive files; count defects per file."""
+    """Split the time-ordered rows into consecutive files, each rendered on its own; count
+    defects per file."""
     rows, malformed, defect_rows = {}, {}, []
-    for i, (lo, hi) in enumerate(_event_file_bounds(frame.height, spec.n_event_files), start=1):
+    for i, (lo, hi) in enumerate(_event_file_bounds(len(log), spec.n_event_files), start=1):
         name = f"events_{i}.csv"
-        rows[name] = _write_csv(frame.slice(lo, hi - lo), out_dir / name)
+        rows[name] = _write_csv(_event_rows(log, cells, lo, hi), out_dir / name)
         part = defect[lo:hi]
         malformed[name] = {d: int((part == k + 1).sum()) for k, d in enumerate(EVENT_DEFECTS)}
         for row in np.nonzero(part)[0].tolist():
@@ -2168,11 +2199,11 @@ def generate(spec: SyntheticSpec, out_dir: Path) -> dict[str, Any]:
     sampler = _build_sampler(catalogue, structure, users, spec)
     events = _simulate_events(spec, sampler, rng_events)
     event_defects = _assign_event_defects(spec, events, rng_events)
-    frame = _event_frame(
+    cells = _draw_event_cells(
         events, event_defects, catalogue.hexes, structure.unknown_hexes, rng_events
     )
     event_rows, event_malformed, event_defect_rows = _write_events(
-        spec, frame, event_defects, out_dir
+        spec, events, cells, event_defects, out_dir
     )
     files.update(event_rows)
     log.info("events: %d rows written (%.1fs)", len(events), time.perf_counter() - began)
