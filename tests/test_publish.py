@@ -120,6 +120,51 @@ def test_every_value_survives_the_load_exactly(engine) -> None:
     ]
 
 
+def test_a_table_loaded_in_batches_is_the_table_loaded_at_once(engine, monkeypatch, caplog) -> None:
+    """Text and numbers go to SQLite's driver in batches (to PostgreSQL in COPY blocks),
+    with a progress line between them: cut into batches of two rows, the awkward values
+    are stored as they are, and the log says how far the load is."""
+    awkward = pa.table(
+        {
+            "product_id": ['a "quoted", text', "line\nbreak", "", None, "ünïcode ✓"],
+            "rank": pa.array([1, 2, 3, 4, 2**40], pa.int64()),
+            "score": [0.1, float("nan"), 1e-300, -1.7976931348623157e308, None],
+            "flag": [True, False, None, True, False],
+            "images": [["x,y.png"], [], None, ['q"uote.png', "b.png"], ["\\back"]],
+        }
+    )
+    monkeypatch.setattr(publish, "SQLITE_ROWS_PER_BATCH", 2)
+    monkeypatch.setattr(publish, "CSV_ROWS_PER_BLOCK", 2)
+    monkeypatch.setattr(publish, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level("INFO", logger="fashion_recs.publish"):
+        publish_run(
+            engine,
+            run_id="r1",
+            retailer="demo",
+            tables=[TableSpec("popular_products", awkward, ("product_id",))],
+            summary={},
+            metrics=[],
+        )
+    rows = sorted(read_table(engine, "popular_products"), key=lambda r: r["rank"])
+    assert [r["product_id"] for r in rows] == awkward.column("product_id").to_pylist()
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 2**40]
+    assert [r["score"] for r in rows] == [0.1, None, 1e-300, -1.7976931348623157e308, None]
+    assert [None if r["flag"] is None else bool(r["flag"]) for r in rows] == [
+        True, False, None, True, False
+    ]  # fmt: skip
+    assert [r["images"] for r in rows] == [
+        '["x,y.png"]',
+        "[]",
+        None,
+        '["q\\"uote.png", "b.png"]',
+        '["\\\\back"]',
+    ]
+    progress = [r.getMessage() for r in caplog.records if "publish: loading" in r.getMessage()]
+    assert [re.sub(r" \(.*", "", m) for m in progress] == [
+        f"publish: loading {physical_name('popular_products', 1)}: {n}/5 rows" for n in (2, 4)
+    ]
+
+
 def test_old_runs_beyond_keep_runs_are_dropped(engine) -> None:
     for run in range(1, 5):
         publish_run(

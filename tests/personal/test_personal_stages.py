@@ -300,3 +300,35 @@ def test_ranker_lists_do_not_depend_on_how_users_are_chunked(taste_run) -> None:
         pd.testing.assert_frame_equal(pd.read_parquet(ctx.paths.path(name)), before[name])
     assert summary["values"] == taste_run["steps"]["ranker"]["values"]
     assert summary["holdout_rows"] == taste_run["steps"]["ranker"]["holdout_rows"]
+
+
+def test_recency_order_numbers_each_users_products_like_a_pandas_groupby() -> None:
+    """Users' distinct products, most recent first (ties by product id): the polars step
+    routing uses equals pandas' groupby, sort and cumcount on the same events."""
+    import numpy as np
+    import polars as pl
+
+    from fashion_recs.stages.personal import recency_order
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    events = pd.DataFrame(
+        {
+            "user_id": [f"U{u}" for u in rng.integers(0, 50, n)],
+            "product_id": [f"p{p}" for p in rng.integers(0, 80, n)],
+            # Few distinct times, so ties between a user's products are common.
+            "event_ts": pd.Timestamp("2026-10-01", tz="UTC")
+            + pd.to_timedelta(rng.integers(0, 30, n), unit="h"),
+        }
+    )
+    want = (
+        events.groupby(["user_id", "product_id"], as_index=False)["event_ts"]
+        .max()
+        .sort_values(["user_id", "event_ts", "product_id"], ascending=[True, False, True])
+    )
+    want["recency"] = want.groupby("user_id").cumcount() + 1
+    last = pl.from_pandas(events).group_by("user_id", "product_id").agg(pl.col("event_ts").max())
+    got = recency_order(last)
+    pd.testing.assert_frame_equal(
+        got.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False
+    )

@@ -124,6 +124,94 @@ def test_popularity_per_segment_with_minimum_users_and_overall_fallback() -> Non
     ]
 
 
+def _popular_by_event(
+    interactions: pl.DataFrame, users: pl.DataFrame, cfg: PopularityConfig
+) -> pl.DataFrame:
+    """Popularity straight from the events: every event's decayed weight summed per
+    segment and product, a product's users counted distinct."""
+    scored = (
+        interactions.select(
+            "user_id",
+            "product_id",
+            decay_weight(pl.col("weight"), pl.col("event_ts"), AS_OF, cfg.half_life_days).alias(
+                "score"
+            ),
+        )
+        .join(users, on="user_id", how="left")
+        .with_columns(pl.col("age_group", "region").fill_null("unknown"))
+    )
+    tables = []
+    for level, cols in {
+        "overall": [],
+        "age_group": ["age_group"],
+        "region": ["region"],
+        "age_group_region": ["age_group", "region"],
+    }.items():
+        frame = scored.with_columns(pl.lit(1).alias("_all"))
+        for col in cols:
+            frame = frame.filter(pl.col(col) != "unknown")
+        keys = cols or ["_all"]
+        sizes = frame.group_by(keys).agg(pl.col("user_id").n_unique().alias("n"))
+        big = sizes.filter(pl.col("n") >= (cfg.min_segment_users if cols else 1))
+        ranked = (
+            frame.join(big.select(keys), on=keys)
+            .group_by([*keys, "product_id"])
+            .agg(pl.col("score").sum(), pl.col("user_id").n_unique().alias("n_users"))
+            .sort(
+                [*keys, "score", "n_users", "product_id"],
+                descending=[False] * len(keys) + [True, True, False],
+            )
+            .with_columns(pl.int_range(1, pl.len() + 1).over(keys).alias("rank"))
+            .filter(pl.col("rank") <= cfg.top_k)
+        )
+        tables.append(
+            ranked.select(
+                pl.lit(level).alias("segment_type"),
+                *[
+                    (pl.col(c) if c in cols else pl.lit(None, pl.String)).alias(c)
+                    for c in ("age_group", "region")
+                ],
+                "rank",
+                "product_id",
+                "score",
+                "n_users",
+            )
+        )
+    return pl.concat(tables)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_popularity_from_user_scores_equals_popularity_from_every_event(seed: int) -> None:
+    """Summed per (user, product) first, a product's users are its rows: the same tables as
+    summing every event and counting its users distinct (repeat events included)."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    interactions = pl.DataFrame(
+        {
+            "user_id": [f"U{u}" for u in rng.integers(0, 120, n)],
+            "product_id": [f"p{p}" for p in rng.zipf(1.6, n) % 60],
+            "event_ts": [AS_OF - timedelta(hours=int(h)) for h in rng.integers(0, 24 * 40, n)],
+            "weight": rng.choice([1.0, 2.0, 4.0], n),
+        }
+    )
+    users = pl.DataFrame(
+        {
+            "user_id": [f"U{u}" for u in range(100)],  # the last 20 users have no answers
+            "age_group": rng.choice(["18-24", "25-34", "unknown"], 100).tolist(),
+            "region": rng.choice(["north", "south", "east"], 100).tolist(),
+        }
+    )
+    cfg = PopularityConfig(top_k=5, half_life_days=14, min_segment_users=8)
+    got = popular_products(interactions, users, cfg, AS_OF, "unknown")
+    want = _popular_by_event(interactions, users, cfg)
+    assert got.height == want.height > 0
+    key = ["segment_type", "age_group", "region", "rank"]
+    joined = got.join(want, on=key, how="full", nulls_equal=True, suffix="_want")
+    assert joined["product_id"].to_list() == joined["product_id_want"].to_list()
+    assert joined["n_users"].to_list() == joined["n_users_want"].to_list()
+    assert joined["score"].to_numpy() == pytest.approx(joined["score_want"].to_numpy(), rel=1e-12)
+
+
 def _weights_by_join(frame: pl.DataFrame, rules: list[InteractionRule]) -> pl.DataFrame:
     """The rule table joined in: exact (event, button) first, then event-only rules."""
     table = pl.DataFrame(

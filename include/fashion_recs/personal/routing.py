@@ -104,7 +104,8 @@ def segment_popular_lists(
         )
         served["strategy"] = f"popular_{level}"
         parts.append(served[["_order", "user_id", "rank", "product_id", "score", "strategy"]])
-        remaining = remaining[~remaining["user_id"].isin(served["user_id"])]
+        # By position, not id: `isin` over string ids costs seconds per million served rows.
+        remaining = remaining[~remaining["_order"].isin(served["_order"].unique())]
     out = pd.concat(parts, ignore_index=True).sort_values(["_order", "rank"], kind="mergesort")
     return out.drop(columns="_order").astype({"rank": np.int32}).reset_index(drop=True)
 

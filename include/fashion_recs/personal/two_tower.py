@@ -823,6 +823,13 @@ class TwoTowerModel:
             )
 
         events[WEIGHT] = weights
+        log.info(
+            "two-tower: %d events on catalogue products (%d dropped) (%.0f s); splitting off "
+            "the validation days",
+            len(events),
+            n_dropped,
+            time.monotonic() - started,
+        )
         vocabularies = {c: _vocabulary(users[c]) for c in USER_FEATURES}
         vocabularies |= {c: _vocabulary(items[c]) for c in ITEM_FEATURES}
         demographics = _Demographics.from_frame(users, vocabularies)
@@ -851,6 +858,12 @@ class TwoTowerModel:
                 "check the interaction weights"
             )
 
+        log.info(
+            "two-tower: %d (user, item) pairs summed (%.0f s); vocabularies and the users' "
+            "histories next",
+            len(pairs),
+            time.monotonic() - started,
+        )
         user_vocabulary = pd.Index(sorted(pairs[USER].unique()), dtype=object)
         trained_rows = np.sort(pairs["item_row"].unique())
         item_id_codes = np.zeros(len(items), dtype=np.int64)

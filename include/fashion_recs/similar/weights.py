@@ -314,6 +314,18 @@ def as_config(weights: dict[str, float]) -> dict:
     }
 
 
+def _log_query_set(part: str, source: str, qs: QuerySet, started: float) -> None:
+    log.info(
+        "similar weights: %s queries of %s pairs ranked against the catalogue: %d queries, "
+        "%d candidates each at most (%.1f s)",
+        part,
+        source,
+        len(qs.rows),
+        qs.text.shape[1] if len(qs.rows) else 0,
+        time.monotonic() - started,
+    )
+
+
 def coordinate_ascent(
     blocks: Blocks,
     train: dict[str, QuerySet],
@@ -402,13 +414,20 @@ def learn_weights(
     guarded = [c for c in cfg.variant_differs if c in blocks.codes]
     judges = {b: [s for s in sources if s == BEHAVIOUR or b not in guarded] for b in configured}
     halves = {s: split_pairs(p, seed) for s, p in sources.items()}
-    train = {s: query_set(blocks, h[0], cfg.max_queries, seed, k) for s, h in halves.items()}
+    # Each query set ranks the catalogue once per query: seconds at 50,000 products, so
+    # each says when it is ready.
+    started = time.monotonic()
+    train = {}
+    for source, (train_pairs, _) in halves.items():
+        train[source] = query_set(blocks, train_pairs, cfg.max_queries, seed, k)
+        _log_query_set("training", source, train[source], started)
     current = coordinate_ascent(blocks, train, configured, judges, cfg, k)
     train.clear()
     choice.learned = current
     results = {}
     for source, (_, held_pairs) in halves.items():
         held = query_set(blocks, held_pairs, cfg.max_queries, seed + 1, k)
+        _log_query_set("held-out", source, held, started)
         for name, weights in (("configured", configured), ("learned", current)):
             top = top_k(blocks, held, weights, k)
             results[(source, name)] = pair_recall(blocks, held, top, k)

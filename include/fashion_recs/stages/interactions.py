@@ -213,6 +213,10 @@ def build_interactions(
         n_logged = logged.height
         events = pl.concat([events, logged.cast(events.schema)], rechunk=True)
     weighted, unmapped = weight_events(events, config.interactions.rules)
+    # The raw events are not needed past here: held to the end, they were a third of the
+    # stage's peak memory.
+    n_events, event_columns = events.height, events.columns
+    del events
     weighted, codes = sort_events_with_codes(weighted)
     log.info(
         "interactions: %d events weighted and sorted (%.1f s)",
@@ -241,15 +245,13 @@ def build_interactions(
     rejected = unmapped.select(
         pl.lit("unmapped_interaction").alias("reason"),
         pl.lit("event_name|button_name").alias("column"),
-        *[pl.col(c).cast(pl.String) for c in events.columns],
+        *[pl.col(c).cast(pl.String) for c in event_columns],
     ).to_pandas()
-    counts = account_rows(
-        STAGE, [rejected], q_path, rows_in=events.height, rows_out=weighted.height
-    )
+    counts = account_rows(STAGE, [rejected], q_path, rows_in=n_events, rows_out=weighted.height)
     by_category = weighted.group_by("category").len().sort("category").rows()
     log.info(
         "interactions: %d events -> %d weighted (%s), %d user-product pairs, %d unmapped",
-        events.height,
+        n_events,
         weighted.height,
         dict(by_category),
         user_items.height,

@@ -13,6 +13,7 @@ the next coarser level, ending at `overall`, which always exists.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import polars as pl
@@ -34,10 +35,15 @@ SEGMENT_LEVELS: dict[str, list[str]] = {
 
 
 def rank_popular(
-    scored: pl.DataFrame, segment_cols: list[str], cfg: PopularityConfig, unknown: str
+    user_scores: pl.DataFrame, segment_cols: list[str], cfg: PopularityConfig, unknown: str
 ) -> pl.DataFrame:
-    """Top-k products per segment by score (ties: more users, then product id)."""
-    frame = scored.with_columns(pl.lit(1).alias("_all"))
+    """Top-k products per segment by score (ties: more users, then product id).
+
+    `user_scores` holds one row per (user, product) with the user's summed score: a user is
+    in one segment of each level, so a product's users are its rows, counted without a
+    distinct count (which took most of the stage's time over raw events).
+    """
+    frame = user_scores.with_columns(pl.lit(1).alias("_all"))
     for col in segment_cols:
         frame = frame.filter(pl.col(col) != unknown)
     keys = segment_cols or ["_all"]
@@ -45,7 +51,7 @@ def rank_popular(
     sizes = frame.group_by(keys).agg(pl.col("user_id").n_unique().alias("segment_users"))
     return (
         frame.group_by([*keys, "product_id"])
-        .agg(pl.col("score").sum(), pl.col("user_id").n_unique().cast(pl.Int64).alias("n_users"))
+        .agg(pl.col("score").sum(), pl.len().cast(pl.Int64).alias("n_users"))
         .join(sizes, on=keys)
         .filter(pl.col("segment_users") >= min_users)
         .sort(
@@ -61,19 +67,38 @@ def popular_products(
     interactions: pl.DataFrame, users: pl.DataFrame, cfg: PopularityConfig, as_of, unknown: str
 ) -> pl.DataFrame:
     """Popularity tables for every segment level, in the POPULAR schema."""
-    scored = interactions.select(
-        "user_id",
-        "product_id",
-        decay_weight(pl.col("weight"), pl.col("event_ts"), as_of, cfg.half_life_days).alias(
-            "score"
-        ),
-    ).join(users.select("user_id", "age_group", "region"), on="user_id", how="left")
-    scored = scored.with_columns(
-        pl.col("age_group").fill_null(unknown), pl.col("region").fill_null(unknown)
+    started = time.perf_counter()
+    ids = ["user_id", "product_id"]
+    scored = (
+        # Grouped by categorical codes: a third of the time of two string keys at 15M rows.
+        # In first-seen order: the sums below add in row order, so a rerun's floats are
+        # the same to the last bit.
+        interactions.with_columns(pl.col(ids).cast(pl.Categorical))
+        .group_by(ids, maintain_order=True)
+        .agg(
+            decay_weight(pl.col("weight"), pl.col("event_ts"), as_of, cfg.half_life_days)
+            .sum()
+            .alias("score")
+        )
+        .with_columns(pl.col(ids).cast(pl.String))
+        .join(users.select("user_id", "age_group", "region"), on="user_id", how="left")
+        .with_columns(pl.col("age_group").fill_null(unknown), pl.col("region").fill_null(unknown))
+    )
+    log.info(
+        "popular: %d interactions summed into %d (user, product) scores (%.1f s)",
+        interactions.height,
+        scored.height,
+        time.perf_counter() - started,
     )
     tables = []
     for level, cols in SEGMENT_LEVELS.items():
         ranked = rank_popular(scored, cols, cfg, unknown)
+        log.info(
+            "popular: %s ranked, %d rows (%.1f s)",
+            level,
+            ranked.height,
+            time.perf_counter() - started,
+        )
         tables.append(
             ranked.select(
                 pl.lit(level).alias("segment_type"),

@@ -11,6 +11,7 @@ robustness to noised text.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,12 @@ def choose_weights(
                 interactions, columns=INTERACTION_COLUMNS, filters=[("category", "in", categories)]
             )
             signals.update(behaviour_pairs(frame, ids, cfg))
+            log.info(
+                "similar weights: %d %s events read; pairs %s",
+                len(frame),
+                "/".join(categories),
+                {s: len(p) for s, p in signals.items()},
+            )
         else:
             log.info("similar weights: no interactions artifact given; no clicks to learn from")
             empty = np.zeros((0, 2), dtype=np.int64)
@@ -256,9 +263,16 @@ def text_model_stage(
     without it only variant groups can."""
     cfg = config.similar
     k = cfg.top_k
+    started = time.perf_counter()
     catalogue = read_catalogue(products, cfg.text.extra_attributes)
     ids = catalogue["product_id"].to_numpy(dtype=object)
     model = fit_configured_text_model(catalogue, cfg.text)
+    log.info(
+        "similar %s: %d products read, text model fitted (%.1f s); choosing the block weights",
+        TEXT_MODEL,
+        len(ids),
+        time.perf_counter() - started,
+    )
     groups = (
         catalogue["target_audience"].astype("string").fillna("").to_numpy(dtype=object)
         if cfg.same_audience
