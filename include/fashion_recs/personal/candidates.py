@@ -20,6 +20,7 @@ source_score`; a source proposes at most `cap` items per user.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -165,8 +166,16 @@ def history_before(
     interactions: pd.DataFrame, items: pd.Index, cutoff: pd.Timestamp, half_life_days: float
 ) -> History:
     """The interactions strictly before `cutoff` as codes, and their matrix decayed to it."""
+    started = time.perf_counter()
     before = interactions[(interactions["event_ts"] < cutoff).to_numpy()]
     matrix = user_item_matrix(before, items, as_of=cutoff, half_life_days=half_life_days)
+    log.info(
+        "history before %s: %d events, %d users (%.0f s); coding them",
+        cutoff,
+        len(before),
+        matrix.n_users,
+        time.perf_counter() - started,
+    )
     user = matrix.users.get_indexer(before["user_id"])
     item = matrix.items.get_indexer(before["product_id"])
     keep = (user >= 0) & (item >= 0)

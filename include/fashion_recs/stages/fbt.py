@@ -150,6 +150,11 @@ def crosscheck_stage(config: RetailerConfig, paths: RunPaths, baskets: Path) -> 
     mining = config.fbt.mining
     matrix = to_matrix(pl.read_parquet(baskets))
     sample = _sample(matrix, check.max_baskets, check.max_items, config.seed)
+    log.info(
+        "cross-check: a sample of %d baskets x %d products mined by every engine",
+        sample.n_baskets,
+        sample.n_items,
+    )
     t = support_threshold(sample.n_baskets, mining.min_support, mining.min_count)
     # On a small sample the configured support may find nothing; the cross-check wants
     # itemsets to compare, so it also accepts itemsets in 0.5% of the sampled baskets.

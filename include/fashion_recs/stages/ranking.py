@@ -146,9 +146,21 @@ def ranker_stage(
 
     # Scored model: windows before the hold-out.
     windows = label_windows(cutoff, params.window_days, params.train_windows)
-    frames = [
-        window_frame(interactions, w, i + 1, candidates_in, params) for i, w in enumerate(windows)
-    ]
+    log.info(
+        "ranker: candidate inputs read, ids coded (%.0f s); building %d training windows",
+        time.perf_counter() - started,
+        len(windows),
+    )
+    frames = []
+    for i, w in enumerate(windows):
+        frames.append(window_frame(interactions, w, i + 1, candidates_in, params))
+        log.info(
+            "ranker: training window %d of %d built, %d rows (%.0f s)",
+            i + 1,
+            len(windows),
+            len(frames[-1]),
+            time.perf_counter() - started,
+        )
     timings["training_windows"] = round(time.perf_counter() - started, 2)
     training = pd.concat(frames, ignore_index=True)
     if training.empty:
