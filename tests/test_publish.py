@@ -70,20 +70,44 @@ def test_publish_switches_views_and_records_the_run(engine) -> None:
     assert row["images"] == '["img0.png"]'  # lists travel as JSON text
 
 
-def test_every_value_survives_the_load_exactly(engine) -> None:
-    """PostgreSQL loads Arrow-written CSV through COPY, SQLite takes rows: both must store
-    the same values, including the awkward ones (quotes, commas, line breaks, empty string
-    against NULL, NaN, extreme doubles, time zones, lists)."""
-    when = datetime(2026, 11, 1, 9, 30, 15, 123456, tzinfo=UTC)
-    awkward = pa.table(
+def awkward_table() -> pa.Table:
+    """Values a load may mangle: quotes, commas, line breaks, empty string against NULL,
+    NaN, extreme doubles, booleans with NULL, lists."""
+    return pa.table(
         {
             "product_id": ['a "quoted", text', "line\nbreak", "", None, "ünïcode ✓"],
             "rank": pa.array([1, 2, 3, 4, 2**40], pa.int64()),
             "score": [0.1, float("nan"), 1e-300, -1.7976931348623157e308, None],
             "flag": [True, False, None, True, False],
-            "at": pa.array([when, None, when, when, when], pa.timestamp("us", tz="UTC")),
             "images": [["x,y.png"], [], None, ['q"uote.png', "b.png"], ["\\back"]],
         }
+    )
+
+
+def assert_awkward_rows(rows: list[dict]) -> None:
+    """`awkward_table`'s rows as the database gives them back (lists as JSON text)."""
+    assert [r["product_id"] for r in rows] == awkward_table().column("product_id").to_pylist()
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 2**40]
+    assert [r["score"] for r in rows] == [0.1, None, 1e-300, -1.7976931348623157e308, None]
+    assert [None if r["flag"] is None else bool(r["flag"]) for r in rows] == [
+        True, False, None, True, False
+    ]  # fmt: skip
+    assert [r["images"] for r in rows] == [
+        '["x,y.png"]',
+        "[]",
+        None,
+        '["q\\"uote.png", "b.png"]',
+        '["\\\\back"]',
+    ]
+
+
+def test_every_value_survives_the_load_exactly(engine) -> None:
+    """PostgreSQL loads Arrow-written CSV through COPY, SQLite takes rows: both must store
+    the same values, including the awkward ones (quotes, commas, line breaks, empty string
+    against NULL, NaN, extreme doubles, time zones, lists)."""
+    when = datetime(2026, 11, 1, 9, 30, 15, 123456, tzinfo=UTC)
+    awkward = awkward_table().append_column(
+        "at", pa.array([when, None, when, when, when], pa.timestamp("us", tz="UTC"))
     )
     publish_run(
         engine,
@@ -94,45 +118,19 @@ def test_every_value_survives_the_load_exactly(engine) -> None:
         metrics=[],
     )
     rows = sorted(read_table(engine, "popular_products"), key=lambda r: r["rank"])
-    assert [r["product_id"] for r in rows] == [
-        'a "quoted", text',
-        "line\nbreak",
-        "",
-        None,
-        "ünïcode ✓",
-    ]
-    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 2**40]
-    assert [r["score"] for r in rows] == [0.1, None, 1e-300, -1.7976931348623157e308, None]
-    assert [None if r["flag"] is None else bool(r["flag"]) for r in rows] == [
-        True, False, None, True, False
-    ]  # fmt: skip
+    assert_awkward_rows(rows)
     stamps = [r["at"] for r in rows]
     assert stamps[1] is None
     for stamp in (stamps[0], stamps[2]):
         parsed = datetime.fromisoformat(stamp) if isinstance(stamp, str) else stamp
         assert parsed.replace(tzinfo=parsed.tzinfo or UTC) == when
-    assert [r["images"] for r in rows] == [
-        '["x,y.png"]',
-        "[]",
-        None,
-        '["q\\"uote.png", "b.png"]',
-        '["\\\\back"]',
-    ]
 
 
 def test_a_table_loaded_in_batches_is_the_table_loaded_at_once(engine, monkeypatch, caplog) -> None:
     """Text and numbers go to SQLite's driver in batches (to PostgreSQL in COPY blocks),
     with a progress line between them: cut into batches of two rows, the awkward values
     are stored as they are, and the log says how far the load is."""
-    awkward = pa.table(
-        {
-            "product_id": ['a "quoted", text', "line\nbreak", "", None, "ünïcode ✓"],
-            "rank": pa.array([1, 2, 3, 4, 2**40], pa.int64()),
-            "score": [0.1, float("nan"), 1e-300, -1.7976931348623157e308, None],
-            "flag": [True, False, None, True, False],
-            "images": [["x,y.png"], [], None, ['q"uote.png', "b.png"], ["\\back"]],
-        }
-    )
+    awkward = awkward_table()
     monkeypatch.setattr(publish, "SQLITE_ROWS_PER_BATCH", 2)
     monkeypatch.setattr(publish, "CSV_ROWS_PER_BLOCK", 2)
     monkeypatch.setattr(publish, "PROGRESS_EVERY_S", 0.0)
@@ -146,19 +144,7 @@ def test_a_table_loaded_in_batches_is_the_table_loaded_at_once(engine, monkeypat
             metrics=[],
         )
     rows = sorted(read_table(engine, "popular_products"), key=lambda r: r["rank"])
-    assert [r["product_id"] for r in rows] == awkward.column("product_id").to_pylist()
-    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 2**40]
-    assert [r["score"] for r in rows] == [0.1, None, 1e-300, -1.7976931348623157e308, None]
-    assert [None if r["flag"] is None else bool(r["flag"]) for r in rows] == [
-        True, False, None, True, False
-    ]  # fmt: skip
-    assert [r["images"] for r in rows] == [
-        '["x,y.png"]',
-        "[]",
-        None,
-        '["q\\"uote.png", "b.png"]',
-        '["\\\\back"]',
-    ]
+    assert_awkward_rows(rows)
     progress = [r.getMessage() for r in caplog.records if "publish: loading" in r.getMessage()]
     assert [re.sub(r" \(.*", "", m) for m in progress] == [
         f"publish: loading {physical_name('popular_products', 1)}: {n}/5 rows" for n in (2, 4)
