@@ -249,9 +249,9 @@ def _bulk_load(conn: Connection, table: sa.Table, data: pa.Table) -> None:
         driver_conn = conn.connection.driver_connection
         sql = f'COPY "{table.name}" ({names}) FROM STDIN (FORMAT csv)'
         with driver_conn.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
-            for rows, block in enumerate(_csv_blocks(_loadable(data), CSV_ROWS_PER_BLOCK), 1):
+            for blocks, block in enumerate(_csv_blocks(_loadable(data), CSV_ROWS_PER_BLOCK), 1):
                 copy.write(block)
-                progress.done(rows * CSV_ROWS_PER_BLOCK)
+                progress.done(blocks * CSV_ROWS_PER_BLOCK)
         return
     # In batches: one executemany of every row held each row as a dict at once. Rows of
     # text and numbers go to the driver as they are (SQLAlchemy's per-row parameter work was
