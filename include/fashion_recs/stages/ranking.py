@@ -183,12 +183,7 @@ def ranker_stage(
     frames = frames[: params.train_windows - 1]
     mark = time.perf_counter()
     half_life = candidates_in.half_life_days
-    log.info("ranker: reading the history before the hold-out")
     history = history_before(interactions, candidates_in.items, cutoff, half_life)
-    log.info(
-        "ranker: history read (%.0f s); proposing the hold-out users' candidates",
-        time.perf_counter() - mark,
-    )
     truth = positive_keys(history, split.truth)
     scored = _score_holdout(history, split, truth, candidates_in, params, scored_model, rc)
     holdout_rows = scored.rows
@@ -209,7 +204,6 @@ def ranker_stage(
     del scored, history, frames
     published_model = CandidateRanker(params).fit(newest)
     del newest
-    log.info("ranker: reading every user's history for the published lists")
     everyone = history_before(interactions, candidates_in.items, end, half_life)
     published = _publish(everyone, candidates_in, params, published_model, rc)
     for name, lists in published.lists.items():
