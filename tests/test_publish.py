@@ -101,6 +101,19 @@ def assert_awkward_rows(rows: list[dict]) -> None:
     ]
 
 
+def published_rows(engine, table: pa.Table) -> list[dict]:
+    """`table` published as run r1's popular_products, read back in rank order."""
+    publish_run(
+        engine,
+        run_id="r1",
+        retailer="demo",
+        tables=[TableSpec("popular_products", table, ("product_id",))],
+        summary={},
+        metrics=[],
+    )
+    return sorted(read_table(engine, "popular_products"), key=lambda r: r["rank"])
+
+
 def test_every_value_survives_the_load_exactly(engine) -> None:
     """PostgreSQL loads Arrow-written CSV through COPY, SQLite takes rows: both must store
     the same values, including the awkward ones (quotes, commas, line breaks, empty string
@@ -109,15 +122,7 @@ def test_every_value_survives_the_load_exactly(engine) -> None:
     awkward = awkward_table().append_column(
         "at", pa.array([when, None, when, when, when], pa.timestamp("us", tz="UTC"))
     )
-    publish_run(
-        engine,
-        run_id="r1",
-        retailer="demo",
-        tables=[TableSpec("popular_products", awkward, ("product_id",))],
-        summary={},
-        metrics=[],
-    )
-    rows = sorted(read_table(engine, "popular_products"), key=lambda r: r["rank"])
+    rows = published_rows(engine, awkward)
     assert_awkward_rows(rows)
     stamps = [r["at"] for r in rows]
     assert stamps[1] is None
@@ -135,15 +140,7 @@ def test_a_table_loaded_in_batches_is_the_table_loaded_at_once(engine, monkeypat
     monkeypatch.setattr(publish, "CSV_ROWS_PER_BLOCK", 2)
     monkeypatch.setattr(publish, "PROGRESS_EVERY_S", 0.0)
     with caplog.at_level("INFO", logger="fashion_recs.publish"):
-        publish_run(
-            engine,
-            run_id="r1",
-            retailer="demo",
-            tables=[TableSpec("popular_products", awkward, ("product_id",))],
-            summary={},
-            metrics=[],
-        )
-    rows = sorted(read_table(engine, "popular_products"), key=lambda r: r["rank"])
+        rows = published_rows(engine, awkward)
     assert_awkward_rows(rows)
     progress = [r.getMessage() for r in caplog.records if "publish: loading" in r.getMessage()]
     assert [re.sub(r" \(.*", "", m) for m in progress] == [
